@@ -1,11 +1,17 @@
 """GRIN Studio: `python app.py` serves the web app on localhost (port: $GRADIO_SERVER_PORT, default 7860).
 
-On a Hugging Face Space the same file is the entry point; GPU work is wrapped in spaces.GPU (grin_ui/callbacks.py).
+On a Hugging Face Space the same file is the entry point. On a ZeroGPU Space the model work runs in spaces.GPU
+calls (grin_ui/gpu.py); `spaces` has to be imported before anything initialises CUDA, hence first here.
 """
 
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+try:
+    import spaces  # noqa: F401  (only on Hugging Face Spaces)
+except ImportError:
+    pass
 
 from grin_ui import build_app, launch_kwargs  # noqa: E402
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import metrics
-from .config import GrinConfig
+from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, qa_batches
 from .evaluate import evaluate_split
 from .influence import (Candidate, Selection, candidate_parameters, compute_influence, select_top_fraction,
@@ -61,6 +61,7 @@ class RunResult:
 def compute_influence_scores(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                              on_batch=None) -> Influence:
     """Influence score of every candidate weight of `model` (which gets gradients, so pass a copy of a shared base)."""
+    require_items(forget, retain)
     start = time.perf_counter()
     candidates = candidate_parameters(model, cfg.include_embeddings, cfg.include_lm_head)
     scores = compute_influence(
@@ -68,6 +69,13 @@ def compute_influence_scores(model, tokenizer, forget: list[QAItem], retain: lis
         qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length), candidates, cfg.eps, on_batch,
     )
     return Influence(candidates=candidates, scores=scores, seconds=time.perf_counter() - start)
+
+
+def require_items(forget: list[QAItem], retain: list[QAItem]) -> None:
+    """Both sets need items: gradients, losses and metrics over an empty set mean nothing."""
+    for which, items in (("forget", forget), ("retain", retain)):
+        if not items:
+            raise GrinError(f"data: the {which} set has no items")
 
 
 def select(influence: Influence, p: float) -> tuple[Selection, dict]:
@@ -127,6 +135,7 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         if should_stop is not None and should_stop():
             raise RunStopped
 
+    require_items(forget, retain)
     timings, summary, losses = {}, {}, []
     try:
         start = time.perf_counter()

@@ -1,8 +1,9 @@
 """Event handlers: thin glue from widget values to engine calls and back to figures and tables.
 
 Every handler turns a GrinError (a user's mistake, worded for them) into gr.Error, and any other exception into a
-one-line gr.Error (the traceback goes to the server log only). Slow handlers are generators: the engine runs in a
-worker thread (jobs.Job) and its progress events are yielded to the page; Stop sets a flag the engine checks.
+one-line gr.Error (the traceback goes to the server log only). The model work itself is in gpu.py (self-contained
+calls that a ZeroGPU Space runs on its GPU); slow handlers are generators that pass its progress messages to the
+page; Stop sets a flag the engine checks.
 """
 
 from __future__ import annotations
@@ -19,29 +20,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from grin_engine import pipeline, score_summary
+from grin_engine import score_summary
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import builtin_names, load_items
-from grin_engine.evaluate import generate_answers
-from grin_engine.models import copy_model, save_weights
-from grin_engine.patch import apply_patch
 
-from . import plots, tables
-from .jobs import Job
+from . import gpu, plots, tables
 from .presets import PRESETS
 from .state import STORE, Session, check_model_name, local_models_allowed, session_of, stop_flag
 
 log = logging.getLogger("grin_ui")
-
-try:  # on a ZeroGPU Space, spaces.GPU gives the decorated function a GPU; locally it is a no-op
-    import spaces
-except ImportError:
-    spaces = None
-
-
-def gpu(duration: int):
-    return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
-
 
 # log-ish steps of the p% slider (index -> percent)
 P_STEPS = [0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0]
@@ -155,7 +142,6 @@ def _fraction(p_percent) -> float:
     return p
 
 
-@gpu(duration=300)
 @user_errors
 def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Progress()):
     """Influence scores of every candidate weight, on a copy of the base; kept only as small histograms."""
@@ -163,34 +149,25 @@ def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Pr
     session.require_loaded()
     _fraction(p_percent)
     forget, retain = session.items(max_items)
-    name = session.model_name
-    cfg = GrinConfig()
     stop = stop_flag(request.session_hash if request else None)
     stop.clear()
-
-    def work(report):
-        base = STORE.get(name)
-        copy = copy_model(base)
-        scores = pipeline.compute_influence_scores(copy.model, copy.tokenizer, forget, retain, cfg,
-                                                   on_batch=_stoppable(report, "influence", stop))
-        report("summary", 0, 1)
-        hist = score_summary.score_histograms(scores.scores, scores.candidates)
-        return hist, scores.seconds  # the scores (as big as the model) and the copy are dropped here
-
     session.hist = None
-    job = Job(work, stop)
     nothing = (gr.skip(),) * 4
-    for latest in job.updates():
-        stage, done, total = latest.get("summary") or latest.get("influence")
-        text = "summarising scores ..." if stage == "summary" else f"gradients: batch {done} of {total}"
-        progress((done, total) if stage == "influence" else None, desc=text)
-        yield (f"Computing influence scores: {text}", session) + nothing
-    try:
-        session.hist, session.influence_s = job.result
-    except pipeline.RunStopped:
-        yield ("Influence computation stopped.", session) + nothing
-        return
-    session.hist_key = (name, len(forget), len(retain))
+    for kind, *payload in gpu.influence_work(session.model_name, forget, retain, stop):
+        if kind == "progress":
+            latest = payload[0]
+            stage, done, total = latest.get("summary") or latest.get("influence")
+            text = "summarising scores ..." if stage == "summary" else f"gradients: batch {done} of {total}"
+            progress((done, total) if stage == "influence" else None, desc=text)
+            yield (f"Computing influence scores: {text}", session) + nothing
+        elif kind == "stopped":
+            yield ("Influence computation stopped.", session) + nothing
+            return
+        elif kind == "error":
+            raise payload[0]
+        else:
+            session.hist, session.influence_s = payload[0]
+    session.hist_key = (session.model_name, len(forget), len(retain))
     yield (f"Influence computed on {len(forget)} forget and {len(retain)} retain items.", session) + \
         _influence_outputs(session, p_percent)
 
@@ -246,20 +223,10 @@ def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -
                       alpha=float(alpha), beta=beta, seed=int(seed), use_mask=bool(use_mask))
 
 
-def _stoppable(report, stage: str, stop):
-    """A progress callback for engine calls outside run(): reports, then ends the call if Stop was asked for."""
-    def on_item(done, total):
-        report(stage, done, total)
-        if stop.is_set():
-            raise pipeline.RunStopped
-    return on_item
-
-
 _STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores",
                 "unlearn": "unlearning", "after": "answering with the unlearned model"}
 
 
-@gpu(duration=600)
 @user_errors
 def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
             request: gr.Request, progress=gr.Progress()):
@@ -268,44 +235,30 @@ def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, m
     session.require_loaded()
     cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
     forget, retain = session.items(max_items)
-    name = session.model_name
-    before_key = (name, tuple(it.question for it in forget), tuple(it.question for it in retain),
+    before_key = (session.model_name, tuple(it.question for it in forget), tuple(it.question for it in retain),
                   cfg.max_new_tokens, cfg.max_length)
     cached = session.before if session.before_key == before_key else None
     stop = stop_flag(request.session_hash if request else None)
     stop.clear()
     session.run = None  # free the previous run before making a new copy
-
-    def work(report):
-        base = STORE.get(name)
-        start = time.perf_counter()
-        try:  # the base evaluation runs here, not in run(), so that it can be kept for the next run
-            before = cached or pipeline.evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                                      on_item=_stoppable(report, "before", stop))
-        except pipeline.RunStopped:
-            return None, None
-        before_s = time.perf_counter() - start
-        result = pipeline.run(base, forget, retain, cfg, on_progress=report, should_stop=stop.is_set,
-                              before=before)  # the run's changes come back as result.patch (CPU data)
-        result.timings["eval_before_s"] = before_s  # its real time (run() saw a ready evaluation)
-        if "eval_after_s" in result.timings:
-            result.timings["eval_s"] = before_s + result.timings["eval_after_s"]
-        return before, result
-
-    job = Job(work, stop)
     nothing = (gr.skip(),) * 3
-    for latest in job.updates():
-        stage = list(latest)[-1]
-        _, done, total, *_ = latest[stage]
-        losses = [e[3] for e in job.history if e[0] == "unlearn"]
-        text = f"{_STAGE_WORDS.get(stage, stage)}: {done} of {total}"
-        if stage == "unlearn" and losses:
-            text += f" (loss {losses[-1]:.4f})"
-        if stop.is_set():
-            text += " — stopping ..."
-        progress((done, total), desc=text)
-        yield (f"Running: {text}", plots.loss_curve(losses, cfg.steps), session) + nothing
-    before, result = job.result
+    before = result = None
+    for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop):
+        if kind == "progress":
+            latest, losses = payload
+            stage = list(latest)[-1]
+            _, done, total, *_ = latest[stage]
+            text = f"{_STAGE_WORDS.get(stage, stage)}: {done} of {total}"
+            if stage == "unlearn" and losses:
+                text += f" (loss {losses[-1]:.4f})"
+            if stop.is_set():
+                text += " — stopping ..."
+            progress((done, total), desc=text)
+            yield (f"Running: {text}", plots.loss_curve(losses, cfg.steps), session) + nothing
+        elif kind == "error":
+            raise payload[0]
+        elif kind == "done":
+            before, result = payload[0]
     if result is None:
         yield ("**Stopped** before training started (while answering with the base model).",
                plots.loss_curve([], cfg.steps), session) + nothing
@@ -335,7 +288,6 @@ def preset(name):
 # Compare
 
 
-@gpu(duration=120)
 @user_errors
 def generate(prompt, session):
     """The user's own prompt, answered by the base model and by the last run's unlearned model."""
@@ -344,13 +296,9 @@ def generate(prompt, session):
     prompt = (prompt or "").strip()
     if not prompt:
         raise GrinError("type a question first")
-    max_new_tokens = GrinConfig().max_new_tokens
-    base = STORE.get(session.model_name)
-    before = generate_answers(base.model, base.tokenizer, [prompt], max_new_tokens)[0]
-    if session.run is None or session.run.patch is None:
-        return before, "(no unlearned model yet: run Unlearn first)"
-    work = apply_patch(base, session.run.patch)  # a private copy: base + what the run changed
-    return before, generate_answers(work.model, work.tokenizer, [prompt], max_new_tokens)[0]
+    patch = session.run.patch if session.run is not None else None
+    before, after = gpu.generate_work(session.model_name, prompt, patch, GrinConfig().max_new_tokens)
+    return before, after if after is not None else "(no unlearned model yet: run Unlearn first)"
 
 
 def _out_dir() -> Path:
@@ -373,7 +321,6 @@ def report(session):
     return str(json_path), str(csv_path)
 
 
-@gpu(duration=120)
 @user_errors
 def weights(session):
     """The unlearned model's weights as one .safetensors file (load with safetensors.torch.load_model into the
@@ -382,4 +329,4 @@ def weights(session):
     if session.run is None or session.run.patch is None:
         raise GrinError("no unlearned model yet: run Unlearn to the end first")
     path = _out_dir() / "grin_unlearned.safetensors"
-    return save_weights(apply_patch(STORE.get(session.model_name), session.run.patch).model, str(path))
+    return gpu.weights_work(session.model_name, session.run.patch, str(path))

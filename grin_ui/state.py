@@ -8,7 +8,9 @@ Compare tab's own prompts and the weights download. No model copy is kept per vi
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +86,29 @@ def session_of(value) -> Session:
     return value if isinstance(value, Session) else Session()
 
 
-# Stop flags, one per browser session (gr.Request.session_hash). They live outside gr.State because the Stop
-# event must reach the flag while the run's generator is still holding the state.
-_STOPS: dict[str, threading.Event] = {}
-_STOPS_LOCK = threading.Lock()
+class StopFlag:
+    """A visitor's Stop request. Its state is a file, so that a ZeroGPU worker process sees the Stop pressed in the
+    main process (an in-memory flag would not cross the process boundary). Picklable: it is just a path."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def set(self) -> None:
+        Path(self.path).touch()
+
+    def clear(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        return os.path.exists(self.path)
 
 
-def stop_flag(session_hash: str | None) -> threading.Event:
-    with _STOPS_LOCK:
-        return _STOPS.setdefault(session_hash or "-", threading.Event())
+_STOP_DIR = Path(tempfile.gettempdir()) / f"grin_stop_{os.getpid()}"  # this server's flags only
+
+
+def stop_flag(session_hash: str | None) -> StopFlag:
+    """The Stop flag of one browser session (gr.Request.session_hash). It lives outside gr.State because the Stop
+    event must reach the flag while the run's generator is still holding the state."""
+    _STOP_DIR.mkdir(exist_ok=True)
+    key = hashlib.sha256((session_hash or "-").encode()).hexdigest()[:32]  # a safe file name for any hash
+    return StopFlag(str(_STOP_DIR / key))

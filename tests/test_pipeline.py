@@ -185,3 +185,15 @@ def test_truth_ratio_reported_when_items_have_perturbed_answers(tiny):
         for split in ("forget", "retain"):
             value = result.metrics[when][split]["truth_ratio"]
             assert 0.0 <= value <= 1.0, (when, split, value)
+
+
+@pytest.mark.parametrize("empty", ["forget", "retain"])
+def test_empty_sets_are_refused(tiny, forget_items, retain_items, empty):
+    from grin_engine.config import GrinError
+
+    forget = [] if empty == "forget" else forget_items
+    retain = [] if empty == "retain" else retain_items
+    with pytest.raises(GrinError, match=f"the {empty} set has no items"):
+        pipeline.run(tiny, forget, retain, _cfg(True))
+    with pytest.raises(GrinError, match=f"the {empty} set has no items"):
+        pipeline.compute_influence_scores(tiny.model, tiny.tokenizer, forget, retain, _cfg(True))

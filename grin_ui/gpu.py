@@ -1,0 +1,135 @@
+"""The model work of the app, as self-contained calls that a ZeroGPU Space can run on its GPU.
+
+On a ZeroGPU Space, a function decorated with `spaces.GPU` runs in a worker process that has the GPU for the length
+of the call. So each function here does a whole piece of work in one call, takes plain data (model name, QA items,
+a GrinConfig, a StopFlag whose state is a file, which the worker process sees too) and gives back CPU data only
+(histograms, a RunResult with its patch). The base model, loaded in the main process on the "cuda" device that
+ZeroGPU provides, is only read. Locally `spaces` is absent and `gpu()` is a no-op: the same code runs in-process,
+on a GPU when there is one.
+
+The long ones are generators of messages:
+    ("progress", {stage: latest event}, unlearning losses so far)   while working
+    ("done", result) | ("stopped", None) | ("error", GrinError)      once, at the end
+Exceptions are turned into an ("error", ...) message so that a worker never sends a traceback or an object that
+cannot be pickled back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from grin_engine import pipeline, score_summary
+from grin_engine.config import GrinConfig, GrinError
+from grin_engine.data import QAItem
+from grin_engine.evaluate import generate_answers
+from grin_engine.models import copy_model, save_weights
+from grin_engine.patch import WeightPatch, apply_patch
+
+from .jobs import Job
+from .state import STORE, StopFlag
+
+log = logging.getLogger("grin_ui")
+
+try:  # on a ZeroGPU Space, spaces.GPU gives the decorated function a GPU; locally it is absent
+    import spaces
+except ImportError:
+    spaces = None
+
+
+def gpu(duration: int):
+    """spaces.GPU(duration=...) on a ZeroGPU Space, else a no-op decorator."""
+    return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
+
+
+def _as_user_error(exc: BaseException) -> GrinError:
+    if isinstance(exc, GrinError):
+        return exc
+    log.error("unexpected error in model work", exc_info=exc)  # the traceback goes to the server log only
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return GrinError(f"Unexpected {type(exc).__name__}: {first}")
+
+
+def _stream(work, stop: StopFlag):
+    """Run work(report) in a thread (jobs.Job) and turn its events and outcome into messages."""
+    job = Job(work, stop)
+    for latest in job.updates():
+        yield "progress", latest, [e[3] for e in job.history if e[0] == "unlearn"]
+    try:
+        yield "done", job.result
+    except pipeline.RunStopped:
+        yield "stopped", None
+    except Exception as exc:
+        yield "error", _as_user_error(exc)
+
+
+def stoppable(report, stage: str, stop: StopFlag):
+    """A progress callback for engine calls outside run(): reports, then ends the call if Stop was asked for."""
+    def on_item(done, total):
+        report(stage, done, total)
+        if stop.is_set():
+            raise pipeline.RunStopped
+    return on_item
+
+
+@gpu(duration=300)
+def influence_work(model_name: str, forget: list[QAItem], retain: list[QAItem], stop: StopFlag):
+    """Influence scores on a copy of the base, summarised as per-matrix histograms: done -> (histograms, seconds)."""
+    cfg = GrinConfig()
+
+    def work(report):
+        copy = copy_model(STORE.get(model_name))
+        scores = pipeline.compute_influence_scores(copy.model, copy.tokenizer, forget, retain, cfg,
+                                                   on_batch=stoppable(report, "influence", stop))
+        report("summary", 0, 1)
+        hist = score_summary.score_histograms(scores.scores, scores.candidates)
+        return hist, scores.seconds  # the scores (as big as the model) and the copy are dropped here
+
+    yield from _stream(work, stop)
+
+
+@gpu(duration=600)
+def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
+                 before: dict | None, stop: StopFlag):
+    """One GRIN run on a copy of the base: done -> (base evaluation, RunResult), or (None, None) when stopped
+    while answering with the base. `before`, an earlier evaluation of the base on the same items, is reused."""
+    def work(report):
+        base = STORE.get(model_name)
+        start = time.perf_counter()
+        try:  # the base evaluation runs here, not in run(), so that the app can keep it for the next run
+            evaluated = before or pipeline.evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
+                                                         on_item=stoppable(report, "before", stop))
+        except pipeline.RunStopped:
+            return None, None
+        before_s = time.perf_counter() - start
+        result = pipeline.run(base, forget, retain, cfg, on_progress=report, should_stop=stop.is_set,
+                              before=evaluated)  # the run's changes come back as result.patch (CPU data)
+        result.timings["eval_before_s"] = before_s  # its real time (run() was handed a ready evaluation)
+        if "eval_after_s" in result.timings:
+            result.timings["eval_s"] = before_s + result.timings["eval_after_s"]
+        return evaluated, result
+
+    yield from _stream(work, stop)
+
+
+@gpu(duration=120)
+def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_new_tokens: int):
+    """The prompt answered by the base model and, when there is a patch, by base + patch: (before, after | None)."""
+    try:
+        base = STORE.get(model_name)
+        before = generate_answers(base.model, base.tokenizer, [prompt], max_new_tokens)[0]
+        if patch is None:
+            return before, None
+        work = apply_patch(base, patch)  # a private copy: base + what the run changed
+        return before, generate_answers(work.model, work.tokenizer, [prompt], max_new_tokens)[0]
+    except Exception as exc:
+        raise _as_user_error(exc) from None
+
+
+@gpu(duration=120)
+def weights_work(model_name: str, patch: WeightPatch, path: str) -> str:
+    """base + patch written to `path` as one .safetensors file."""
+    try:
+        return save_weights(apply_patch(STORE.get(model_name), patch).model, path)
+    except Exception as exc:
+        raise _as_user_error(exc) from None
