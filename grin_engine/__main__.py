@@ -1,8 +1,9 @@
-"""Command line: python -m grin_engine {run,score} ...
+"""Command line: python -m grin_engine {run,score,compare} ...
 
     python -m grin_engine run --out report.json          # GRIN with the defaults on the built-in sets
     python -m grin_engine run --no-mask --out plain.json # the same unlearning on all weights (baseline)
     python -m grin_engine score --p 0.001 0.01 0.05      # influence only: what would be selected
+    python -m grin_engine compare --methods grin,grun,full,random,forget-grad --out compare.json
 
 A mistake in the arguments prints one line to stderr and exits with status 2; nothing is written.
 """
@@ -41,19 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "that hold a forget set, and measure what it costs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    methods = "; ".join(f"{k}: {v}" for k, v in describe_losses().items())
     run = sub.add_parser("run", help="the whole pipeline: scores, selection, noise, unlearning, metrics",
                          description="Run GRIN end to end and write a report.")
     _add_common(run)
-    run.add_argument("--method", default=DEFAULTS.method, help=f"unlearning loss. {methods}")
-    run.add_argument("--p", type=float, default=DEFAULTS.p, help="fraction of candidate weights to select, in (0, 1]")
-    run.add_argument("--sigma2", type=float, default=DEFAULTS.sigma2, help="variance of the noise on selected weights")
-    run.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    run.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    run.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="weight of the retain loss")
-    run.add_argument("--beta", type=float, default=None, help="npo/dpo/simnpo beta (default: the method's)")
+    _add_unlearning(run)
     run.add_argument("--no-mask", action="store_true", help="baseline: train all candidate weights, no noise")
-    run.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
     run.add_argument("--reference", default=None, help="a model never trained on the forget set (forget quality)")
     run.add_argument("--save-model", default=None, help="folder to save the unlearned model in (safetensors)")
     run.add_argument("--out", default="report.json", help="where to write the report JSON")
@@ -63,7 +56,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(score)
     score.add_argument("--p", type=float, nargs="+", default=[DEFAULTS.p], help="one or more fractions in (0, 1]")
     score.add_argument("--out", default="selection.json", help="where to write the selection summaries")
+
+    from .compare import METHODS
+
+    compare = sub.add_parser("compare", help="GRIN, GRUN and baselines on the same data, side by side",
+                             description="Run several unlearning methods with the same data, steps and seed and "
+                                         "compare their forget and retain metrics. Methods: "
+                                         + "; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    _add_common(compare)
+    _add_unlearning(compare)
+    compare.add_argument("--methods", default="grin,grun,full", help=f"comma-separated, from {','.join(METHODS)}")
+    compare.add_argument("--grun-layers", default=None,
+                         help="GRUN: comma-separated layer numbers (default: three spread over the upper half)")
+    compare.add_argument("--grun-rank", type=int, default=DEFAULTS.grun_rank)
+    compare.add_argument("--grun-gate", default=DEFAULTS.grun_gate, help="GRUN gate: linear or mlp")
+    compare.add_argument("--grun-gate-weight", type=float, default=DEFAULTS.grun_gate_weight)
+    compare.add_argument("--grun-lr", type=float, default=DEFAULTS.grun_lr)
+    compare.add_argument("--save-grun", default=None, help="write the trained GRUN edits here (.safetensors)")
+    compare.add_argument("--out", default="compare.json", help="where to write the comparison JSON")
     return parser
+
+
+def _add_unlearning(parser: argparse.ArgumentParser) -> None:
+    methods = "; ".join(f"{k}: {v}" for k, v in describe_losses().items())
+    parser.add_argument("--method", default=DEFAULTS.method, help=f"unlearning loss. {methods}")
+    parser.add_argument("--p", type=float, default=DEFAULTS.p, help="fraction of candidate weights to select, in (0, 1]")
+    parser.add_argument("--sigma2", type=float, default=DEFAULTS.sigma2, help="variance of the noise on selected weights")
+    parser.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    parser.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="weight of the retain loss")
+    parser.add_argument("--beta", type=float, default=None, help="npo/dpo/simnpo beta (default: the method's)")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+
+
+def _unlearning_config(args, **extra) -> GrinConfig:
+    return GrinConfig(method=args.method, p=args.p, sigma2=args.sigma2, lr=args.lr, steps=args.steps,
+                      batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, eps=args.eps,
+                      include_embeddings=args.include_embeddings, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                      **extra)
+
+
+def _progress_bars():
+    """A progress callback drawing one tqdm bar per stage (with the loss on training stages)."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage, done, total, loss=None):
+        bar = bars.get(stage)
+        if bar is None:
+            unit = {"unlearn": "step", "influence": "batch", "gradients": "batch"}.get(stage.split("/")[-1], "answer")
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if done >= total:
+            bar.close()
+    return progress
 
 
 def _load(args):
@@ -88,31 +137,14 @@ def _check_out(path: str) -> Path:
 
 
 def command_run(args) -> None:
-    from tqdm import tqdm
-
     from . import pipeline
     from .models import load_model
 
-    cfg = GrinConfig(method=args.method, p=args.p, sigma2=args.sigma2, use_mask=not args.no_mask, lr=args.lr,
-                     steps=args.steps, batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, eps=args.eps,
-                     include_embeddings=args.include_embeddings, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    cfg = _unlearning_config(args, use_mask=not args.no_mask)
     out = _check_out(args.out)
     base, forget, retain, load_s = _load(args)
     reference = load_model(ModelSpec(args.reference, args.device, args.dtype)) if args.reference else None
-    bars: dict[str, tqdm] = {}
-
-    def progress(stage, done, total, loss=None):
-        bar = bars.get(stage)
-        if bar is None:
-            unit = {"unlearn": "step", "influence": "batch"}.get(stage, "answer")
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
-        bar.update(done - bar.n)
-        if loss is not None:
-            bar.set_postfix(loss=f"{loss:.4f}")
-        if done >= total:
-            bar.close()
-
-    result = pipeline.run(base, forget, retain, cfg, on_progress=progress, reference=reference,
+    result = pipeline.run(base, forget, retain, cfg, on_progress=_progress_bars(), reference=reference,
                           keep_model=bool(args.save_model))
     result.timings["load_s"] = load_s
     report = result.to_report()
@@ -166,11 +198,66 @@ def command_score(args) -> None:
     print(f"selection written to {out}")
 
 
+def _layer_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise GrinError(f"--grun-layers: give layer numbers separated by commas, e.g. 15,22,29; got {text!r}") from None
+
+
+def command_compare(args) -> None:
+    from .compare import compare, parse_methods
+    from .grun import save_grun
+
+    methods = parse_methods(args.methods)
+    cfg = _unlearning_config(args, grun_layers=_layer_list(args.grun_layers), grun_rank=args.grun_rank,
+                             grun_gate=args.grun_gate, grun_gate_weight=args.grun_gate_weight, grun_lr=args.grun_lr)
+    out = _check_out(args.out)
+    if args.save_grun and "grun" not in methods:
+        raise GrinError("--save-grun needs grun among --methods")
+    if args.save_grun:
+        _check_out(args.save_grun)
+    base, forget, retain, load_s = _load(args)
+    start = time.perf_counter()
+    comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars())
+    comparison.timings.update(load_s=load_s, total_s=time.perf_counter() - start)
+    report = comparison.to_report()
+    out.write_text(json.dumps(report, indent=2))
+    if args.save_grun:
+        save_grun(comparison.results["grun"].patch, args.save_grun, base.name)
+        print(f"GRUN edits written to {args.save_grun} (safetensors)")
+    print(format_comparison(report))
+    print(f"comparison written to {out}")
+
+
+def format_comparison(report: dict) -> str:
+    """The comparison table for the terminal: keyword accuracy and ROUGE-L on both splits, gates, time."""
+    lines = [f"{'method':<14}{'forget KA':>10}{'retain KA':>10}{'forget RL':>10}{'retain RL':>10}"
+             f"{'gate f/r':>12}{'seconds':>9}"]
+    fmt = lambda v: f"{v:>10.3f}" if v is not None else f"{'-':>10}"  # noqa: E731
+    rows = report["table"]
+    if rows:
+        r = rows[0]
+        lines.append(f"{'(before)':<14}{fmt(r['forget_keyword_accuracy_before'])}{fmt(r['retain_keyword_accuracy_before'])}"
+                     f"{fmt(r['forget_rougeL_recall_before'])}{fmt(r['retain_rougeL_recall_before'])}")
+    for r in rows:
+        gates = (f"{r['forget_gate']:.2f}/{r['retain_gate']:.2f}" if r["forget_gate"] is not None else "-")
+        lines.append(f"{r['method']:<14}{fmt(r['forget_keyword_accuracy'])}{fmt(r['retain_keyword_accuracy'])}"
+                     f"{fmt(r['forget_rougeL_recall'])}{fmt(r['retain_rougeL_recall'])}{gates:>12}{r['seconds']:>9.0f}")
+    if report["overlap"]:
+        lines.append("GRIN mask overlap (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in report["overlap"].items()))
+    if report["stopped"]:
+        lines.append("(stopped early: the methods above finished)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        {"run": command_run, "score": command_score}[args.command](args)
+        {"run": command_run, "score": command_score, "compare": command_compare}[args.command](args)
     except GrinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -70,6 +70,12 @@ class GrinConfig:
     seed: int = 0
     max_length: int = 256  # tokens per training example (prompt + answer)
     max_new_tokens: int = 48  # generation length for evaluation
+    # GRUN (grun.py): gated representation edits instead of weight changes; method, steps, alpha, beta as above
+    grun_layers: list[int] | None = None  # decoder layers to edit; None: three spread over the upper half
+    grun_rank: int = 4
+    grun_gate: str = "linear"  # "linear" or "mlp"
+    grun_gate_weight: float = 1.0  # weight of the gate's BCE term
+    grun_lr: float = 1e-3  # the edits are new, small modules: they take a larger step than pretrained weights
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -77,7 +83,7 @@ class GrinConfig:
 
         get_loss(self.method)  # the one check of a method name (raises GrinError listing the valid ones)
         for name in ("p", "sigma2", "lr", "steps", "batch_size", "max_length", "max_new_tokens", "alpha", "gamma",
-                     "weight_decay", "eps", "max_grad_norm", "delta", "seed"):
+                     "weight_decay", "eps", "max_grad_norm", "delta", "seed", "grun_rank", "grun_gate_weight", "grun_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise GrinError(f"{name} must be a number, got {value!r}")
@@ -95,6 +101,17 @@ class GrinConfig:
         for name in ("alpha", "gamma", "weight_decay", "max_grad_norm"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise GrinError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.grun_gate not in ("linear", "mlp"):
+            raise GrinError(f"grun gate must be 'linear' or 'mlp', got {self.grun_gate!r}")
+        if int(self.grun_rank) < 1:
+            raise GrinError(f"grun rank must be at least 1, got {self.grun_rank!r}")
+        if not (math.isfinite(self.grun_lr) and self.grun_lr > 0):
+            raise GrinError(f"grun learning rate must be > 0, got {self.grun_lr!r}")
+        if not (math.isfinite(self.grun_gate_weight) and self.grun_gate_weight >= 0):
+            raise GrinError(f"grun gate weight must be >= 0, got {self.grun_gate_weight!r}")
+        if self.grun_layers is not None and (not self.grun_layers or not all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.grun_layers)):
+            raise GrinError(f"grun layers must be a list of layer numbers (0, 1, ...), got {self.grun_layers!r}")
         if self.beta is not None and not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
                                           and self.beta > 0):
             raise GrinError(f"beta must be > 0, got {self.beta!r}")

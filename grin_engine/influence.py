@@ -129,20 +129,28 @@ def influence_scores(grad_forget: dict[str, torch.Tensor], grad_retain: dict[str
     return scores
 
 
-def compute_influence(model, forget_batches, retain_batches, candidates: dict[str, Candidate], eps: float,
-                      on_batch=None) -> dict[str, torch.Tensor]:
-    """Both gradients, then the scores, reusing the gradient memory: peak extra memory is two model-sized buffers."""
-    names = list(candidates)
+def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_batch=None):
+    """(G_f, G_r): the accumulated answer-NLL gradients on the forget and on the retain batches.
+    on_batch(done, total) counts the batches of both."""
     n_batches = len(forget_batches) + len(retain_batches)
     report = (lambda done, _total: on_batch(done, n_batches)) if on_batch else None
     grad_forget = accumulate_gradients(model, forget_batches, names, report)
     report_r = (lambda done, _total: on_batch(len(forget_batches) + done, n_batches)) if on_batch else None
-    grad_retain = accumulate_gradients(model, retain_batches, names, report_r)
-    scores = influence_scores(grad_forget, grad_retain, eps=eps, in_place=True)
+    return grad_forget, accumulate_gradients(model, retain_batches, names, report_r)
+
+
+def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if not all(bool(torch.isfinite(s).all()) for s in scores.values()):
         raise GrinError("influence: some gradients overflowed (inf or nan scores); "
                         "try float32 (--dtype float32) or fewer, shorter items")
     return scores
+
+
+def compute_influence(model, forget_batches, retain_batches, candidates: dict[str, Candidate], eps: float,
+                      on_batch=None) -> dict[str, torch.Tensor]:
+    """Both gradients, then the scores, reusing the gradient memory: peak extra memory is two model-sized buffers."""
+    grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch)
+    return require_finite(influence_scores(grad_forget, grad_retain, eps=eps, in_place=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -300,6 +308,16 @@ def random_selection(candidates: dict[str, Candidate], params: dict[str, torch.T
         masks[name] = flat[start: start + size].view(params[name].shape).to(params[name].device)
         start += size
     return Selection(p=p, threshold=None, selected=int(flat.sum()), candidates=n, masks=masks)
+
+
+def jaccard(a: Selection, b: Selection) -> float:
+    """|A and B| / |A or B| of two masks over the same weights: 1 = the same weights, 0 = none in common."""
+    both = either = 0
+    for name, mask in a.masks.items():
+        other = b.masks[name].to(mask.device)
+        both += int((mask & other).sum())
+        either += int((mask | other).sum())
+    return both / either if either else 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -52,3 +52,15 @@ def apply_patch(base: LoadedModel, patch: WeightPatch) -> LoadedModel:
             else:
                 flat.index_copy_(0, index.to(flat.device), values)
     return work
+
+
+def unlearned_copy(base: LoadedModel, patch) -> LoadedModel:
+    """The unlearned model from the base and a run's patch: a WeightPatch (GRIN and the weight baselines) written
+    in, or a GrunState (GRUN) attached as hooks; either way on a copy, the base untouched."""
+    from .grun import GrunState
+
+    if isinstance(patch, GrunState):
+        work = copy_model(base)
+        patch.build().attach(work.model, work.tokenizer)
+        return work
+    return apply_patch(base, patch)

@@ -16,6 +16,7 @@ from . import metrics
 from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, qa_batches
 from .evaluate import evaluate_split
+from .grun import Grun, GrunSpec, GrunState, default_layers, export_state, gate_values, train_grun
 from .influence import (Candidate, Selection, candidate_parameters, compute_influence, select_top_fraction,
                         summarize_counts, summarize_selection)
 from .models import LoadedModel, copy_model
@@ -46,8 +47,9 @@ class RunResult:
     timings: dict
     stopped: bool = False
     forget_quality: float | None = None
-    patch: WeightPatch | None = field(default=None, repr=False)  # what the run changed: base + patch = unlearned
+    patch: WeightPatch | GrunState | None = field(default=None, repr=False)  # base + patch = the unlearned model
     unlearned_model: object = field(default=None, repr=False)  # the trained copy, when run(keep_model=True)
+    gates: dict | None = None  # GRUN: {"forget"|"retain": gate value per item} after training
 
     def to_report(self) -> dict:
         """The report JSON (a contract: the CLI writes it, the app offers it for download, other tools read it)."""
@@ -55,6 +57,7 @@ class RunResult:
             "config": self.config, "model": self.model, "selection": self.selection, "metrics": self.metrics,
             "metrics_per_item": self.metrics_per_item, "forget_quality": self.forget_quality,
             "generations": self.generations, "losses": self.losses, "timings": self.timings, "stopped": self.stopped,
+            "gates": self.gates,
         }
 
 
@@ -117,9 +120,44 @@ class RunStopped(Exception):
     """Raised inside run() when should_stop() turns true; run() returns a result marked stopped instead."""
 
 
+def _reporter(on_progress, should_stop):
+    """say(stage, done, total, *extra): report progress, then raise RunStopped if a stop was asked for."""
+    def say(stage, done, total, *extra):
+        if on_progress is not None:
+            on_progress(stage, done, total, *extra)
+        if should_stop is not None and should_stop():
+            raise RunStopped
+    return say
+
+
+def _stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict | None, losses: list[float],
+             timings: dict) -> RunResult:
+    """What a stopped run reports: what was measured so far, no after-evaluation and no unlearned model."""
+    values, per_item = _aggregate(before) if before else ({}, {})
+    return RunResult(config=cfg.to_dict(), model=base.facts(), selection=summary,
+                     metrics={"before": values, "after": None}, metrics_per_item={"before": per_item, "after": None},
+                     generations=[], losses=losses, timings=timings, stopped=True)
+
+
+def _finished(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict, after: dict, forget: list[QAItem],
+              retain: list[QAItem], losses: list[float], timings: dict, **extra) -> RunResult:
+    """A finished run's result: metrics and generations before and after, side by side."""
+    values_before, items_before = _aggregate(before)
+    values_after, items_after = _aggregate(after)
+    generations = [
+        {"split": split, "question": it.question, "answer": it.answer,
+         "before": before[split]["generations"][i], "after": after[split]["generations"][i]}
+        for split, items in (("forget", forget), ("retain", retain)) for i, it in enumerate(items)
+    ]
+    return RunResult(config=cfg.to_dict(), model=base.facts(), selection=summary,
+                     metrics={"before": values_before, "after": values_after},
+                     metrics_per_item={"before": items_before, "after": items_after},
+                     generations=generations, losses=losses, timings=timings, stopped=False, **extra)
+
+
 def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, on_progress=None,
         should_stop=None, reference: LoadedModel | None = None, keep_model: bool = False,
-        before: dict | None = None) -> RunResult:
+        before: dict | None = None, selection: Selection | None = None) -> RunResult:
     """The whole pipeline on a private copy of `base`.
 
     on_progress(stage, done, total) with stage in "before", "influence", "unlearn", "after" (for unlearn, the loss
@@ -128,14 +166,10 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
     no unlearned model. `before` may pass an evaluation of the base made earlier with `evaluate_both` (it depends
     only on the data, max_new_tokens and max_length), to save time.
     `reference`: a model never trained on the forget set, for TOFU's forget quality (KS test on truth ratios).
+    `selection`: a ready mask (the comparison's baselines: random, |G_f| only); no influence scores are computed.
     """
-    def say(stage, done, total, *extra):
-        if on_progress is not None:
-            on_progress(stage, done, total, *extra)
-        if should_stop is not None and should_stop():
-            raise RunStopped
-
     require_items(forget, retain)
+    say = _reporter(on_progress, should_stop)
     timings, summary, losses = {}, {}, []
     try:
         start = time.perf_counter()
@@ -146,7 +180,11 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
 
         work = copy_model(base)
         candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
-        if cfg.use_mask:
+        if selection is not None:
+            timings["scores_s"] = timings["select_s"] = 0.0
+            summary = summarize_selection(selection, candidates)
+            masks = selection.masks
+        elif cfg.use_mask:
             influence = compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg,
                                                  on_batch=lambda done, total: say("influence", done, total))
             timings["scores_s"] = influence.seconds
@@ -174,29 +212,63 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         timings["eval_after_s"] = time.perf_counter() - start
         timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
     except RunStopped:
-        values, per_item = _aggregate(before) if before else ({}, {})
-        return RunResult(config=cfg.to_dict(), model=base.facts(), selection=summary,
-                         metrics={"before": values, "after": None}, metrics_per_item={"before": per_item, "after": None},
-                         generations=[], losses=losses, timings=timings, stopped=True)
+        return _stopped(base, cfg, summary, before, losses, timings)
 
     forget_quality = None
     if reference is not None and after["forget"]["truth_ratios"]:
         ref_eval = evaluate_split(reference.model, reference.tokenizer, forget, "forget", cfg.max_new_tokens,
                                   cfg.max_length)
         forget_quality = metrics.forget_quality(after["forget"]["truth_ratios"], ref_eval["truth_ratios"])
+    return _finished(base, cfg, summary, before, after, forget, retain, losses, timings,
+                     forget_quality=forget_quality, patch=extract_patch(work.model, list(candidates), masks),
+                     unlearned_model=work if keep_model else None)
 
-    values_before, items_before = _aggregate(before)
-    values_after, items_after = _aggregate(after)
-    generations = [
-        {"split": split, "question": it.question, "answer": it.answer,
-         "before": before[split]["generations"][i], "after": after[split]["generations"][i]}
-        for split, items in (("forget", forget), ("retain", retain)) for i, it in enumerate(items)
-    ]
-    return RunResult(
-        config=cfg.to_dict(), model=base.facts(), selection=summary,
-        metrics={"before": values_before, "after": values_after},
-        metrics_per_item={"before": items_before, "after": items_after},
-        generations=generations, losses=losses, timings=timings, stopped=False,
-        forget_quality=forget_quality, patch=extract_patch(work.model, list(candidates), masks),
-        unlearned_model=work if keep_model else None,
-    )
+
+def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, on_progress=None,
+             should_stop=None, before: dict | None = None, keep_model: bool = False) -> RunResult:
+    """GRUN end to end (DESIGN.md §2.9) on a private copy of `base`: gated edits trained, weights untouched.
+
+    Same stages, callbacks and result as run(), without "influence". The result's `patch` is the trained GRUN as
+    CPU data (a GrunState; `patch.unlearned_copy(base, state)` attaches it to a copy of the base), and `gates` holds each
+    item's gate value after training.
+    """
+    require_items(forget, retain)
+    say = _reporter(on_progress, should_stop)
+    timings, losses = {}, []
+    work = copy_model(base)  # hooks on the shared base would change it for everybody else while we train
+    config = work.model.config
+    layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
+    grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
+                         gate=cfg.grun_gate), seed=cfg.seed).attach(work.model, work.tokenizer)
+    summary = {"kind": "grun", "layers": list(layers), "rank": int(cfg.grun_rank), "gate": cfg.grun_gate,
+               "trainable": sum(p.numel() for p in grun.parameters()),
+               "candidates": sum(c.numel for c in candidate_parameters(work.model).values()), "selected": 0}
+    try:
+        start = time.perf_counter()
+        if before is None:
+            before = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
+                                   on_item=lambda done, total: say("before", done, total))
+        timings["eval_before_s"] = time.perf_counter() - start
+
+        def on_step(step, steps, loss):
+            losses.append(loss)
+            say("unlearn", step, steps, loss)
+
+        start = time.perf_counter()
+        train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, on_step)
+        timings["unlearn_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        after = evaluate_both(work.model, work.tokenizer, forget, retain, cfg,
+                              on_item=lambda done, total: say("after", done, total))
+        gates = {split: gate_values(work.model, work.tokenizer, grun, [it.question for it in items])
+                 for split, items in (("forget", forget), ("retain", retain))}
+        timings["eval_after_s"] = time.perf_counter() - start
+        timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
+    except RunStopped:
+        grun.detach()
+        return _stopped(base, cfg, summary, before, losses, timings)
+    state = export_state(grun)
+    if not keep_model:
+        grun.detach()
+    return _finished(base, cfg, summary, before, after, forget, retain, losses, timings, patch=state, gates=gates,
+                     unlearned_model=work if keep_model else None)

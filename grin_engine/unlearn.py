@@ -78,8 +78,9 @@ def attach_reference(model, forget_batches: list[dict]) -> None:
                     part["ref_logp"] = answer_logprob(model, tensors).detach()
 
 
-def _to_device(batch: dict, device) -> dict:
-    return {k: (_to_device(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+def move_batch(batch: dict, device) -> dict:
+    """The batch (and its sub-batches) on `device`."""
+    return {k: (move_batch(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
 
 
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
@@ -106,8 +107,8 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
-            forget = _to_device(forget_batches[step % len(forget_batches)], device)
-            retain = _to_device(retain_batches[step % len(retain_batches)], device)
+            forget = move_batch(forget_batches[step % len(forget_batches)], device)
+            retain = move_batch(retain_batches[step % len(retain_batches)], device)
             loss = loss_fn(model, forget, retain, cfg)
             if not math.isfinite(loss.item()):
                 raise GrinError(f"unlearning stopped at step {step + 1}: the loss became {loss.item()} "

@@ -197,3 +197,24 @@ def test_empty_sets_are_refused(tiny, forget_items, retain_items, empty):
         pipeline.run(tiny, forget, retain, _cfg(True))
     with pytest.raises(GrinError, match=f"the {empty} set has no items"):
         pipeline.compute_influence_scores(tiny.model, tiny.tokenizer, forget, retain, _cfg(True))
+
+
+def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain_items):
+    """GRUN's patch (CPU data) attached to a fresh copy answers exactly as the trained model did."""
+    import pickle
+
+    from grin_engine.evaluate import generate_answers
+    from grin_engine.patch import unlearned_copy
+
+    weights = _snapshot(tiny.model)
+    cfg = _cfg(True, method="idk", grun_lr=5e-2, steps=5)
+    result = pipeline.run_grun(tiny, forget_items, retain_items, cfg)
+    assert len(result.losses) == 5 and result.selection["kind"] == "grun"
+    assert set(result.gates) == {"forget", "retain"} and len(result.gates["forget"]) == len(forget_items)
+    pickle.dumps(result.patch)  # crosses a process boundary in the app (ZeroGPU)
+    rebuilt = unlearned_copy(tiny, result.patch)
+    after = [g["after"] for g in result.generations if g["split"] == "forget"]
+    questions = [it.question for it in forget_items]
+    assert generate_answers(rebuilt.model, rebuilt.tokenizer, questions, cfg.max_new_tokens) == after
+    assert all(torch.equal(v, weights[k]) for k, v in tiny.model.state_dict().items())
+    assert result.to_report()["gates"] == result.gates

@@ -1,0 +1,104 @@
+"""Tests for grin_engine.compare: every method runs on the same data, each baseline's mask has the right size, the
+random baseline is reproducible from its seed, the overlaps are real Jaccard values, and the base stays untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from grin_engine.compare import METHODS, compare, parse_methods
+from grin_engine.config import GrinConfig, GrinError
+from grin_engine.influence import Selection, candidate_parameters, jaccard, random_selection
+
+
+def _cfg(**overrides) -> GrinConfig:
+    settings = dict(p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4, seed=0)
+    settings.update(overrides)
+    return GrinConfig(**settings)
+
+
+def _checksum(model) -> float:
+    return sum(p.double().sum().item() for p in model.state_dict().values())
+
+
+def test_parse_methods():
+    assert parse_methods("grin, GRUN,full,grin") == ["grin", "grun", "full"]
+    with pytest.raises(GrinError, match="unknown nope"):
+        parse_methods("grin,nope")
+    with pytest.raises(GrinError, match="none given"):
+        parse_methods(" , ")
+
+
+def test_jaccard_by_hand():
+    a = Selection(p=0.5, threshold=None, selected=2, candidates=4,
+                  masks={"w": torch.tensor([True, True, False, False])})
+    b = Selection(p=0.5, threshold=None, selected=2, candidates=4,
+                  masks={"w": torch.tensor([False, True, True, False])})
+    assert jaccard(a, b) == pytest.approx(1 / 3)
+    assert jaccard(a, a) == 1.0
+
+
+def test_random_mask_is_reproducible_from_its_seed(tiny):
+    candidates = candidate_parameters(tiny.model)
+    params = dict(tiny.model.named_parameters())
+    first = random_selection(candidates, params, 0.05, seed=3)
+    again = random_selection(candidates, params, 0.05, seed=3)
+    other = random_selection(candidates, params, 0.05, seed=4)
+    assert all(torch.equal(first.masks[n], again.masks[n]) for n in candidates)
+    assert not all(torch.equal(first.masks[n], other.masks[n]) for n in candidates)
+
+
+def test_every_method_on_the_same_data(tiny, forget_items, retain_items):
+    checksum = _checksum(tiny.model)
+    comparison = compare(tiny, forget_items, retain_items, _cfg(), list(METHODS))
+    assert list(comparison.results) == list(METHODS) and not comparison.stopped
+    n = sum(c.numel for c in candidate_parameters(tiny.model).values())
+    k = round(0.1 * n)
+    # each masked baseline selects exactly round(p * n) weights; full trains all of them
+    assert comparison.masks_selected == {"grin": k, "random": k, "forget-grad": k, "grin-nonoise": k}
+    for name in ("grin", "random", "forget-grad", "grin-nonoise"):
+        assert comparison.results[name].selection["selected"] == k
+    assert comparison.results["full"].selection["selected"] == n
+    assert comparison.results["grun"].selection["kind"] == "grun"
+    assert comparison.results["grun"].selection["trainable"] > 0
+    # the baselines differ from GRIN in what they claim to
+    assert comparison.results["grin-nonoise"].config["sigma2"] == 0.0
+    assert comparison.results["grin"].config["sigma2"] == _cfg().sigma2
+    assert 0.0 <= comparison.overlap["random"] < 0.5 and 0.0 < comparison.overlap["forget-grad"] <= 1.0
+    # every method was evaluated on the same items, against the same before-evaluation
+    befores = {json.dumps(r.metrics["before"], sort_keys=True) for r in comparison.results.values()}
+    assert len(befores) == 1
+    gates = comparison.results["grun"].gates
+    assert len(gates["forget"]) == len(forget_items) and len(gates["retain"]) == len(retain_items)
+    report = json.loads(json.dumps(comparison.to_report()))  # the report is plain JSON
+    assert [row["method"] for row in report["table"]] == list(METHODS)
+    assert set(report["generations"][0]) >= {"question", "answer", "before", *METHODS}
+    assert _checksum(tiny.model) == checksum  # the base is only read
+
+
+def test_grin_in_compare_is_the_same_run_as_grin_alone(tiny, forget_items, retain_items):
+    """Same mask and same numbers as pipeline.run: the comparison adds no difference of its own."""
+    from grin_engine import pipeline
+
+    alone = pipeline.run(tiny, forget_items, retain_items, _cfg())
+    compared = compare(tiny, forget_items, retain_items, _cfg(), ["grin"]).results["grin"]
+    assert compared.selection["selected"] == alone.selection["selected"]
+    assert compared.losses == alone.losses
+    for name, (index, values) in alone.patch.entries.items():
+        other_index, other_values = compared.patch.entries[name]
+        assert torch.equal(index, other_index) and torch.equal(values, other_values)
+
+
+def test_stop_keeps_the_methods_already_finished(tiny, forget_items, retain_items):
+    seen = []
+
+    def on_progress(stage, done, total, *extra):
+        seen.append(stage)
+
+    comparison = compare(tiny, forget_items, retain_items, _cfg(), ["full", "grun"], on_progress=on_progress,
+                         should_stop=lambda: any(s.startswith("grun/") for s in seen))
+    assert comparison.stopped
+    assert not comparison.results["full"].stopped and comparison.results["grun"].stopped
+    assert "before" in seen and "full/unlearn" in seen
