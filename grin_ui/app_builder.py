@@ -35,6 +35,7 @@ def build_app() -> gr.Blocks:
             i = layout.influence_tab()
             u = layout.unlearn_tab()
             c = layout.compare_tab()
+            m = layout.methods_tab()
             layout.learn_tab()
 
         s["load_btn"].click(
@@ -75,4 +76,15 @@ def build_app() -> gr.Blocks:
                            api_name="generate_submit", api_visibility="undocumented", **MODEL)
         c["report_btn"].click(cb.report, session, [c["report_json"], c["report_csv"]], api_name="report")
         c["weights_btn"].click(cb.weights, session, c["weights_file"], api_name="weights", **MODEL)
+
+        m["compare_btn"].click(
+            cb.compare_methods, [m["methods"], m["grun_gate"], m["grun_lr"], m["grun_gate_weight"]] + controls
+            + [s["max_items"], m["answers_split"], session],
+            [m["compare_status"], session, m["methods_table"], m["methods_scatter"], m["overlap"],
+             m["methods_answers"]], api_name="compare", **MODEL)
+        m["compare_stop_btn"].click(cb.stop, None, m["compare_status"], api_name="stop_compare",
+                                    api_visibility="undocumented", concurrency_id="stop", concurrency_limit=None)
+        m["answers_split"].change(cb.methods_answers, [m["answers_split"], session], m["methods_answers"],
+                                  api_name="methods_answers", api_visibility="undocumented", queue=False)
+        m["compare_report_btn"].click(cb.compare_report, session, m["compare_report"], api_name="compare_report")
     return demo

@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 
 from grin_engine import score_summary
+from grin_engine.compare import parse_methods
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import builtin_names, load_items
 
@@ -117,6 +118,7 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
                             for s in sources)
     if changed:  # results of other data or another model no longer apply
         session.hist = session.hist_key = session.run = session.before = session.before_key = None
+        session.comparison = None
     status = (f"Loaded **{name}** in {seconds:.1f} s; forget set **{session.sources[0]}** ({len(forget)} items), "
               f"retain set **{session.sources[1]}** ({len(retain)} items). Next: **Influence**.")
     return tables.model_facts(base.facts()), tables.items_preview(forget, retain), status, session
@@ -299,6 +301,87 @@ def generate(prompt, session):
     patch = session.run.patch if session.run is not None else None
     before, after = gpu.generate_work(session.model_name, prompt, patch, GrinConfig().max_new_tokens)
     return before, after if after is not None else "(no unlearned model yet: run Unlearn first)"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compare methods
+
+
+def _compare_stage(stage: str, done: int, total: int) -> str:
+    method, _, step = stage.rpartition("/")
+    words = {"gradients": "gradients for the masks (batches)"}.get(step, _STAGE_WORDS.get(step, step))
+    return f"{method + ': ' if method else ''}{words} {done} of {total}"
+
+
+@user_errors
+def compare_methods(methods, grun_gate, grun_lr, grun_gate_weight, method, p_percent, sigma2, lr, steps, alpha, beta,
+                    seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
+    """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
+    session = session_of(session)
+    session.require_loaded()
+    if not methods:
+        raise GrinError("choose at least one method to compare")
+    names = parse_methods(",".join(methods))
+    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
+    try:
+        grun_lr, grun_gate_weight = float(grun_lr), float(grun_gate_weight)
+    except (TypeError, ValueError):
+        raise GrinError("GRUN settings: the learning rate and the gate weight must be numbers") from None
+    cfg = GrinConfig(**{**cfg.to_dict(), "grun_gate": grun_gate, "grun_lr": grun_lr,
+                        "grun_gate_weight": grun_gate_weight})
+    forget, retain = session.items(max_items)
+    stop = stop_flag(request.session_hash if request else None)
+    stop.clear()
+    session.comparison = None
+    nothing = (gr.skip(),) * 4
+    comparison = None
+    for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop):
+        if kind == "progress":
+            stage, (_, done, total, *_) = list(payload[0].items())[-1]
+            text = _compare_stage(stage, done, total) + (" — stopping ..." if stop.is_set() else "")
+            progress((done, total), desc=text)
+            yield (f"Running: {text}", session) + nothing
+        elif kind == "error":
+            raise payload[0]
+        elif kind == "done":
+            comparison = payload[0]
+    if comparison is None:
+        yield ("Stopped.", session) + nothing
+        return
+    session.comparison = comparison
+    done = ", ".join(comparison.results)
+    status = (f"**Stopped** — finished: {done or 'none'}." if comparison.stopped else
+              f"**Done**: {done} on {len(forget)} forget and {len(retain)} retain items in "
+              f"{sum(comparison.timings.values()):.0f} s.")
+    yield (status, session) + _comparison_outputs(session, answers_split)
+
+
+def _comparison_outputs(session: Session, split: str):
+    c = session.comparison
+    rows = c.table() if c else None
+    p = c.config["p"] if c else None
+    return (tables.methods_table(rows), plots.methods_scatter(rows),
+            tables.overlap_text(c.overlap if c else {}, c.masks_selected if c else {}, p),
+            methods_answers(split, session))
+
+
+@user_errors
+def methods_answers(split, session):
+    """The answers of every compared method to the questions of one split."""
+    c = session_of(session).comparison
+    return tables.methods_answers(c.generations() if c else None, list(c.results) if c else [],
+                                  "retain" if split == "retain" else "forget")
+
+
+@user_errors
+def compare_report(session):
+    """The comparison as JSON (Comparison.to_report, the same contract as the CLI's compare --out)."""
+    c = session_of(session).comparison
+    if c is None:
+        raise GrinError("no comparison yet: press Compare first")
+    path = _out_dir() / "grin_compare.json"
+    path.write_text(json.dumps(c.to_report(), indent=2))
+    return str(path)
 
 
 def _out_dir() -> Path:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import time
 
-from grin_engine import pipeline, score_summary
+from grin_engine import compare, pipeline, score_summary
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem
 from grin_engine.evaluate import generate_answers
 from grin_engine.models import copy_model, save_weights
-from grin_engine.patch import WeightPatch, apply_patch
+from grin_engine.grun import GrunState, save_grun
+from grin_engine.patch import WeightPatch, apply_patch, unlearned_copy
 
 from .jobs import Job
 from .state import STORE, StopFlag
@@ -112,6 +113,21 @@ def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
     yield from _stream(work, stop)
 
 
+@gpu(duration=1200)
+def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
+                 stop: StopFlag):
+    """Several methods on the same data (grin_engine.compare): done -> Comparison, without the runs' patches
+    (the view needs metrics and answers; an unmasked run's patch is the size of the model)."""
+    def work(report):
+        comparison = compare.compare(STORE.get(model_name), forget, retain, cfg, methods, on_progress=report,
+                                     should_stop=stop.is_set)
+        for result in comparison.results.values():
+            result.patch = None
+        return comparison
+
+    yield from _stream(work, stop)
+
+
 @gpu(duration=120)
 def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_new_tokens: int):
     """The prompt answered by the base model and, when there is a patch, by base + patch: (before, after | None)."""
@@ -120,7 +136,7 @@ def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_n
         before = generate_answers(base.model, base.tokenizer, [prompt], max_new_tokens)[0]
         if patch is None:
             return before, None
-        work = apply_patch(base, patch)  # a private copy: base + what the run changed
+        work = unlearned_copy(base, patch)  # a private copy: base + what the run changed
         return before, generate_answers(work.model, work.tokenizer, [prompt], max_new_tokens)[0]
     except Exception as exc:
         raise _as_user_error(exc) from None
@@ -130,6 +146,8 @@ def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_n
 def weights_work(model_name: str, patch: WeightPatch, path: str) -> str:
     """base + patch written to `path` as one .safetensors file."""
     try:
+        if isinstance(patch, GrunState):  # GRUN changed no weight: its file is the edits (a few hundred kB)
+            return save_grun(patch, path, model_name)
         return save_weights(apply_patch(STORE.get(model_name), patch).model, path)
     except Exception as exc:
         raise _as_user_error(exc) from None

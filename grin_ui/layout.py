@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from grin_engine.compare import METHODS as COMPARE_METHODS
 from grin_engine.config import GrinConfig
 from grin_engine.data import builtin_names
 from grin_engine.losses import LOSSES, describe_losses
@@ -148,6 +149,44 @@ def compare_tab() -> dict:
             c["report_json"] = gr.File(label="report JSON", interactive=False, elem_classes="download")
             c["report_csv"] = gr.File(label="metrics CSV", interactive=False, elem_classes="download")
             c["weights_file"] = gr.File(label="unlearned weights", interactive=False, elem_classes="download")
+    return c
+
+
+def methods_tab() -> dict:
+    c = {}
+    with gr.Tab("Compare methods", id="methods"):
+        gr.Markdown("Run GRIN, GRUN and the baselines on the **same items, steps and seed**, with the settings of "
+                    "the **Unlearn** tab (loss, p, σ², learning rate, steps, alpha, beta, seed), and see what each "
+                    "forgot and what each kept. Each method costs about one Unlearn run (they share one evaluation "
+                    "of the base model and one pair of gradients); on a CPU keep *max items* in Setup small. "
+                    "**Learn** explains why each baseline is here.")
+        c["methods"] = gr.CheckboxGroup([(f"{name} — {text}", name) for name, text in COMPARE_METHODS.items()],
+                                        value=["grin", "grun", "full"], label="methods")
+        with gr.Accordion("GRUN settings", open=False):
+            with gr.Row():
+                c["grun_gate"] = gr.Radio(["linear", "mlp"], value=DEFAULTS.grun_gate, label="gate g(h)",
+                                          info="linear: one layer; mlp: a small two-layer network")
+                c["grun_lr"] = gr.Number(DEFAULTS.grun_lr, label="GRUN learning rate", minimum=0,
+                                         info="for the edits and the gate (new modules take larger steps)")
+                c["grun_gate_weight"] = gr.Number(DEFAULTS.grun_gate_weight, label="gate weight", minimum=0,
+                                                  info="weight of BCE(gate, 1 on forget / 0 on retain)")
+        with gr.Row():
+            c["compare_btn"] = gr.Button("Compare", variant="primary")
+            c["compare_stop_btn"] = gr.Button("Stop", variant="stop")
+        c["compare_status"] = gr.Markdown(elem_id="compare_status")
+        c["methods_table"] = gr.Dataframe(tables.methods_table(None), label="metrics after unlearning, per method",
+                                          interactive=False, elem_id="methods_table")
+        with gr.Row():
+            c["methods_scatter"] = gr.Plot(plots.methods_scatter(None), label="forget vs retain", scale=3,
+                                           elem_id="methods_scatter")
+            c["overlap"] = gr.Markdown(tables.overlap_text({}, {}, None), elem_id="overlap")
+        c["answers_split"] = gr.Radio(["forget", "retain"], value="forget", label="answers to the questions of")
+        c["methods_answers"] = gr.Dataframe(tables.methods_answers(None, [], "forget"), interactive=False,
+                                            wrap=True, max_height=480, elem_id="methods_answers",
+                                            label="answers side by side")
+        with gr.Row():
+            c["compare_report_btn"] = gr.Button("Prepare comparison JSON")
+            c["compare_report"] = gr.File(label="comparison JSON", interactive=False, elem_classes="download")
     return c
 
 

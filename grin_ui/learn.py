@@ -81,4 +81,47 @@ All are measured on the forget set and on the retain set, before and after.
 - **Too strong (collapse)**: retain metrics fall too; answers turn into repeated words or empty text; the loss
   runs off to large negative values (typical of `ga`). Lower the learning rate or steps, raise $\alpha$, or use `npo`.
 - Compare with the baseline (mask off) at the same settings: GRIN should forget as much while keeping more.
+
+# GRUN: unlearning without changing a weight
+
+GRUN (Ren et al. 2025) leaves every weight of the model as it is. It adds two small pieces on a few layers
+(by default three, spread over the upper half of the model) and edits the model's hidden state $h$ at the last
+token of the question, just before the answer starts:
+
+$$h' = h + \sigma\big(g(h)\big)\; R^\top \big(W h + b - R h\big)$$
+
+- $R$ is a $4 \times d$ matrix with orthonormal rows: $R h$ are the coordinates of $h$ in a 4-dimensional
+  subspace. The edit replaces them with the learned $W h + b$ and leaves the rest of $h$ alone (LoReFT, a
+  representation fine-tuning method).
+- $g$ is a **gate**: a tiny classifier that reads $h$ and answers "is this a forget question?". $\sigma(g(h))$ is
+  between 0 (closed: no edit, the original model) and 1 (open: the full edit).
+
+Training uses the same unlearning loss as above (its forget term, plus $\alpha\,\mathrm{NLL}_r$), plus a term that
+teaches the gate to open on forget questions and stay shut on retain questions:
+
+$$\mathcal{L} = \mathcal{L}_{\text{method}} + \lambda_{\text{gate}} \cdot \mathrm{BCE}\big(\sigma(g(h)),\ 1 \text{ on forget},\ 0 \text{ on retain}\big)$$
+
+For `npo` and `dpo`, $\pi_{\text{ref}}$ is the same model with the edits off, which is exactly the original model.
+Only $R$, $W$, $b$ and $g$ train: a few thousand numbers per edited layer (16 thousand in all for the default
+model) instead of millions of weights. Switching the edits
+off restores the original model exactly, and the edits are saved as a file of a few hundred kilobytes.
+
+**GRIN vs GRUN.** GRIN finds *where* the knowledge is stored and changes those weights: the change is permanent
+and applies to every input, so it can leak into related retain questions. GRUN changes *nothing* stored: it
+recognises forget questions and steers the answer away at run time. When its gate is right, retain questions are
+answered by the untouched model; when the gate misfires (a retain question that looks like a forget question, or
+a forget question phrased in a new way), it fails in that direction. Watch the gate values in **Compare methods**.
+
+# Why each baseline is in Compare methods
+
+| baseline | what it changes from GRIN | the question it answers |
+|---|---|---|
+| `full` | every candidate weight trains, no mask, no noise | what does selecting weights buy? (usually: much less damage to the retain set) |
+| `random` | a uniformly random mask of the same size | is the influence score better than luck? |
+| `forget-grad` | top $p$ by $\lvert G_f\rvert$ alone, no division by $\lvert G_r\rvert$ | does the retain side of the ratio matter? |
+| `grin-nonoise` | GRIN with $\sigma^2 = 0$ | does the noise help? |
+
+The **mask overlap** (Jaccard $|A\cap B| / |A\cup B|$) tells how much two masks share: two random masks of
+$p$ share about $p/(2-p)$; the GRIN and $|G_f|$ masks share far more, and what they do *not* share is exactly
+the weights the retain set needs.
 """

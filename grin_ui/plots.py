@@ -137,3 +137,35 @@ def loss_curve(losses: list[float], steps: int | None = None) -> go.Figure:
                                                                    "dtick": max(1, math.ceil((steps or 1) / 10))},
                       yaxis={"title": "loss"}, height=320)
     return fig
+
+
+METHOD_COLOURS = {"grin": "#c53030", "grun": "#6b46c1", "full": "#dd6b20", "random": "#718096",
+                  "forget-grad": "#2b6cb0", "grin-nonoise": "#e53e3e"}
+
+
+def methods_scatter(rows: list[dict] | None) -> go.Figure:
+    """Each method a point: forget keyword accuracy (x, lower = forgot more) vs retain keyword accuracy (y, higher =
+    kept more). The ideal corner (forgot everything, kept everything the base knew) is marked."""
+    if not rows:
+        return _empty("Forget vs retain", "run a comparison first")
+    fig = go.Figure()
+    base_f, base_r = rows[0]["forget_keyword_accuracy_before"], rows[0]["retain_keyword_accuracy_before"]
+    fig.add_trace(go.Scatter(x=[0], y=[base_r], mode="markers+text", name="ideal", text=["ideal"],
+                             textposition="middle right", marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             hovertemplate="ideal: forgets all, keeps all the base knew<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["before"],
+                             textposition="middle left", marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
+                             hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
+    for r in rows:
+        if r.get("forget_keyword_accuracy") is None:
+            continue  # stopped before it was evaluated
+        fig.add_trace(go.Scatter(
+            x=[r["forget_keyword_accuracy"]], y=[r["retain_keyword_accuracy"]], mode="markers+text", name=r["method"],
+            text=[r["method"]], textposition="top center",
+            marker={"size": 13, "color": METHOD_COLOURS.get(r["method"], "#4a5568")},
+            hovertemplate=f"<b>{r['method']}</b><br>forget KA %{{x:.3f}}<br>retain KA %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title="Forget vs retain (keyword accuracy after unlearning)",
+                      xaxis={"title": "forget keyword accuracy (lower = forgot more)", "range": [-0.05, 1.05]},
+                      yaxis={"title": "retain keyword accuracy (higher = kept more)", "range": [-0.05, 1.1]},
+                      height=420, showlegend=False)
+    return fig

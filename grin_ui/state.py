@@ -67,6 +67,7 @@ class Session:
     hist_key: tuple | None = None  # (model name, items used) the histograms belong to
     influence_s: float | None = None
     run: object = None  # pipeline.RunResult of the last run (its patch = what it changed)
+    comparison: object = None  # compare.Comparison of the last Compare-methods run (no patches)
     before_key: tuple | None = None  # the base-model evaluation is reused while model, items and lengths stay
     before: dict | None = None
 

@@ -126,3 +126,53 @@ def run_text(result) -> str:
     loss = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
     return (f"**Done**: {len(result.losses)} steps{loss}. Trained {sel['selected']:,} of {sel['candidates']:,} "
             f"candidate weights. {times} See **Compare** for the answers and metrics.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compare methods
+
+METHOD_COLUMNS = [("forget_keyword_accuracy", "forget KA"), ("forget_rougeL_recall", "forget ROUGE-L"),
+                  ("forget_probability", "forget prob"), ("retain_keyword_accuracy", "retain KA"),
+                  ("retain_rougeL_recall", "retain ROUGE-L"), ("retain_probability", "retain prob"),
+                  ("forget_gate", "gate (forget)"), ("retain_gate", "gate (retain)")]
+
+
+def methods_table(rows: list[dict] | None) -> pd.DataFrame:
+    """One row per method (Comparison.table()), after unlearning; the first row is the base model before."""
+    columns = ["method"] + [label for _, label in METHOD_COLUMNS] + ["weights trained", "seconds"]
+    if not rows:
+        return pd.DataFrame([], columns=columns)
+    out = [{"method": "base model (before)",
+            **{label: _num(rows[0].get(key + "_before")) for key, label in METHOD_COLUMNS if "gate" not in key},
+            "gate (forget)": "-", "gate (retain)": "-", "weights trained": "-", "seconds": "-"}]
+    for r in rows:
+        out.append({"method": r["method"] + (" (stopped)" if r["stopped"] else ""),
+                    **{label: _num(r.get(key)) for key, label in METHOD_COLUMNS},
+                    "weights trained": f"{r['trainable']:,}" if r.get("trainable") is not None else "-",
+                    "seconds": f"{r['seconds']:.0f}"})
+    return pd.DataFrame(out, columns=columns)
+
+
+def methods_answers(generations: list[dict] | None, methods: list[str], split: str) -> pd.DataFrame:
+    """Every method's answer to each question of one split, side by side with the gold answer and the base's."""
+    columns = ["question", "gold answer", "before"] + list(methods)
+    rows = [{"question": g["question"], "gold answer": g["answer"], "before": g["before"],
+             **{m: g.get(m, "") for m in methods}} for g in (generations or []) if g["split"] == split]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def overlap_text(overlap: dict, masks_selected: dict, p: float | None) -> str:
+    """How much the GRIN mask shares with the baseline masks, against what chance would give."""
+    if not overlap:
+        return "*Mask overlap: run GRIN in the comparison to see how its mask overlaps the random and |G_f| masks.*"
+    chance = p / (2 - p) if p else None  # Jaccard of two independent random masks of the same size
+    lines = ["**Overlap of the GRIN mask with the other masks** (Jaccard |A∩B| / |A∪B|: 1 = the same weights, "
+             "0 = none shared)"]
+    names = {"random": "random mask", "forget-grad": "|G_f|-only mask"}
+    for name, value in overlap.items():
+        lines.append(f"- {names.get(name, name)}: **{value:.4f}**")
+    if chance is not None:
+        lines.append(f"\nTwo random masks of {100 * p:g}% share about {chance:.4f} (chance). The GRIN mask has "
+                     f"{masks_selected.get('grin', 0):,} weights; the ratio |G_f| / |G_r| keeps those that matter "
+                     "little for the retain set, which is all that separates it from the |G_f| mask.")
+    return "\n".join(lines)

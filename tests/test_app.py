@@ -170,3 +170,41 @@ def test_two_visitors_at_once_keep_their_own_results(client):
     assert [r["config"]["p"] for r in reports] == [pytest.approx(0.001), pytest.approx(0.05)]
     assert reports[0]["selection"]["selected"] < reports[1]["selection"]["selected"]
     assert _checksum(STORE.get("default").model) == checksum
+
+
+def test_presets_fill_the_unlearn_controls(client):
+    from grin_ui.presets import PRESETS
+
+    for slug, name in (("/preset_gentle", "Forget Harry Potter, gently"),
+                       ("/preset_aggressive", "Forget Harry Potter, aggressively")):
+        values = client.predict(api_name=slug)
+        expected = PRESETS[name]
+        assert values[0] == expected["method"] and float(values[1]) == expected["p_percent"]
+        assert values[2] == expected["sigma2"] and int(values[4]) == expected["steps"]
+
+
+@pytest.mark.slow
+def test_compare_methods(client):
+    """The Compare-methods view through the API: every method on 2 + 2 items, a table row each, the scatter, the
+    overlaps, answers side by side and the JSON download; bad choices come back as errors."""
+    client.predict("default", "", "harry_potter", "", None, "general_knowledge", "", None, api_name="/load")
+    methods = ["grin", "grun", "full", "random", "forget-grad"]
+    settings = ("graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, 2, "forget")
+    with pytest.raises(Exception, match="at least one method"):
+        client.predict([], "linear", 1e-3, 1.0, *settings, api_name="/compare")
+    with pytest.raises(Exception, match="gate"):
+        client.predict(["grun"], "tree", 1e-3, 1.0, *settings, api_name="/compare")
+    final = _finish(client.submit(methods, "linear", 1e-3, 1.0, *settings, api_name="/compare"))[-1]
+    status, table, scatter, overlap, answers = final
+    assert "Done" in status, status
+    rows = _data(table)
+    assert [row[0] for row in rows] == ["base model (before)"] + methods
+    assert "random mask" in overlap and "|G_f|-only mask" in overlap
+    answer_rows = _data(answers)
+    assert len(answer_rows) == 2 and len(answer_rows[0]) == 3 + len(methods)
+    assert all(isinstance(a, str) for a in answer_rows[0])
+    report = json.loads(open(client.predict(api_name="/compare_report")).read())
+    assert [row["method"] for row in report["table"]] == methods
+    grun = next(row for row in report["table"] if row["method"] == "grun")
+    assert grun["forget_gate"] is not None and grun["retain_gate"] is not None
+    assert report["masks_selected"]["grin"] == report["masks_selected"]["random"]
