@@ -89,7 +89,7 @@ def _selected(text: str) -> int:
 def test_full_flow_in_a_browser(page):
     expect(page.get_by_role("heading", name="GRIN Studio")).to_be_visible(timeout=60 * SECOND)
     assert [t.inner_text().strip() for t in page.get_by_role("tab").all()] == \
-        ["Setup", "Influence", "Unlearn", "Compare", "Learn"]
+        ["Setup", "Influence", "Unlearn", "Compare", "Compare methods", "Learn"]
 
     # Setup: few items, Load, the model's facts appear
     _number(page, "number input for max items per set", 4)
@@ -162,8 +162,28 @@ def test_full_flow_in_a_browser(page):
     assert not after.input_value().startswith("(no unlearned model")
     _shot(page, "4_compare")
 
+    # Compare methods: GRIN, GRUN and full (the default choice) with the Unlearn tab's settings (2 steps)
+    _tab(page, "Compare methods")
+    for name in ("grin", "grun", "full"):
+        expect(page.get_by_label(re.compile(f"^{re.escape(name)} — "))).to_be_checked()
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#compare_status")).to_contain_text("Done: grin, grun, full", timeout=900 * SECOND)
+    table = page.locator("#methods_table")
+    for name in ("base model (before)", "grin", "grun", "full"):
+        expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible()
+    scatter = page.locator("#methods_scatter .js-plotly-plot")
+    expect(scatter).to_contain_text("Forget vs retain")
+    expect(scatter.locator("g.scatterlayer .trace")).to_have_count(5)  # ideal, base, and the three methods
+    expect(page.locator("#overlap")).to_contain_text("random mask")
+    answers = page.locator("#methods_answers")
+    for column in ("question", "before", "grin", "grun", "full"):
+        expect(answers.get_by_role("columnheader", name=column, exact=True)).to_be_visible()
+    expect(answers).to_contain_text("Hogwarts")
+    _shot(page, "5_compare_methods")
+
     # Learn: the explanations
     _tab(page, "Learn")
     expect(page.get_by_role("heading", name="How GRIN unlearning works")).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile("Influence score"))).to_be_visible()
-    _shot(page, "5_learn")
+    expect(page.get_by_role("heading", name=re.compile("GRUN: unlearning without changing a weight"))).to_be_visible()
+    _shot(page, "6_learn")
