@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(compare)
     _add_unlearning(compare)
     compare.add_argument("--methods", default="grin,grun,full", help=f"comma-separated, from {','.join(METHODS)}")
+    compare.add_argument("--grun-method", default=DEFAULTS.grun_method,
+                         help="GRUN's unlearning loss (default idk: steer forget questions to a refusal)")
     compare.add_argument("--grun-layers", default=None,
                          help="GRUN: comma-separated layer numbers (default: three spread over the upper half)")
     compare.add_argument("--grun-rank", type=int, default=DEFAULTS.grun_rank)
@@ -212,7 +214,8 @@ def command_compare(args) -> None:
     from .grun import save_grun
 
     methods = parse_methods(args.methods)
-    cfg = _unlearning_config(args, grun_layers=_layer_list(args.grun_layers), grun_rank=args.grun_rank,
+    cfg = _unlearning_config(args, grun_method=args.grun_method, grun_layers=_layer_list(args.grun_layers),
+                             grun_rank=args.grun_rank,
                              grun_gate=args.grun_gate, grun_gate_weight=args.grun_gate_weight, grun_lr=args.grun_lr)
     out = _check_out(args.out)
     if args.save_grun and "grun" not in methods:

@@ -70,7 +70,8 @@ class GrinConfig:
     seed: int = 0
     max_length: int = 256  # tokens per training example (prompt + answer)
     max_new_tokens: int = 48  # generation length for evaluation
-    # GRUN (grun.py): gated representation edits instead of weight changes; method, steps, alpha, beta as above
+    # GRUN (grun.py): gated representation edits instead of weight changes; steps, alpha, beta as above
+    grun_method: str = "idk"  # GRUN's unlearning loss (a name in losses.LOSSES); see grun.train_grun for why idk
     grun_layers: list[int] | None = None  # decoder layers to edit; None: three spread over the upper half
     grun_rank: int = 4
     grun_gate: str = "linear"  # "linear" or "mlp"
@@ -82,6 +83,7 @@ class GrinConfig:
         from .losses import get_loss  # late import: losses imports torch, config should stay light
 
         get_loss(self.method)  # the one check of a method name (raises GrinError listing the valid ones)
+        get_loss(self.grun_method)
         for name in ("p", "sigma2", "lr", "steps", "batch_size", "max_length", "max_new_tokens", "alpha", "gamma",
                      "weight_decay", "eps", "max_grad_norm", "delta", "seed", "grun_rank", "grun_gate_weight", "grun_lr"):
             value = getattr(self, name)

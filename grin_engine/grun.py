@@ -214,11 +214,16 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
                on_step=None, should_stop=None) -> UnlearnResult:
     """Train the attached GRUN edits for cfg.steps steps; the model's own weights never get a gradient.
 
-    loss = LOSSES[cfg.method](model with the edits, forget, retain)   (its forget term + alpha * NLL(retain))
+    loss = LOSSES[cfg.grun_method](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
            + cfg.grun_gate_weight * gate_loss
     The reference pi_ref of npo / dpo is the model with the edits off, i.e. the original model.
+
+    idk is the default loss: the edit learns to steer forget questions to a refusal, a bounded target. With
+    gradient ascent (ga, graddiff) nothing bounds the edit; on the default model it grew until forget answers were
+    noise, and the part of it that a half-open gate lets through hurt retain answers too (retain keyword accuracy
+    0.70 against 0.81 with idk, same steps; see the issue notes).
     """
-    loss_fn = get_loss(cfg.method)
+    loss_fn = get_loss(cfg.grun_method)
     device = next(model.parameters()).device
     f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed)
     r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length)

@@ -314,7 +314,7 @@ def _compare_stage(stage: str, done: int, total: int) -> str:
 
 
 @user_errors
-def compare_methods(methods, grun_gate, grun_lr, grun_gate_weight, method, p_percent, sigma2, lr, steps, alpha, beta,
+def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, method, p_percent, sigma2, lr, steps, alpha, beta,
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
     session = session_of(session)
@@ -327,7 +327,7 @@ def compare_methods(methods, grun_gate, grun_lr, grun_gate_weight, method, p_per
         grun_lr, grun_gate_weight = float(grun_lr), float(grun_gate_weight)
     except (TypeError, ValueError):
         raise GrinError("GRUN settings: the learning rate and the gate weight must be numbers") from None
-    cfg = GrinConfig(**{**cfg.to_dict(), "grun_gate": grun_gate, "grun_lr": grun_lr,
+    cfg = GrinConfig(**{**cfg.to_dict(), "grun_method": grun_method, "grun_gate": grun_gate, "grun_lr": grun_lr,
                         "grun_gate_weight": grun_gate_weight})
     forget, retain = session.items(max_items)
     stop = stop_flag(request.session_hash if request else None)

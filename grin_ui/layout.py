@@ -83,6 +83,12 @@ def influence_tab() -> dict:
     return c
 
 
+# Measured with the default model on the full built-in sets (python -m grin_engine run with each preset's values).
+PRESET_NOTE = ("<small>Presets fill the controls below. On the full built-in sets with the default model: "
+               "*gently* (NPO, p 0.5%) forgets about half the Harry Potter facts and keeps every general-knowledge "
+               "fact (keyword accuracy 1.00 → 0.47 forget, 1.00 → 1.00 retain); *aggressively* (GradDiff, p 5%) "
+               "forgets all of them but the model pays: forget answers collapse into repeated words and retain "
+               "accuracy falls to 0.58.</small>")
 UNLEARN_CONTROLS = ("method", "u_p_percent", "sigma2", "lr", "steps", "alpha", "beta", "seed", "use_mask")
 
 
@@ -93,6 +99,7 @@ def unlearn_tab() -> dict:
         with gr.Row():
             for name in PRESETS:
                 c[f"preset::{name}"] = gr.Button(name, size="sm")
+        gr.Markdown(PRESET_NOTE)
         with gr.Row():
             c["method"] = gr.Dropdown(list(LOSSES), value=DEFAULTS.method, label="method",
                                       info="what each does: open “What the methods do” below")
@@ -164,6 +171,8 @@ def methods_tab() -> dict:
                                         value=["grin", "grun", "full"], label="methods")
         with gr.Accordion("GRUN settings", open=False):
             with gr.Row():
+                c["grun_method"] = gr.Dropdown(list(LOSSES), value=DEFAULTS.grun_method, label="GRUN loss",
+                                               info="idk: steer forget questions to a refusal")
                 c["grun_gate"] = gr.Radio(["linear", "mlp"], value=DEFAULTS.grun_gate, label="gate g(h)",
                                           info="linear: one layer; mlp: a small two-layer network")
                 c["grun_lr"] = gr.Number(DEFAULTS.grun_lr, label="GRUN learning rate", minimum=0,

@@ -14,7 +14,7 @@ from grin_engine.grun import (Grun, GrunSpec, default_layers, export_state, gate
 
 
 def _cfg(**overrides) -> GrinConfig:
-    settings = dict(method="idk", steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
+    settings = dict(grun_method="idk", steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
     settings.update(overrides)
     return GrinConfig(**settings)
 
@@ -99,7 +99,7 @@ def test_the_gate_trains_toward_its_targets(tokenizer, forget_items, retain_item
     questions_r = [it.question for it in retain_items]
     before_f = gate_values(tiny.model, tiny.tokenizer, grun, questions_f)
     before_r = gate_values(tiny.model, tiny.tokenizer, grun, questions_r)
-    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(method=method))
+    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(grun_method=method))
     after_f = gate_values(tiny.model, tiny.tokenizer, grun, questions_f)
     after_r = gate_values(tiny.model, tiny.tokenizer, grun, questions_r)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
