@@ -96,8 +96,9 @@ $$h' = h + \sigma\big(g(h)\big)\; R^\top \big(W h + b - R h\big)$$
 - $g$ is a **gate**: a tiny classifier that reads $h$ and answers "is this a forget question?". $\sigma(g(h))$ is
   between 0 (closed: no edit, the original model) and 1 (open: the full edit).
 
-Training uses the same unlearning loss as above (its forget term, plus $\alpha\,\mathrm{NLL}_r$), plus a term that
-teaches the gate to open on forget questions and stay shut on retain questions:
+Training uses one of the unlearning losses above (its forget term, plus $\alpha\,\mathrm{NLL}_r$; by default `idk`,
+which steers forget questions to a refusal, a target that stays bounded), plus a term that teaches the gate to open
+on forget questions and stay shut on retain questions:
 
 $$\mathcal{L} = \mathcal{L}_{\text{method}} + \lambda_{\text{gate}} \cdot \mathrm{BCE}\big(\sigma(g(h)),\ 1 \text{ on forget},\ 0 \text{ on retain}\big)$$
 
