@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="GRUN's unlearning loss (default idk: steer forget questions to a refusal)")
     compare.add_argument("--grun-layers", default=None,
                          help="GRUN: comma-separated layer numbers (default: three spread over the upper half)")
+    compare.add_argument("--grun-steps", type=int, default=DEFAULTS.grun_steps,
+                         help="GRUN's training steps (cheaper than GRIN's: 40 cost about GRIN's 20)")
     compare.add_argument("--grun-rank", type=int, default=DEFAULTS.grun_rank)
     compare.add_argument("--grun-gate", default=DEFAULTS.grun_gate, help="GRUN gate: linear or mlp")
     compare.add_argument("--grun-gate-weight", type=float, default=DEFAULTS.grun_gate_weight)
@@ -215,7 +217,7 @@ def command_compare(args) -> None:
 
     methods = parse_methods(args.methods)
     cfg = _unlearning_config(args, grun_method=args.grun_method, grun_layers=_layer_list(args.grun_layers),
-                             grun_rank=args.grun_rank,
+                             grun_steps=args.grun_steps, grun_rank=args.grun_rank,
                              grun_gate=args.grun_gate, grun_gate_weight=args.grun_gate_weight, grun_lr=args.grun_lr)
     out = _check_out(args.out)
     if args.save_grun and "grun" not in methods:

@@ -212,7 +212,7 @@ def gate_loss(grun: Grun, forget: dict, retain: dict) -> torch.Tensor:
 
 def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                on_step=None, should_stop=None) -> UnlearnResult:
-    """Train the attached GRUN edits for cfg.steps steps; the model's own weights never get a gradient.
+    """Train the attached GRUN edits for cfg.grun_steps steps; the model's own weights never get a gradient.
 
     loss = LOSSES[cfg.grun_method](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
            + cfg.grun_gate_weight * gate_loss
@@ -236,7 +236,7 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
     result = UnlearnResult(trainable=sum(p.numel() for p in params))
     grun.train()
     try:
-        for step in range(cfg.steps):
+        for step in range(cfg.grun_steps):
             if should_stop is not None and should_stop():
                 result.stopped = True
                 break
@@ -257,7 +257,7 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
             result.losses.append(loss.item())
             result.steps_done = step + 1
             if on_step is not None:
-                on_step(step + 1, cfg.steps, loss.item())
+                on_step(step + 1, cfg.grun_steps, loss.item())
     finally:
         grun.recording, grun.records = False, []
         grun.eval()

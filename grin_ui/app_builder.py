@@ -78,7 +78,8 @@ def build_app() -> gr.Blocks:
         c["weights_btn"].click(cb.weights, session, c["weights_file"], api_name="weights", **MODEL)
 
         m["compare_btn"].click(
-            cb.compare_methods, [m["methods"], m["grun_method"], m["grun_gate"], m["grun_lr"], m["grun_gate_weight"]] + controls
+            cb.compare_methods, [m["methods"], m["grun_method"], m["grun_gate"], m["grun_lr"], m["grun_gate_weight"],
+                                 m["grun_steps"]] + controls
             + [s["max_items"], m["answers_split"], session],
             [m["compare_status"], session, m["methods_table"], m["methods_scatter"], m["overlap"],
              m["methods_answers"]], api_name="compare", **MODEL)

@@ -314,7 +314,7 @@ def _compare_stage(stage: str, done: int, total: int) -> str:
 
 
 @user_errors
-def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, method, p_percent, sigma2, lr, steps, alpha, beta,
+def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, grun_steps, method, p_percent, sigma2, lr, steps, alpha, beta,
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
     session = session_of(session)
@@ -324,11 +324,11 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
     names = parse_methods(",".join(methods))
     cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
     try:
-        grun_lr, grun_gate_weight = float(grun_lr), float(grun_gate_weight)
+        grun_lr, grun_gate_weight, grun_steps = float(grun_lr), float(grun_gate_weight), int(grun_steps)
     except (TypeError, ValueError):
-        raise GrinError("GRUN settings: the learning rate and the gate weight must be numbers") from None
+        raise GrinError("GRUN settings: the learning rate, gate weight and steps must be numbers") from None
     cfg = GrinConfig(**{**cfg.to_dict(), "grun_method": grun_method, "grun_gate": grun_gate, "grun_lr": grun_lr,
-                        "grun_gate_weight": grun_gate_weight})
+                        "grun_gate_weight": grun_gate_weight, "grun_steps": grun_steps})
     forget, retain = session.items(max_items)
     stop = stop_flag(request.session_hash if request else None)
     stop.clear()

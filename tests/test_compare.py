@@ -14,7 +14,7 @@ from grin_engine.influence import Selection, candidate_parameters, jaccard, rand
 
 
 def _cfg(**overrides) -> GrinConfig:
-    settings = dict(p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4, seed=0)
+    settings = dict(p=0.1, steps=2, grun_steps=2, batch_size=2, max_length=64, max_new_tokens=4, seed=0)
     settings.update(overrides)
     return GrinConfig(**settings)
 

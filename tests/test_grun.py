@@ -14,7 +14,7 @@ from grin_engine.grun import (Grun, GrunSpec, default_layers, export_state, gate
 
 
 def _cfg(**overrides) -> GrinConfig:
-    settings = dict(grun_method="idk", steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
+    settings = dict(grun_method="idk", grun_steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
     settings.update(overrides)
     return GrinConfig(**settings)
 
@@ -70,7 +70,7 @@ def test_training_leaves_the_base_weights_bit_identical_and_off_is_the_base(tiny
     enc = _prompts(tiny.tokenizer, [it.question for it in forget_items + retain_items])
     base_logits = tiny.model(**enc).logits
     grun = _grun(tiny.model).attach(tiny.model, tiny.tokenizer)
-    result = train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(steps=5))
+    result = train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(grun_steps=5))
     assert result.steps_done == 5 and result.trainable == sum(p.numel() for p in grun.parameters())
     for name, value in tiny.model.state_dict().items():
         assert torch.equal(value, weights[name]), name  # bit-identical, not just close
@@ -119,7 +119,7 @@ def test_generation_uses_the_edits_and_off_restores_it(tiny, forget_items, retai
 
 def test_save_and_load_give_the_same_outputs(tiny, forget_items, retain_items, tmp_path):
     grun = _grun(tiny.model).attach(tiny.model, tiny.tokenizer)
-    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(steps=5))
+    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(grun_steps=5))
     enc = _prompts(tiny.tokenizer, [it.question for it in forget_items])
     with torch.no_grad():
         trained = tiny.model(**enc).logits

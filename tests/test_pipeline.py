@@ -207,7 +207,7 @@ def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain
     from grin_engine.patch import unlearned_copy
 
     weights = _snapshot(tiny.model)
-    cfg = _cfg(True, grun_method="idk", grun_lr=5e-2, steps=5)
+    cfg = _cfg(True, grun_method="idk", grun_lr=5e-2, grun_steps=5)
     result = pipeline.run_grun(tiny, forget_items, retain_items, cfg)
     assert len(result.losses) == 5 and result.selection["kind"] == "grun"
     assert set(result.gates) == {"forget", "retain"} and len(result.gates["forget"]) == len(forget_items)
