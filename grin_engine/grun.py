@@ -311,7 +311,7 @@ def export_state(grun: Grun) -> GrunState:
 
 
 def save_grun(state: GrunState, path: str, model_name: str = "") -> str:
-    """Write a GRUN to one .safetensors file (a few hundred kB), its spec in the metadata."""
+    """Write a GRUN to one .safetensors file (4 MB for the default model), its spec in the metadata."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.tensors.items()}, str(path),

@@ -146,7 +146,7 @@ def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_n
 def weights_work(model_name: str, patch: WeightPatch, path: str) -> str:
     """base + patch written to `path` as one .safetensors file."""
     try:
-        if isinstance(patch, GrunState):  # GRUN changed no weight: its file is the edits (a few hundred kB)
+        if isinstance(patch, GrunState):  # GRUN changed no weight: its file is the edits (a few MB)
             return save_grun(patch, path, model_name)
         return save_weights(apply_patch(STORE.get(model_name), patch).model, path)
     except Exception as exc:

@@ -105,7 +105,8 @@ $$\mathcal{L} = \mathcal{L}_{\text{method}} + \lambda_{\text{gate}} \cdot \mathr
 For `npo` and `dpo`, $\pi_{\text{ref}}$ is the same model with the edits off, which is exactly the original model.
 Only $R$, $W$, $b$ and $g$ train: a few thousand numbers per edited layer (16 thousand in all for the default
 model) instead of millions of weights. Switching the edits
-off restores the original model exactly, and the edits are saved as a file of a few hundred kilobytes.
+off restores the original model exactly, and the edits are saved as one small file (4 MB for the default model,
+against 540 MB for its weights).
 
 **GRIN vs GRUN.** GRIN finds *where* the knowledge is stored and changes those weights: the change is permanent
 and applies to every input, so it can leak into related retain questions. GRUN changes *nothing* stored: it
