@@ -192,8 +192,8 @@ def test_compare_methods(client):
     settings = ("graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, 2, "forget")
     with pytest.raises(Exception, match="at least one method"):
         client.predict([], "idk", "linear", 1e-2, 3.0, 2, *settings, api_name="/compare")
-    with pytest.raises(Exception, match="gate"):
-        client.predict(["grun"], "idk", "tree", 1e-2, 3.0, 2, *settings, api_name="/compare")
+    with pytest.raises(Exception, match="grun learning rate must be > 0"):
+        client.predict(["grun"], "idk", "linear", 0, 3.0, 2, *settings, api_name="/compare")
     final = _finish(client.submit(methods, "idk", "linear", 1e-2, 3.0, 2, *settings, api_name="/compare"))[-1]
     status, table, scatter, overlap, answers = final
     assert "Done" in status, status
