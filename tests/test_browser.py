@@ -165,7 +165,7 @@ def test_full_flow_in_a_browser(page):
     # Compare methods: GRIN, GRUN and full (the default choice) with the Unlearn tab's settings (2 steps)
     _tab(page, "Compare methods")
     for name in ("grin", "grun", "full"):
-        expect(page.get_by_label(re.compile(f"^{re.escape(name)} — "))).to_be_checked()
+        expect(page.get_by_role("checkbox", name=re.compile(f"^{re.escape(name)} — "))).to_be_checked()
     page.get_by_role("button", name="Compare", exact=True).click()
     expect(page.locator("#compare_status")).to_contain_text("Done: grin, grun, full", timeout=900 * SECOND)
     table = page.locator("#methods_table")
