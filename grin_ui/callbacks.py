@@ -369,8 +369,10 @@ def _comparison_outputs(session: Session, split: str):
 def methods_answers(split, session):
     """The answers of every compared method to the questions of one split."""
     c = session_of(session).comparison
-    return tables.methods_answers(c.generations() if c else None, list(c.results) if c else [],
-                                  "retain" if split == "retain" else "forget")
+    methods = list(c.results) if c else []
+    table = tables.methods_answers(c.generations() if c else None, methods, "retain" if split == "retain" else "forget")
+    share = 64 // max(1, len(methods) + 1)  # question and gold answer 18% each, the answers share the rest
+    return gr.Dataframe(table, column_widths=["18%", "18%"] + [f"{share}%"] * (len(methods) + 1))
 
 
 @user_errors

@@ -151,21 +151,23 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
     fig = go.Figure()
     base_f, base_r = rows[0]["forget_keyword_accuracy_before"], rows[0]["retain_keyword_accuracy_before"]
     fig.add_trace(go.Scatter(x=[0], y=[base_r], mode="markers+text", name="ideal", text=["ideal"],
-                             textposition="middle right", marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             textposition="middle left", marker={"symbol": "star", "size": 18, "color": "#38a169"},
                              hovertemplate="ideal: forgets all, keeps all the base knew<extra></extra>"))
     fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["before"],
                              textposition="middle left", marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
                              hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
-    for r in rows:
+    # methods often land on the same point (e.g. the ideal corner): their labels go round it, not on each other
+    positions = ["top center", "bottom center", "top right", "bottom right", "top left", "bottom left"]
+    for i, r in enumerate(rows):
         if r.get("forget_keyword_accuracy") is None:
             continue  # stopped before it was evaluated
         fig.add_trace(go.Scatter(
             x=[r["forget_keyword_accuracy"]], y=[r["retain_keyword_accuracy"]], mode="markers+text", name=r["method"],
-            text=[r["method"]], textposition="top center",
+            text=[r["method"]], textposition=positions[i % len(positions)],
             marker={"size": 13, "color": METHOD_COLOURS.get(r["method"], "#4a5568")},
             hovertemplate=f"<b>{r['method']}</b><br>forget KA %{{x:.3f}}<br>retain KA %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title="Forget vs retain (keyword accuracy after unlearning)",
-                      xaxis={"title": "forget keyword accuracy (lower = forgot more)", "range": [-0.05, 1.05]},
+                      xaxis={"title": "forget keyword accuracy (lower = forgot more)", "range": [-0.15, 1.1]},
                       yaxis={"title": "retain keyword accuracy (higher = kept more)", "range": [-0.05, 1.1]},
                       height=420, showlegend=False)
     return fig

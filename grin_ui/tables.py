@@ -173,6 +173,8 @@ def overlap_text(overlap: dict, masks_selected: dict, p: float | None) -> str:
         lines.append(f"- {names.get(name, name)}: **{value:.4f}**")
     if chance is not None:
         lines.append(f"\nTwo random masks of {100 * p:g}% share about {chance:.4f} (chance). The GRIN mask has "
-                     f"{masks_selected.get('grin', 0):,} weights; the ratio |G_f| / |G_r| keeps those that matter "
-                     "little for the retain set, which is all that separates it from the |G_f| mask.")
+                     f"{masks_selected.get('grin', 0):,} weights.")
+    if "forget-grad" in overlap:
+        lines.append("Dividing by |G_r| is all that separates GRIN's mask from the |G_f| mask: the weights they do "
+                     "not share are those the retain set needs.")
     return "\n".join(lines)
