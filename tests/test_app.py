@@ -18,6 +18,8 @@ def _free_port() -> int:
 
 
 def _data(value):
+    if isinstance(value, dict) and value.get("__type__") == "update":  # a component update: its value inside
+        value = value["value"]
     return value["data"] if isinstance(value, dict) and "data" in value else value
 
 
