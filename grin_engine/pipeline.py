@@ -130,6 +130,15 @@ def _reporter(on_progress, should_stop):
     return say
 
 
+def _timed_evaluation(loaded: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, say,
+                      stage: str) -> tuple[dict, float]:
+    """evaluate_both on `loaded`, reporting each item as `stage`; returns (evaluation, seconds)."""
+    start = time.perf_counter()
+    evaluation = evaluate_both(loaded.model, loaded.tokenizer, forget, retain, cfg,
+                               on_item=lambda done, total: say(stage, done, total))
+    return evaluation, time.perf_counter() - start
+
+
 def _stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict | None, losses: list[float],
              timings: dict) -> RunResult:
     """What a stopped run reports: what was measured so far, no after-evaluation and no unlearned model."""
@@ -172,11 +181,10 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
     say = _reporter(on_progress, should_stop)
     timings, summary, losses = {}, {}, []
     try:
-        start = time.perf_counter()
         if before is None:
-            before = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                   on_item=lambda done, total: say("before", done, total))
-        timings["eval_before_s"] = time.perf_counter() - start
+            before, timings["eval_before_s"] = _timed_evaluation(base, forget, retain, cfg, say, "before")
+        else:
+            timings["eval_before_s"] = 0.0  # evaluated earlier, by the caller
 
         work = copy_model(base)
         candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
@@ -206,10 +214,7 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, list(candidates), masks, on_step)
         timings["unlearn_s"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        after = evaluate_both(work.model, work.tokenizer, forget, retain, cfg,
-                              on_item=lambda done, total: say("after", done, total))
-        timings["eval_after_s"] = time.perf_counter() - start
+        after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
         timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
     except RunStopped:
         return _stopped(base, cfg, summary, before, losses, timings)
@@ -244,11 +249,10 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
                "trainable": sum(p.numel() for p in grun.parameters()),
                "candidates": sum(c.numel for c in candidate_parameters(work.model).values()), "selected": 0}
     try:
-        start = time.perf_counter()
         if before is None:
-            before = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                   on_item=lambda done, total: say("before", done, total))
-        timings["eval_before_s"] = time.perf_counter() - start
+            before, timings["eval_before_s"] = _timed_evaluation(base, forget, retain, cfg, say, "before")
+        else:
+            timings["eval_before_s"] = 0.0  # evaluated earlier, by the caller
 
         def on_step(step, steps, loss):
             losses.append(loss)
@@ -257,12 +261,9 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
         start = time.perf_counter()
         train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, on_step)
         timings["unlearn_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        after = evaluate_both(work.model, work.tokenizer, forget, retain, cfg,
-                              on_item=lambda done, total: say("after", done, total))
+        after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
         gates = {split: gate_values(work.model, work.tokenizer, grun, [it.question for it in items])
                  for split, items in (("forget", forget), ("retain", retain))}
-        timings["eval_after_s"] = time.perf_counter() - start
         timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
     except RunStopped:
         grun.detach()
