@@ -148,8 +148,9 @@ def command_run(args) -> None:
     out = _check_out(args.out)
     base, forget, retain, load_s = _load(args)
     reference = load_model(ModelSpec(args.reference, args.device, args.dtype)) if args.reference else None
+    # in place: this process is the base's only user, so the run trains it and restores it (no model copy)
     result = pipeline.run(base, forget, retain, cfg, on_progress=_progress_bars(), reference=reference,
-                          keep_model=bool(args.save_model))
+                          keep_model=bool(args.save_model), in_place=True)
     result.timings["load_s"] = load_s
     report = result.to_report()
     out.write_text(json.dumps(report, indent=2))
@@ -179,7 +180,6 @@ def format_summary(report: dict) -> str:
 
 def command_score(args) -> None:
     from . import pipeline
-    from .models import copy_model
 
     cfg = GrinConfig(p=args.p[0], batch_size=args.batch_size, eps=args.eps, include_embeddings=args.include_embeddings,
                      seed=args.seed)
@@ -187,8 +187,8 @@ def command_score(args) -> None:
         GrinConfig(p=p)
     out = _check_out(args.out)
     base, forget, retain, load_s = _load(args)
-    work = copy_model(base)
-    influence = pipeline.compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg)
+    # gradients change no weight, and nobody else uses this base: no copy
+    influence = pipeline.compute_influence_scores(base.model, base.tokenizer, forget, retain, cfg)
     summaries = []
     for p in args.p:
         start = time.perf_counter()
@@ -226,7 +226,7 @@ def command_compare(args) -> None:
         _check_out(args.save_grun)
     base, forget, retain, load_s = _load(args)
     start = time.perf_counter()
-    comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars())
+    comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars(), in_place=True)
     comparison.timings.update(load_s=load_s, total_s=time.perf_counter() - start)
     report = comparison.to_report()
     out.write_text(json.dumps(report, indent=2))

@@ -127,8 +127,12 @@ class Grun(nn.Module):
         super().__init__()
         self.spec = spec
         generator = torch.Generator().manual_seed(seed)
-        self.edits = nn.ModuleList([GatedLoReFT(spec.hidden_size, spec.rank, spec.gate, generator)
-                                    for _ in spec.layers])
+        # nn.Linear draws its initial weights from the global generator: seed it here too (same seed, same GRUN),
+        # without disturbing the caller's random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.edits = nn.ModuleList([GatedLoReFT(spec.hidden_size, spec.rank, spec.gate, generator)
+                                        for _ in spec.layers])
         self.enabled = True
         self._handles: list = []
         self._where: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, positions) of the current forward
