@@ -16,6 +16,7 @@ import torch
 from .config import GrinError
 from .data import IGNORE_INDEX
 from .losses import answer_nll
+from .models import input_device
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Candidates: which weights may be selected, and what each one is (layer, module, kind)
@@ -93,7 +94,7 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
         params[name].requires_grad_(True)
     total_tokens = max(1, count_answer_tokens(batches))
     grads: dict[str, torch.Tensor] = {}
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
