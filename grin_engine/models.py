@@ -127,7 +127,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     dtype = resolve_dtype(spec.dtype, device)
     placement = {"device_map": spec.device_map or str(device)}  # one device, or accelerate's big-model placement
     if spec.max_memory:
-        placement["max_memory"] = spec.max_memory
+        placement["max_memory"] = dict(spec.max_memory)  # a copy: transformers rewrites it in place
     try:
         config = AutoConfig.from_pretrained(where, **extra)
     except Exception as exc:  # OSError (not found, offline), ValueError (bad config) ...
