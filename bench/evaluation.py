@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--items", type=int, default=32, help="items of each built-in set")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     base = load_model(ModelSpec(args.model, device=args.device))
     model, tok = base.model, base.tokenizer

@@ -61,7 +61,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--p", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=4, help="unlearning steps per timed run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     base = load_model(ModelSpec(args.model, device=args.device))
     work = copy_model(base)  # the plain training pass changes weights: never on the base
