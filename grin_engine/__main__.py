@@ -164,6 +164,9 @@ def command_run(args) -> None:
     if save_to is not None:
         print(f"unlearned model written to {save_to} (safetensors)")
     print(format_summary(report))
+    warning = pipeline.retain_collapse(report["metrics"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report written to {out}")
 
 
