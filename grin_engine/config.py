@@ -26,6 +26,7 @@ RANGES = {
     "seed": (0, 2**32 - 1), "grun_rank": (1, 1024), "grun_gate_weight": (0.0, 1e6), "grun_lr": (0.0, 10.0),
     "grun_steps": (1, 1_000_000), "beta": (0.0, 1e6), "max_items": (1, 1_000_000),
 }
+LABELS = {"lr": "learning rate", "grun_lr": "grun learning rate"}  # how a message names a field, where not as is
 INTEGERS = {"steps", "batch_size", "max_length", "max_new_tokens", "seed", "grun_rank", "grun_steps", "max_items"}
 
 
@@ -33,6 +34,7 @@ def as_number(value, name: str, integer: bool | None = None):
     """`value` (a number, or text holding one, as a web form or a script may send) as an int or float, checked
     for type, finiteness and RANGES[name]; else GrinError naming the field. Shared by the CLI and the app."""
     integer = name in INTEGERS if integer is None else integer
+    label = LABELS.get(name, name)
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -40,18 +42,18 @@ def as_number(value, name: str, integer: bool | None = None):
         except ValueError:
             value = None
         if value is None:
-            raise GrinError(f"{name} must be a number, got {text[:40]!r}")
+            raise GrinError(f"{label} must be a number, got {text[:40]!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise GrinError(f"{name} must be a number, got {type(value).__name__}")
+        raise GrinError(f"{label} must be a number, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise GrinError(f"{name} must be a finite number, got {value}")
+        raise GrinError(f"{label} must be a finite number, got {value}")
     if integer:
         if value != int(value):
-            raise GrinError(f"{name} must be a whole number, got {value}")
+            raise GrinError(f"{label} must be a whole number, got {value}")
         value = int(value)
     low, high = RANGES.get(name, (-math.inf, math.inf))
     if not low <= value <= high:
-        raise GrinError(f"{name} must be between {_show(low)} and {_show(high)}, got {_show(value)}")
+        raise GrinError(f"{label} must be between {_show(low)} and {_show(high)}, got {_show(value)}")
     return value
 
 
@@ -146,7 +148,7 @@ class GrinConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise GrinError(f"{name} must be a number, got {value!r}")
-            label = {"lr": "learning rate", "grun_lr": "grun learning rate"}.get(name, name)
+            label = LABELS.get(name, name)
             if not math.isfinite(value):
                 raise GrinError(f"{label} must be a finite number, got {value!r}")
             low, high = RANGES[name]

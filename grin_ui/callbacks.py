@@ -165,9 +165,9 @@ def _fraction(p_percent) -> float:
 @user_errors
 def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Progress()):
     """Influence scores of every candidate weight, on a copy of the base; kept only as small histograms."""
+    _fraction(p_percent)
     session = session_of(session)
     session.require_loaded()
-    _fraction(p_percent)
     forget, retain = session.items(max_items)
     public.check_run(GrinConfig(), len(forget), public.caps())
     stop = stop_flag(request.session_hash if request else None)
@@ -272,9 +272,9 @@ _STAGE_WORDS = {"before": "answering with the base model", "influence": "influen
 def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
             request: gr.Request, progress=gr.Progress()):
     """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare."""
+    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)  # numbers first: no work yet
     session = session_of(session)
     session.require_loaded()
-    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
     forget, retain = session.items(max_items)
     limits = public.caps()
     public.check_run(cfg, len(forget), limits)
@@ -389,7 +389,6 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
     session = session_of(session)
-    session.require_loaded()
     if not methods:
         raise GrinError("choose at least one method to compare")
     if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
@@ -403,6 +402,7 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
                         "grun_lr": as_number(grun_lr, "grun_lr"),
                         "grun_gate_weight": as_number(grun_gate_weight, "grun_gate_weight"),
                         "grun_steps": as_number(grun_steps, "grun_steps")})
+    session.require_loaded()
     forget, retain = session.items(max_items)
     public.check_run(cfg, len(forget), limits, grun="grun" in names)
     stop = stop_flag(request.session_hash if request else None)
