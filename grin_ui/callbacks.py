@@ -127,8 +127,9 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
     limits = public.caps()
     public.check_model(name, limits)
     forget, retain = load_items(sources[0]), load_items(sources[1])  # cheap checks before the slow load
-    public.check_item_count(len(forget), "forget", limits)
-    public.check_item_count(len(retain), "retain", limits)
+    for which, upload, items in (("forget", forget_file, forget), ("retain", retain_file, retain)):
+        if upload:  # built-in and Hub sets are known; an upload is whatever a visitor sent
+            public.check_item_count(len(items), which, limits)
     progress(0.1, desc=f"loading model {name!r} ...")
     start = time.perf_counter()
     base = STORE.get(name)
