@@ -11,7 +11,7 @@ from grin_engine.evaluate import generate_answers
 
 def test_a_short_text_is_unchanged(tokenizer):
     assert limits.truncate_tokens(tokenizer, "Who is Harry's enemy?", 128) == "Who is Harry's enemy?"
-    assert limits.truncate_tokens(tokenizer, "Hi", 1) == "Hi"
+    assert limits.truncate_tokens(tokenizer, "Hi", 2) == "Hi"  # no more characters than the cap: never tokenised
 
 
 def test_a_long_question_is_cut_to_the_cap(tokenizer):
