@@ -38,6 +38,8 @@ BAD_INPUTS = {
     # uploads (files written by the fixture into {data})
     "nested_json": (["run", "--forget", "{data}/nested.json"], "nested too deeply"),
     "keywords_int": (["run", "--forget", "{data}/keywords.jsonl"], "'keywords' must be a list of texts"),
+    "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
+    "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
 }
 
 BAD_FILES = {
