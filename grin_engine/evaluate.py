@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import metrics
-from .data import QAItem, format_prompt, make_batches
+from .data import IGNORE_INDEX, QAItem, collate, encode_pair, format_prompt, make_batches
 from .losses import answer_nll
 
 
@@ -42,15 +42,42 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
 
 @torch.no_grad()
 def pair_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
-              max_length: int = 256) -> tuple[list[float], list[int]]:
+              max_length: int = 256, layout: str = "answer_eos") -> tuple[list[float], list[int]]:
     """Per (question, answer): the summed answer-token NLL and the number of answer tokens."""
     device = next(model.parameters()).device
     sums, counts = [], []
-    for batch in make_batches(tokenizer, pairs, batch_size, max_length):
+    for batch in make_batches(tokenizer, pairs, batch_size, max_length, layout):
         nll_sum, n_tokens = answer_nll(model, {k: v.to(device) for k, v in batch.items()})
         sums += nll_sum.tolist()
         counts += n_tokens.tolist()
     return sums, counts
+
+
+@torch.no_grad()
+def pair_token_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16, max_length: int = 256,
+                    layout: str = "answer_eos", on_batch=None) -> list[list[float]]:
+    """Per (question, answer): the NLL of each labelled answer token, in order.
+
+    The pairs are batched by length (shortest first), so little compute goes into padding; the result is in the
+    order of `pairs`. on_batch(done, total) counts the batches.
+    """
+    device = next(model.parameters()).device
+    encoded = [encode_pair(tokenizer, q, a, max_length, layout) for q, a in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result: list[list[float]] = [[] for _ in pairs]
+    n_batches = (len(order) + batch_size - 1) // batch_size
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        rows = order[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        for row, i in enumerate(rows):
+            result[i] = nll[row][labels[row] != IGNORE_INDEX].tolist()
+        if on_batch is not None:
+            on_batch(b + 1, n_batches)
+    return result
 
 
 def _per_token(sums: list[float], counts: list[int]) -> list[float]:
