@@ -324,10 +324,14 @@ def command_tofu(args) -> None:
     start = time.perf_counter()
     print(f"loading model {model_spec.name!r} ...", flush=True)
     base = models.load_model(model_spec)
+    def write(report):  # after every evaluated model, so a stopped run keeps the rows it finished
+        report["timings"]["total_s"] = time.perf_counter() - start
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+
     report = run_tofu(base, recipe, methods, cfg, args.cache_dir, args.target, args.retain_model,
-                      on_progress=_progress_bars())
-    report["timings"]["total_s"] = time.perf_counter() - start
-    out.write_text(json.dumps(report, indent=2))
+                      on_progress=_progress_bars(), on_report=write)
     print(format_table(report))
     print(f"report written to {out}")
 

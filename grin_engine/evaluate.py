@@ -80,6 +80,39 @@ def pair_token_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: 
     return result
 
 
+@torch.no_grad()
+def shared_prompt_token_nlls(model, tokenizer, question: str, answers: list[str], max_length: int = 256,
+                             layout: str = "answer_eos") -> list[list[float]]:
+    """Token NLLs of several answers to one question, the same numbers as pair_token_nlls up to float rounding, but
+    the prompt runs once and its key/value cache is shared by all answers (TOFU scores 7 answers per question:
+    answer, paraphrase, 5 perturbed; this about halves the compute)."""
+    device = next(model.parameters()).device
+    encoded = [encode_pair(tokenizer, question, a, max_length, layout) for a in answers]
+    n_prompt = next(i for i, lab in enumerate(encoded[0][1]) if lab != IGNORE_INDEX)
+    prompt = torch.tensor([encoded[0][0][:n_prompt]], device=device)
+    out = model(input_ids=prompt, use_cache=True)
+    first_log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every answer's first token
+    cache = out.past_key_values
+    tails = [ids[n_prompt:] for ids, _ in encoded]
+    width = max(len(t) for t in tails)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(tails), n_prompt + width), dtype=torch.long, device=device)
+    mask[:, :n_prompt] = 1
+    for row, tail in enumerate(tails):
+        ids[row, :len(tail)] = torch.tensor(tail, device=device)
+        mask[row, n_prompt: n_prompt + len(tail)] = 1
+    cache.batch_repeat_interleave(len(tails))
+    log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float(), -1)
+    result = []
+    for row, tail in enumerate(tails):
+        nlls = [-first_log_probs[tail[0]].item()]
+        if len(tail) > 1:
+            nlls += (-log_probs[row, : len(tail) - 1].gather(1, ids[row, 1: len(tail)].unsqueeze(1))).squeeze(1).tolist()
+        result.append(nlls)
+    return result
+
+
 def _per_token(sums: list[float], counts: list[int]) -> list[float]:
     return [s / max(1, c) for s, c in zip(sums, counts)]
 

@@ -56,7 +56,7 @@ class TofuRecipe:
     batch_size: int = 8
     max_length: int = 128  # tokens per training example (prompt + answer)
     seed: int = 0
-    eval_items: int | None = 20  # items of real authors and world facts evaluated (None: all); forget and retain: all
+    eval_items: int | None = 20  # items of retain authors, real authors, world facts evaluated (None: all); forget: all
     label_layout: str = "answer_eos"
 
     def __post_init__(self):
@@ -110,7 +110,7 @@ def load_tofu(recipe: TofuRecipe) -> TofuData:
         raise GrinError(f"tofu: {recipe.forget}_perturbed.json is not the last {n_forget} authors of full.json")
     n_retain = recipe.retain_authors * ITEMS_PER_AUTHOR
     retain_train = full[:n_retain]
-    retain_eval = _read("retain_perturbed.json")[:n_retain]
+    retain_eval = _read("retain_perturbed.json")[:n_retain][:recipe.eval_items]
     holdout_first = first_forget - recipe.holdout_authors
     holdout = full[holdout_first * ITEMS_PER_AUTHOR: first_forget * ITEMS_PER_AUTHOR]
     cap = recipe.eval_items
@@ -227,34 +227,32 @@ def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, 
     "correct" for the truth ratio); `wrong_nll` (per-token mean NLL of each perturbed answer). For "holdout": only
     `answer_nll`. on_progress(stage, done, total) with stage "<split>/answers" or "<split>/nll".
     """
-    from .evaluate import generate_answers, pair_token_nlls
+    from .evaluate import generate_answers, pair_token_nlls, shared_prompt_token_nlls
 
     model.eval()
     raw = {}
-    for split, items in list(_eval_sets(data).items()) + [("holdout", data.holdout)]:
-        say = (lambda stage: (lambda done, total: on_progress(f"{split}/{stage}", done, total))) if on_progress \
+    for split, items in _eval_sets(data).items():
+        report = (lambda stage: (lambda done, total: on_progress(f"{split}/{stage}", done, total))) if on_progress \
             else (lambda stage: None)
-        entry = {}
-        pairs = [(it.question, it.answer) for it in items]
-        if split != "holdout":
-            entry["generations"] = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens,
-                                                    batch_size, on_batch=say("answers"))
-            pairs += [(it.question, it.paraphrased_answer) for it in items if it.paraphrased_answer]
-            pairs += [(it.question, p) for it in items for p in it.perturbed_answers]
-        token_nlls = pair_token_nlls(model, tokenizer, pairs, batch_size, max_length, layout, on_batch=say("nll"))
-        mean = [sum(t) / max(1, len(t)) for t in token_nlls]
-        n = len(items)
-        entry["answer_nll"] = token_nlls[:n]
-        if split != "holdout":
-            para = iter(mean[n: n + sum(1 for it in items if it.paraphrased_answer)])
-            entry["correct_nll"] = [next(para) if it.paraphrased_answer else mean[i] for i, it in enumerate(items)]
-            start = n + sum(1 for it in items if it.paraphrased_answer)
-            wrong = []
-            for it in items:
-                wrong.append(mean[start: start + len(it.perturbed_answers)])
-                start += len(it.perturbed_answers)
-            entry["wrong_nll"] = wrong
-        raw[split] = entry
+        generations = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens, batch_size,
+                                       on_batch=report("answers"))
+        answer_nll, correct_nll, wrong_nll = [], [], []
+        say_nll = report("nll")
+        for i, it in enumerate(items):
+            # one question, all its answers: the gold one, the paraphrase (if any), the perturbed ones
+            answers = [it.answer] + ([it.paraphrased_answer] if it.paraphrased_answer else []) + it.perturbed_answers
+            token_nlls = shared_prompt_token_nlls(model, tokenizer, it.question, answers, max_length, layout)
+            mean = [sum(t) / max(1, len(t)) for t in token_nlls]
+            answer_nll.append(token_nlls[0])
+            correct_nll.append(mean[1] if it.paraphrased_answer else mean[0])
+            wrong_nll.append(mean[len(answers) - len(it.perturbed_answers):])
+            if say_nll is not None:
+                say_nll(i + 1, len(items))
+        raw[split] = {"generations": generations, "answer_nll": answer_nll, "correct_nll": correct_nll,
+                      "wrong_nll": wrong_nll}
+    say = (lambda done, total: on_progress("holdout/nll", done, total)) if on_progress else None
+    raw["holdout"] = {"answer_nll": pair_token_nlls(model, tokenizer, [(it.question, it.answer) for it in data.holdout],
+                                                    batch_size, max_length, layout, on_batch=say)}
     return raw
 
 
@@ -394,12 +392,14 @@ def unlearn_method(target: LoadedModel, method: str, data: TofuData, cfg: GrinCo
 
 def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: GrinConfig,
              cache_dir: str | Path = DEFAULT_CACHE, target_folder: str | None = None,
-             retain_folder: str | None = None, on_progress=None, should_stop=None) -> dict:
+             retain_folder: str | None = None, on_progress=None, should_stop=None, on_report=None) -> dict:
     """The whole protocol; returns the report (JSON-ready). See the module docstring.
 
     on_progress(stage, done, total, *extra): stages "target/finetune", "retain/finetune", "<model>/<split>/answers",
     "<model>/<split>/nll", "<method>/influence", "<method>/unlearn" (with the loss). should_stop() is checked at
     each step; a stop raises Stopped, and the cached models stay (only complete models are ever cached).
+    on_report(report) receives the report so far after each evaluated model (the CLI writes it, so a long run that
+    is stopped still leaves the rows it finished).
     """
     from .config import ModelSpec
     from .models import load_model
@@ -441,23 +441,31 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
         timings[f"{name}_eval_s"] = time.perf_counter() - start
         return raw
 
-    raws = {"retain": evaluate("retain", models["retain"])}
+    raws, rows, unlearning = {}, {}, {}
+    raws["retain"] = evaluate("retain", models["retain"])
     reference_mia = mia_scores(raws["retain"])
-    raws["target"] = evaluate("target", models["target"])
-    rows = {name: score_model(raws[name], data, raws["retain"], reference_mia) for name in ("target", "retain")}
     del models["retain"]
-    unlearning = {}
-    for method in methods:
-        start = time.perf_counter()
-        work, detach, facts = unlearn_method(models["target"], method, data, cfg, stage_progress(method), should_stop)
-        timings[f"{method}_unlearn_s"] = time.perf_counter() - start
-        check_stop()
-        raws[method] = evaluate(method, work)
+    for name in ["target", *methods]:
+        if name == "target":
+            loaded, detach = models["target"], (lambda: None)
+        else:
+            start = time.perf_counter()
+            loaded, detach, unlearning[name] = unlearn_method(models["target"], name, data, cfg,
+                                                              stage_progress(name), should_stop)
+            timings[f"{name}_unlearn_s"] = time.perf_counter() - start
+            check_stop()
+        raws[name] = evaluate(name, loaded)
         detach()
-        del work
-        rows[method] = score_model(raws[method], data, raws["retain"], reference_mia)
-        unlearning[method] = facts
+        del loaded
+        rows = {n: score_model(raws[n], data, raws["retain"], reference_mia) for n in ["target", "retain", *methods]
+                if n in raws}
+        report = _report(base, recipe, cfg, methods, data, folders, reused, rows, raws, unlearning, timings)
+        if on_report is not None:
+            on_report(report)
+    return report
 
+
+def _report(base, recipe, cfg, methods, data, folders, reused, rows, raws, unlearning, timings) -> dict:
     return {
         "protocol": "TOFU (DESIGN.md §7)", "model": base.facts(), "recipe": asdict(recipe),
         "unlearning_config": cfg.to_dict(), "methods": methods, "data": data.facts,
@@ -468,7 +476,8 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
                    "retain_forget_probability": rows["retain"]["splits"]["forget"]["probability"]},
         "table": [{"model": name, **{k: v for k, v in row.items() if k not in ("splits", "utility_parts")}}
                   for name, row in rows.items()],
-        "rows": rows, "unlearning": unlearning, "timings": timings,
+        "rows": rows, "unlearning": unlearning, "timings": dict(timings),
+        "complete": all(m in rows for m in methods),
         "generations": {name: {split: raw[split]["generations"] for split in EVAL_SPLITS}
                         for name, raw in raws.items()},
         "published": PUBLISHED,

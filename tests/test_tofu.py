@@ -15,7 +15,7 @@ def tiny_recipe(**kw):
 
 
 def test_load_tofu_slices_authors():
-    data = tofu.load_tofu(tofu.TofuRecipe(retain_authors=2, holdout_authors=3))
+    data = tofu.load_tofu(tofu.TofuRecipe(retain_authors=2, holdout_authors=3, eval_items=None))
     assert len(data.forget) == 40 and len(data.retain_train) == 40 and len(data.holdout) == 60
     assert data.facts["forget_authors"] == [198, 199] and data.facts["holdout_authors"] == [195, 196, 197]
     full = tofu._read("full.json")
@@ -89,3 +89,17 @@ def test_cache_key_depends_on_model_data_and_recipe(tiny):
     assert key != tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(lr=1e-4), "retain")
     assert key != tofu.cache_key(tiny, data.retain_train[:-1], tofu.TofuRecipe(), "retain")
     assert key != tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(), "target")
+
+
+def test_eval_items_caps_retain_real_authors_and_world_facts_not_forget():
+    data = tofu.load_tofu(tofu.TofuRecipe(retain_authors=2, eval_items=5))
+    assert len(data.retain_eval) == len(data.real_authors) == len(data.world_facts) == 5
+    assert len(data.forget) == 40 and len(data.retain_train) == 40
+
+
+def test_partial_reports_after_each_model(tiny, tmp_path):
+    reports = []
+    tofu.run_tofu(tiny, tiny_recipe(), ["graddiff", "npo"], GrinConfig(steps=1, max_new_tokens=2, max_length=64),
+                  cache_dir=tmp_path, on_report=lambda r: reports.append((list(r["rows"]), r["complete"])))
+    assert reports == [(["target", "retain"], False), (["target", "retain", "graddiff"], False),
+                       (["target", "retain", "graddiff", "npo"], True)]
