@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -103,3 +104,56 @@ def test_partial_reports_after_each_model(tiny, tmp_path):
                   cache_dir=tmp_path, on_report=lambda r: reports.append((list(r["rows"]), r["complete"])))
     assert reports == [(["target", "retain"], False), (["target", "retain", "graddiff"], False),
                        (["target", "retain", "graddiff", "npo"], True)]
+
+
+def test_truth_ratio_uses_the_paraphrase_where_there_is_one(tiny):
+    """forget and retain: "correct" is the paraphrased answer (TOFU, open-unlearning's *_Q_A_PARA_Prob);
+    real authors / world facts have none, so their answer is the correct one (ra_Q_A_Prob)."""
+    from grin_engine.evaluate import pair_nlls
+
+    data = tofu.load_tofu(tiny_recipe())
+    data.forget, data.retain_eval, data.holdout = data.forget[:2], data.retain_eval[:2], data.holdout[:2]
+    raw = tofu.evaluate_model(tiny.model, tiny.tokenizer, data, max_new_tokens=2, max_length=64)
+    for split, items in (("forget", data.forget), ("real_authors", data.real_authors)):
+        answers = [it.paraphrased_answer or it.answer for it in items]
+        sums, counts = pair_nlls(tiny.model, tiny.tokenizer, [(it.question, a) for it, a in zip(items, answers)],
+                                 max_length=64)
+        assert raw[split]["correct_nll"] == pytest.approx([s / c for s, c in zip(sums, counts)], rel=1e-4)
+        sums, counts = pair_nlls(tiny.model, tiny.tokenizer, [(it.question, it.perturbed_answers[0]) for it in items],
+                                 max_length=64)
+        assert [w[0] for w in raw[split]["wrong_nll"]] == pytest.approx([s / c for s, c in zip(sums, counts)], rel=1e-4)
+    answer_sums, answer_counts = pair_nlls(tiny.model, tiny.tokenizer, [(it.question, it.answer) for it in data.forget],
+                                           max_length=64)
+    assert [sum(t) for t in raw["forget"]["answer_nll"]] == pytest.approx(answer_sums, rel=1e-4)
+    assert raw["forget"]["correct_nll"] != pytest.approx([s / c for s, c in zip(answer_sums, answer_counts)], rel=1e-3)
+
+
+def _raw_with_ratios(ratios, n_other=2):
+    """evaluate_model-shaped numbers whose forget truth ratios are `ratios` (correct NLL 1, wrong NLL 1 - ln R)."""
+    import math
+
+    def split(n, wrong):
+        return {"generations": ["x"] * n, "answer_nll": [[1.0, 1.0]] * n, "correct_nll": [1.0] * n,
+                "wrong_nll": [[w] for w in wrong]}
+
+    raw = {s: split(n_other, [2.0] * n_other) for s in ("retain", "real_authors", "world_facts")}
+    raw["forget"] = split(len(ratios), [1.0 - math.log(r) for r in ratios])
+    raw["holdout"] = {"answer_nll": [[2.0, 2.0]] * 3}
+    return raw
+
+
+def test_forget_quality_is_ks_on_raw_ratios_against_the_retain_model():
+    from scipy.stats import ks_2samp
+
+    from grin_engine.data import QAItem
+
+    item = QAItem("q", "a", perturbed_answers=["b"])
+    data = tofu.TofuData(forget=[item] * 4, retain_train=[], retain_eval=[item] * 2, real_authors=[item] * 2,
+                         world_facts=[item] * 2, holdout=[item] * 3)
+    unlearned, reference = [0.5, 2.0, 0.25, 4.0], [0.5, 0.5, 0.25, 0.25]  # same once folded by min(R, 1/R)
+    reference_raw = _raw_with_ratios(reference)
+    row = tofu.score_model(_raw_with_ratios(unlearned), data, reference_raw, tofu.mia_scores(reference_raw))
+    assert row["forget_quality"] == pytest.approx(ks_2samp(unlearned, reference).pvalue, rel=1e-6)
+    assert row["forget_quality"] < 0.9  # the folded samples would give p = 1
+    assert row["privleak"] == pytest.approx(0.0, abs=1e-6)
+    assert row["utility_parts"]["retain_truth_ratio"] == pytest.approx(1 - math.e ** -1, rel=1e-6)
