@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -53,21 +52,14 @@ def test_table_scatter_and_published_numbers(report_path):
     assert "must be high" in tofu_view.sanity_text(report)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url():
     from grin_ui import build_app, launch_kwargs
 
     demo = build_app()
-    port = _free_port()
-    demo.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True, **launch_kwargs())
+    _, local_url, _ = demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())  # a free port
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield local_url
     finally:
         demo.close()
 
