@@ -147,9 +147,9 @@ def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_ba
     on_batch(done, total) counts the batches of both."""
     n_batches = len(forget_batches) + len(retain_batches)
     report = (lambda done, _total: on_batch(done, n_batches)) if on_batch else None
-    grad_forget = accumulate_gradients(model, forget_batches, names, report, mean)
+    grad_forget = accumulate_gradients(model, forget_batches, names, report, mean=mean)
     report_r = (lambda done, _total: on_batch(len(forget_batches) + done, n_batches)) if on_batch else None
-    return grad_forget, accumulate_gradients(model, retain_batches, names, report_r, mean)
+    return grad_forget, accumulate_gradients(model, retain_batches, names, report_r, mean=mean)
 
 
 def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -565,7 +565,7 @@ def test_non_finite_scores_are_refused_before_selection(monkeypatch, tiny):
     candidates = candidate_parameters(tiny.model)
     first = next(iter(candidates))
 
-    def overflowing(model, batches, names, on_batch=None):
+    def overflowing(model, batches, names, on_batch=None, mean="token"):
         grads = {n: torch.ones_like(dict(model.named_parameters())[n]) for n in names}
         grads[first][0, 0] = math.inf
         return grads
