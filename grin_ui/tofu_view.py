@@ -189,12 +189,12 @@ def stop(_=None):
     return "Stopping after the current step ..."
 
 
-def wire(t: dict, session) -> None:
-    """The view's events, each with its api_name (gradio_client)."""
+def wire(t: dict, session, model_queue: dict) -> None:
+    """The view's events, each with its api_name (gradio_client); the run shares the app's queue for model work."""
     outputs = [t["status"], t["table"], t["scatter"], t["sanity"]]
     t["report_file"].upload(open_report, t["report_file"], outputs, api_name="tofu_open")
     t["run_btn"].click(run, [t["split"], t["methods"], t["steps"], session], outputs + [session], api_name="tofu_run",
-                       concurrency_id="model", concurrency_limit=1)
+                       **model_queue)
     t["stop_btn"].click(_stop_session, None, t["status"], api_name="tofu_stop", concurrency_id="stop",
                         concurrency_limit=None)
 

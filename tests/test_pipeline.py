@@ -254,3 +254,16 @@ def test_pi_ref_after_or_before_the_noise(tiny, forget_items, retain_items, monk
     assert (before - after).abs().max() > 1e-3  # the noise is large enough to tell the two apart
     expected = before if before_noise else after
     assert torch.allclose(seen["ref_logp"], expected, atol=1e-5)
+
+
+def test_retain_collapse_warns_with_the_numbers():
+    from grin_engine.pipeline import retain_collapse
+
+    held = {"before": {"retain": {"keyword_accuracy": 1.0, "rougeL_recall": 0.8}},
+            "after": {"retain": {"keyword_accuracy": 0.9, "rougeL_recall": 0.7}}}
+    assert retain_collapse(held) is None
+    fell = {"before": {"retain": {"keyword_accuracy": 1.0, "rougeL_recall": 0.8}},
+            "after": {"retain": {"keyword_accuracy": 0.0, "rougeL_recall": 0.1}}}
+    warning = retain_collapse(fell)
+    assert "keyword accuracy 1.00 -> 0.00" in warning and "rougeL recall 0.80 -> 0.10" in warning
+    assert retain_collapse({"before": {"retain": {"keyword_accuracy": 1.0}}, "after": None}) is None  # stopped
