@@ -4,6 +4,7 @@
     python -m grin_engine run --no-mask --out plain.json # the same unlearning on all weights (baseline)
     python -m grin_engine score --p 0.001 0.01 0.05      # influence only: what would be selected
     python -m grin_engine compare --methods grin,grun,full,random,forget-grad --out compare.json
+    python -m grin_engine tofu --forget forget01 --methods grin,graddiff,npo --out tofu.json
 
 A mistake in the arguments prints one line to stderr and exits with status 2; nothing is written.
 """
@@ -40,6 +41,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float, default=DEFAULTS.eps, help="eps in |G_f| / (|G_r| + eps)")
     parser.add_argument("--include-embeddings", action="store_true", help="let embeddings be selected too")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--grad-mean", default=DEFAULTS.grad_mean, choices=("token", "item"),
+                        help="influence gradient: token-mean NLL over the set (default) or mean of per-item means")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +86,48 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--grun-lr", type=float, default=DEFAULTS.grun_lr)
     compare.add_argument("--save-grun", default=None, help="write the trained GRUN edits here (.safetensors)")
     compare.add_argument("--out", default="compare.json", help="where to write the comparison JSON")
+    _add_tofu(sub)
     return parser
 
 
-def _add_unlearning(parser: argparse.ArgumentParser) -> None:
+def _add_tofu(sub) -> None:
+    from .tofu import DEFAULT_CACHE, TofuRecipe
+
+    recipe = TofuRecipe()
+    tofu = sub.add_parser("tofu", help="the TOFU benchmark: forget quality, model utility, privacy leakage",
+                          description="Fine-tune a target (forget + retain authors) and a retain model (retain "
+                                      "authors only), both cached; unlearn the forget authors with each method; "
+                                      "report forget quality, model utility and privleak as open-unlearning does.")
+    tofu.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a Hub id or a folder")
+    tofu.add_argument("--forget", default=recipe.forget, help="forget01 or forget05")
+    tofu.add_argument("--methods", default="grin,graddiff,npo",
+                      help="comma-separated: grin (GRIN's mask, --method's loss), grun, or a loss name (that loss on "
+                           "all weights: ga, graddiff, npo, simnpo, idk, dpo)")
+    tofu.add_argument("--device", default="auto")
+    tofu.add_argument("--dtype", default="auto")
+    tofu.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="unlearning batch size")
+    tofu.add_argument("--eps", type=float, default=DEFAULTS.eps)
+    tofu.add_argument("--include-embeddings", action="store_true")
+    tofu.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    tofu.add_argument("--grad-mean", default=DEFAULTS.grad_mean, choices=("token", "item"))
+    _add_unlearning(tofu, max_new_tokens=200)
+    tofu.add_argument("--target", default=None, help="a fine-tuned target model folder (skips its fine-tuning)")
+    tofu.add_argument("--retain-model", default=None, help="a retain model folder (skips its fine-tuning)")
+    tofu.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where fine-tuned models are cached")
+    tofu.add_argument("--retain-authors", type=int, default=recipe.retain_authors,
+                      help="retain authors (0..n-1) both models learn and model utility is measured on")
+    tofu.add_argument("--holdout-authors", type=int, default=recipe.holdout_authors,
+                      help="authors no model sees, for membership inference")
+    tofu.add_argument("--tofu-epochs", type=int, default=recipe.epochs, help="fine-tuning epochs")
+    tofu.add_argument("--tofu-lr", type=float, default=recipe.lr, help="fine-tuning learning rate")
+    tofu.add_argument("--tofu-batch-size", type=int, default=recipe.batch_size)
+    tofu.add_argument("--tofu-max-length", type=int, default=recipe.max_length)
+    tofu.add_argument("--eval-items", type=int, default=recipe.eval_items,
+                      help="real-authors and world-facts items evaluated (0: all)")
+    tofu.add_argument("--out", default="tofu.json", help="where to write the report JSON")
+
+
+def _add_unlearning(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAULTS.max_new_tokens) -> None:
     methods = "; ".join(f"{k}: {v}" for k, v in describe_losses().items())
     parser.add_argument("--method", default=DEFAULTS.method, help=f"unlearning loss. {methods}")
     parser.add_argument("--p", type=float, default=DEFAULTS.p, help="fraction of candidate weights to select, in (0, 1]")
@@ -95,14 +136,21 @@ def _add_unlearning(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr)
     parser.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="weight of the retain loss")
     parser.add_argument("--beta", type=float, default=None, help="npo/dpo/simnpo beta (default: the method's)")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="weight of the forget term (default: the method's; 1, simnpo 0.125)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--label-layout", default=DEFAULTS.label_layout, choices=("answer_eos", "chat_turn"),
+                        help="labelled tokens: answer + EOS (ours) or the whole assistant turn (open-unlearning's)")
+    parser.add_argument("--ref-before-noise", action="store_true",
+                        help="npo/dpo: pi_ref is the model before GRIN's noise (open-unlearning's), not after")
 
 
 def _unlearning_config(args, **extra) -> GrinConfig:
     return GrinConfig(method=args.method, p=args.p, sigma2=args.sigma2, lr=args.lr, steps=args.steps,
                       batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, eps=args.eps,
                       include_embeddings=args.include_embeddings, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                      **extra)
+                      gamma=args.gamma, label_layout=args.label_layout, grad_mean=args.grad_mean,
+                      ref_before_noise=args.ref_before_noise, **extra)
 
 
 def _progress_bars():
@@ -114,7 +162,7 @@ def _progress_bars():
     def progress(stage, done, total, loss=None):
         bar = bars.get(stage)
         if bar is None:
-            unit = {"unlearn": "step", "influence": "batch", "gradients": "batch"}.get(stage.split("/")[-1], "answer")
+            unit = {"unlearn": "step", "finetune": "step", "influence": "batch", "gradients": "batch", "nll": "batch"}.get(stage.split("/")[-1], "answer")
             bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
         bar.update(done - bar.n)
         if loss is not None:
@@ -208,7 +256,7 @@ def command_score(args) -> None:
     from . import pipeline
 
     cfg = GrinConfig(p=args.p[0], batch_size=args.batch_size, eps=args.eps, include_embeddings=args.include_embeddings,
-                     seed=args.seed)
+                     seed=args.seed, grad_mean=args.grad_mean)
     for p in args.p:  # validate every p before the slow part
         GrinConfig(p=p)
     out = _check_out(args.out)
@@ -297,16 +345,47 @@ def format_comparison(report: dict) -> str:
     return "\n".join(lines)
 
 
+def command_tofu(args) -> None:
+    from . import models
+    from .tofu import TofuRecipe, format_table, parse_methods, run_tofu
+
+    methods = parse_methods(args.methods)
+    recipe = TofuRecipe(forget=args.forget, retain_authors=args.retain_authors, holdout_authors=args.holdout_authors,
+                        epochs=args.tofu_epochs, lr=args.tofu_lr, batch_size=args.tofu_batch_size,
+                        max_length=args.tofu_max_length, seed=args.seed, eval_items=args.eval_items or None,
+                        label_layout=args.label_layout)
+    cfg = _unlearning_config(args, max_length=recipe.max_length)
+    out = _check_out(args.out)
+    for flag, folder in (("--target", args.target), ("--retain-model", args.retain_model)):
+        if folder and not Path(folder).is_dir():
+            raise GrinError(f"{flag}: folder {folder!r} not found")
+    model_spec = ModelSpec(args.model, args.device, args.dtype)
+    start = time.perf_counter()
+    print(f"loading model {model_spec.name!r} ...", flush=True)
+    base = models.load_model(model_spec)
+    def write(report):  # after every evaluated model, so a stopped run keeps the rows it finished
+        report["timings"]["total_s"] = time.perf_counter() - start
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+
+    report = run_tofu(base, recipe, methods, cfg, args.cache_dir, args.target, args.retain_model,
+                      on_progress=_progress_bars(), on_report=write)
+    print(format_table(report))
+    print(f"report written to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        {"run": command_run, "score": command_score, "compare": command_compare}[args.command](args)
+        {"run": command_run, "score": command_score, "compare": command_compare,
+         "tofu": command_tofu}[args.command](args)
     except GrinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (fine-tuned TOFU models that were complete stay cached)", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or the machine (out of memory ...): one line, the traceback only on request
         if os.environ.get("GRIN_DEBUG"):

@@ -105,7 +105,7 @@ def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
         grad_forget, grad_retain = gradient_pair(
             work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
             qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length), list(candidates),
-            on_batch=lambda done, total: say("gradients", done, total))
+            on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean)
         del work
         if "forget-grad" in methods:
             selections["forget-grad"] = select_top_fraction(

@@ -126,7 +126,7 @@ class GrinConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     alpha: float = 1.0  # weight of the retain term
-    gamma: float = 1.0  # weight of the forget term (graddiff)
+    gamma: float | None = None  # weight of the forget term; None: the method's (1.0; simnpo 0.125, open-unlearning's)
     beta: float | None = None  # None: the method's default (npo/dpo 0.1, simnpo 4.5)
     delta: float = 0.0  # simnpo margin
     eps: float = 1e-8  # in the influence score |G_f| / (|G_r| + eps)
@@ -135,6 +135,9 @@ class GrinConfig:
     seed: int = 0
     max_length: int = 256  # tokens per training example (prompt + answer)
     max_new_tokens: int = 48  # generation length for evaluation
+    label_layout: str = "answer_eos"  # which tokens carry labels: answer_eos (ours) | chat_turn (open-unlearning's)
+    grad_mean: str = "token"  # influence gradient: token-mean over the set (token) | mean of per-item means (item)
+    ref_before_noise: bool = False  # NPO/DPO pi_ref: False = the model after the noise (ours), True = before (theirs)
     # GRUN (grun.py): gated representation edits instead of weight changes; steps, alpha, beta as above
     grun_method: str = "idk"  # GRUN's unlearning loss (a name in losses.LOSSES); see grun.train_grun for why idk
     grun_layers: list[int] | None = None  # decoder layers to edit; None: three spread over the upper half
@@ -153,7 +156,7 @@ class GrinConfig:
 
         get_loss(self.method)  # the one check of a method name (raises GrinError listing the valid ones)
         get_loss(self.grun_method)
-        for name in ("p", "sigma2", "lr", "steps", "batch_size", "max_length", "max_new_tokens", "alpha", "gamma",
+        for name in ("p", "sigma2", "lr", "steps", "batch_size", "max_length", "max_new_tokens", "alpha",
                      "weight_decay", "eps", "max_grad_norm", "delta", "seed", "grun_rank", "grun_gate_weight", "grun_lr",
                      "grun_steps"):
             value = getattr(self, name)
@@ -178,9 +181,17 @@ class GrinConfig:
                 raise GrinError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise GrinError(f"eps must be > 0 (it keeps |G_f| / (|G_r| + eps) finite), got {self.eps!r}")
-        for name in ("alpha", "gamma", "weight_decay", "max_grad_norm"):
+        if self.gamma is not None and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))):
+            raise GrinError(f"gamma must be a number, got {self.gamma!r}")
+        for name in ("alpha", "weight_decay", "max_grad_norm") + (("gamma",) if self.gamma is not None else ()):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise GrinError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        from .data import LABEL_LAYOUTS  # late import, as above
+
+        if self.label_layout not in LABEL_LAYOUTS:
+            raise GrinError(f"label layout must be one of {', '.join(LABEL_LAYOUTS)}, got {self.label_layout!r}")
+        if self.grad_mean not in ("token", "item"):
+            raise GrinError(f"grad mean must be 'token' or 'item', got {self.grad_mean!r}")
         if self.grun_gate not in ("linear", "mlp"):
             raise GrinError(f"grun gate must be 'linear' or 'mlp', got {self.grun_gate!r}")
         if int(self.grun_rank) < 1:

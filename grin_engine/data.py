@@ -219,17 +219,39 @@ def format_prompt(tokenizer, question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def encode_pair(tokenizer, question: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+# Which tokens of an example carry a label (DESIGN.md §4, "Answer labels"):
+# - "answer_eos" (ours, the default): the answer's tokens and the tokenizer's EOS, i.e. exactly what the model
+#   generates before it stops (with SmolLM2's template: "... <|im_end|>").
+# - "chat_turn" (open-unlearning's preprocess_chat_instance): everything the chat template writes after the
+#   generation prompt for an assistant turn, plus an EOS when that does not already end with one (SmolLM2:
+#   "... <|im_end|> \n <|im_end|>", two tokens more: a newline and an EOS the model never generates).
+LABEL_LAYOUTS = ("answer_eos", "chat_turn")
+
+
+def encode_pair(tokenizer, question: str, answer: str, max_length: int,
+                layout: str = "answer_eos") -> tuple[list[int], list[int]]:
     """(input_ids, labels) for one question/answer; labels are IGNORE_INDEX on the prompt.
 
-    The answer ends with the EOS token so the model also learns (or unlearns) where the answer stops.
-    The question is cut to MAX_QUESTION_TOKENS tokens (format_prompt), the answer to MAX_ANSWER_TOKENS, and what
-    is still longer than max_length is cut from the end of the answer.
+    The answer ends with the EOS token so the model also learns (or unlearns) where the answer stops; `layout`
+    says which tokens after the prompt are labelled (LABEL_LAYOUTS). The question is cut to MAX_QUESTION_TOKENS
+    tokens (format_prompt), the answer to MAX_ANSWER_TOKENS, and what is still longer than max_length is cut from
+    the end of the answer.
     """
+    if layout not in LABEL_LAYOUTS:
+        raise GrinError(f"label layout: unknown {layout!r}; choose one of {', '.join(LABEL_LAYOUTS)}")
     prompt_ids = tokenizer(format_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
-    answer_text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
-    answer_ids = tokenizer(answer_text[: 64 * limits.MAX_ANSWER_TOKENS], add_special_tokens=False)["input_ids"]
-    answer_ids = answer_ids[: limits.MAX_ANSWER_TOKENS] + [tokenizer.eos_token_id]
+    if layout == "chat_turn" and getattr(tokenizer, "chat_template", None):
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": question},
+                                              {"role": "assistant", "content": answer[: 64 * limits.MAX_ANSWER_TOKENS]}],
+                                             tokenize=False)
+        chat_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+        if chat_ids[-1] != tokenizer.eos_token_id:
+            chat_ids = chat_ids + [tokenizer.eos_token_id]
+        answer_ids = chat_ids[len(prompt_ids):]
+    else:
+        answer_text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
+        answer_ids = tokenizer(answer_text[: 64 * limits.MAX_ANSWER_TOKENS], add_special_tokens=False)["input_ids"]
+        answer_ids = answer_ids[: limits.MAX_ANSWER_TOKENS] + [tokenizer.eos_token_id]
     answer_ids = answer_ids[: max(1, max_length - len(prompt_ids))]
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
@@ -247,16 +269,18 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def make_batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int, max_length: int) -> list[dict]:
+def make_batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int, max_length: int,
+                 layout: str = "answer_eos") -> list[dict]:
     """Tokenise (question, answer) pairs and group them, in order, into padded batches."""
-    encoded = [encode_pair(tokenizer, q, a, max_length) for q, a in pairs]
+    encoded = [encode_pair(tokenizer, q, a, max_length, layout) for q, a in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return [collate(encoded[i: i + batch_size], pad_id) for i in range(0, len(encoded), batch_size)]
 
 
-def qa_batches(tokenizer, items: list[QAItem], batch_size: int, max_length: int) -> list[dict]:
+def qa_batches(tokenizer, items: list[QAItem], batch_size: int, max_length: int,
+               layout: str = "answer_eos") -> list[dict]:
     """Batches of the items' own question/answer pairs."""
-    return make_batches(tokenizer, [(it.question, it.answer) for it in items], batch_size, max_length)
+    return make_batches(tokenizer, [(it.question, it.answer) for it in items], batch_size, max_length, layout)
 
 
 # Refusals for the idk / dpo losses: the answer the model should give instead of the forgotten fact.
@@ -272,14 +296,15 @@ IDK_ANSWERS = [
 ]
 
 
-def forget_batches(tokenizer, items: list[QAItem], batch_size: int, max_length: int, seed: int) -> list[dict]:
+def forget_batches(tokenizer, items: list[QAItem], batch_size: int, max_length: int, seed: int,
+                   layout: str = "answer_eos") -> list[dict]:
     """Batches of the forget items, each with an "idk" sub-batch: the same questions answered with a refusal
     (chosen per item by a generator seeded with `seed`)."""
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(IDK_ANSWERS), (len(items),), generator=generator).tolist()
-    batches = qa_batches(tokenizer, items, batch_size, max_length)
+    batches = qa_batches(tokenizer, items, batch_size, max_length, layout)
     refusals = make_batches(tokenizer, [(it.question, IDK_ANSWERS[j]) for it, j in zip(items, picks)], batch_size,
-                            max_length)
+                            max_length, layout)
     for batch, refusal in zip(batches, refusals):
         batch["idk"] = refusal
     return batches

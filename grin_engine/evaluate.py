@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import metrics
-from .data import QAItem, collate, encode_pair, format_prompt
+from .data import IGNORE_INDEX, QAItem, collate, encode_pair, format_prompt
 from .losses import answer_nll
 from .models import input_device
 
@@ -115,23 +115,83 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
 
 @torch.no_grad()
 def pair_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int | None = None,
-              max_length: int = 256) -> tuple[list[float], list[int]]:
+              max_length: int = 256, layout: str = "answer_eos") -> tuple[list[float], list[int]]:
     """Per (question, answer): the summed answer-token NLL and the number of answer tokens.
 
     Pairs are sorted by length and batched by a token budget (the logits of a batch, rows x length x vocabulary
     floats, are its largest tensor); `batch_size`, if given, caps the rows. Results come back in the pairs' order."""
     device = input_device(model)
-    encoded = [encode_pair(tokenizer, q, a, max_length) for q, a in pairs]
+    encoded = [encode_pair(tokenizer, q, a, max_length, layout) for q, a in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1 << 16
-    budget, max_rows = token_budget(model, 3 * 4 * vocab, CPU_SCORING_TOKENS)  # logits, float copy, log-softmax
     sums, counts = [0.0] * len(pairs), [0] * len(pairs)
-    for rows in length_batches([len(ids) for ids, _ in encoded], budget, batch_size or max_rows):
+    for rows in scoring_batches(model, encoded, batch_size):
         batch = collate([encoded[i] for i in rows], pad_id)
         nll_sum, n_tokens = answer_nll(model, {k: v.to(device) for k, v in batch.items()})
         for i, s, c in zip(rows, nll_sum.tolist(), n_tokens.tolist()):
             sums[i], counts[i] = s, c
     return sums, counts
+
+
+def scoring_batches(model, encoded: list[tuple[list[int], list[int]]], batch_size: int | None) -> list[list[int]]:
+    """Row indices of encoded (input_ids, labels) pairs grouped for scoring: by length, within a token budget."""
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1 << 16
+    budget, max_rows = token_budget(model, 3 * 4 * vocab, CPU_SCORING_TOKENS)  # logits, float copy, log-softmax
+    return length_batches([len(ids) for ids, _ in encoded], budget, batch_size or max_rows)
+
+
+@torch.no_grad()
+def pair_token_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int | None = None,
+                    max_length: int = 256, layout: str = "answer_eos", on_batch=None) -> list[list[float]]:
+    """Per (question, answer): the NLL of each labelled answer token, in order (batched as pair_nlls; the result is
+    in the order of `pairs`). on_batch(done, total) counts the batches."""
+    device = input_device(model)
+    encoded = [encode_pair(tokenizer, q, a, max_length, layout) for q, a in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result: list[list[float]] = [[] for _ in pairs]
+    batches = scoring_batches(model, encoded, batch_size)
+    for b, rows in enumerate(batches):
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        for row, i in enumerate(rows):
+            result[i] = nll[row][labels[row] != IGNORE_INDEX].tolist()
+        if on_batch is not None:
+            on_batch(b + 1, len(batches))
+    return result
+
+
+@torch.no_grad()
+def shared_prompt_token_nlls(model, tokenizer, question: str, answers: list[str], max_length: int = 256,
+                             layout: str = "answer_eos") -> list[list[float]]:
+    """Token NLLs of several answers to one question, the same numbers as pair_token_nlls up to float rounding, but
+    the prompt runs once and its key/value cache is shared by all answers (TOFU scores 7 answers per question:
+    answer, paraphrase, 5 perturbed; this about halves the compute)."""
+    device = input_device(model)
+    encoded = [encode_pair(tokenizer, question, a, max_length, layout) for a in answers]
+    n_prompt = next(i for i, lab in enumerate(encoded[0][1]) if lab != IGNORE_INDEX)
+    prompt = torch.tensor([encoded[0][0][:n_prompt]], device=device)
+    out = model(input_ids=prompt, use_cache=True)
+    first_log_probs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every answer's first token
+    cache = out.past_key_values
+    tails = [ids[n_prompt:] for ids, _ in encoded]
+    width = max(len(t) for t in tails)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(tails), n_prompt + width), dtype=torch.long, device=device)
+    mask[:, :n_prompt] = 1
+    for row, tail in enumerate(tails):
+        ids[row, :len(tail)] = torch.tensor(tail, device=device)
+        mask[row, n_prompt: n_prompt + len(tail)] = 1
+    cache.batch_repeat_interleave(len(tails))
+    log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float(), -1)
+    result = []
+    for row, tail in enumerate(tails):
+        nlls = [-first_log_probs[tail[0]].item()]
+        if len(tail) > 1:
+            nlls += (-log_probs[row, : len(tail) - 1].gather(1, ids[row, 1: len(tail)].unsqueeze(1))).squeeze(1).tolist()
+        result.append(nlls)
+    return result
 
 
 def _per_token(sums: list[float], counts: list[int]) -> list[float]:

@@ -80,11 +80,18 @@ def count_answer_tokens(batches: list[dict]) -> int:
     return int(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches))
 
 
-def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=None) -> dict[str, torch.Tensor]:
-    """G = grad L, L = (sum of all answer-token NLLs of all batches) / (number of those tokens).
+GRAD_MEANS = ("token", "item")
 
-    Each batch contributes grad(sum of its token NLLs) / N_total, so the sum over batches is exactly the gradient of
-    the set's token-mean NLL whatever the batch size. Only the named weights get gradients (the others are skipped
+
+def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=None,
+                         mean: str = "token") -> dict[str, torch.Tensor]:
+    """G = grad L over the whole set, with L (DESIGN.md §2.1)
+    - mean="token" (default): (sum of all answer-token NLLs of all batches) / (number of those tokens): every answer
+      token weighs the same, so a long answer weighs more than a short one;
+    - mean="item": the mean over items of each item's token-mean NLL (every item weighs the same).
+
+    Each batch contributes its share (grad(sum of its token NLLs) / N_total, or grad(sum of its items' mean NLLs) /
+    n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights get gradients (the others are skipped
     by autograd). Gradients are kept in float32 even for a bf16 model, so the sum over batches keeps its precision.
     """
     params = dict(model.named_parameters())
@@ -92,14 +99,20 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
         param.requires_grad_(False)
     for name in names:
         params[name].requires_grad_(True)
+    if mean not in GRAD_MEANS:
+        raise GrinError(f"grad mean must be one of {', '.join(GRAD_MEANS)}, got {mean!r}")
     total_tokens = max(1, count_answer_tokens(batches))
+    total_items = max(1, sum(int(b["labels"].shape[0]) for b in batches))
     grads: dict[str, torch.Tensor] = {}
     device = input_device(model)
     try:
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
-            nll_sum, _ = answer_nll(model, batch)
-            (nll_sum.sum() / total_tokens).backward()
+            nll_sum, n_tokens = answer_nll(model, batch)
+            if mean == "token":
+                (nll_sum.sum() / total_tokens).backward()
+            else:
+                ((nll_sum / n_tokens.clamp(min=1)).sum() / total_items).backward()
             for name in names:
                 grad = params[name].grad
                 params[name].grad = None
@@ -129,14 +142,14 @@ def influence_scores(grad_forget: dict[str, torch.Tensor], grad_retain: dict[str
     return scores
 
 
-def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_batch=None):
+def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_batch=None, mean: str = "token"):
     """(G_f, G_r): the accumulated answer-NLL gradients on the forget and on the retain batches.
     on_batch(done, total) counts the batches of both."""
     n_batches = len(forget_batches) + len(retain_batches)
     report = (lambda done, _total: on_batch(done, n_batches)) if on_batch else None
-    grad_forget = accumulate_gradients(model, forget_batches, names, report)
+    grad_forget = accumulate_gradients(model, forget_batches, names, report, mean=mean)
     report_r = (lambda done, _total: on_batch(len(forget_batches) + done, n_batches)) if on_batch else None
-    return grad_forget, accumulate_gradients(model, retain_batches, names, report_r)
+    return grad_forget, accumulate_gradients(model, retain_batches, names, report_r, mean=mean)
 
 
 def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -147,9 +160,9 @@ def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def compute_influence(model, forget_batches, retain_batches, candidates: dict[str, Candidate], eps: float,
-                      on_batch=None) -> dict[str, torch.Tensor]:
+                      on_batch=None, mean: str = "token") -> dict[str, torch.Tensor]:
     """Both gradients, then the scores, reusing the gradient memory: peak extra memory is two model-sized buffers."""
-    grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch)
+    grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch, mean)
     return require_finite(influence_scores(grad_forget, grad_retain, eps=eps, in_place=True))
 
 

@@ -49,6 +49,11 @@ def _beta(cfg, default: float) -> float:
     return cfg.beta if cfg.beta is not None else default
 
 
+def _gamma(cfg, default: float = 1.0) -> float:
+    """Weight of the forget term: the user's gamma, else the method's default (open-unlearning's configs)."""
+    return cfg.gamma if cfg.gamma is not None else default
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The losses
 
@@ -60,11 +65,11 @@ def gradient_ascent(model, forget, retain, cfg) -> torch.Tensor:
 
 def grad_diff(model, forget, retain, cfg) -> torch.Tensor:
     """GradDiff: -gamma * NLL(forget) + alpha * NLL(retain). Ascend on forget, keep descending on retain."""
-    return -cfg.gamma * mean_nll(model, forget) + cfg.alpha * mean_nll(model, retain)
+    return -_gamma(cfg) * mean_nll(model, forget) + cfg.alpha * mean_nll(model, retain)
 
 
 def npo(model, forget, retain, cfg) -> torch.Tensor:
-    """NPO (Zhang et al. 2024): -(2/beta) * mean log sigmoid(-beta * [log pi(y|x) - log pi_ref(y|x)]) + alpha * NLL(retain).
+    """NPO (Zhang et al. 2024): -gamma * (2/beta) * mean log sigmoid(-beta * [log pi(y|x) - log pi_ref(y|x)]) + alpha * NLL(retain).
 
     Equal to (2/beta) * mean log(1 + (pi/pi_ref)^beta): like gradient ascent while pi ~ pi_ref, but the push fades as
     pi falls below pi_ref, so it does not run away the way gradient ascent does. beta = 0.1 by default.
@@ -72,29 +77,30 @@ def npo(model, forget, retain, cfg) -> torch.Tensor:
     beta = _beta(cfg, 0.1)
     log_ratio = answer_logprob(model, forget) - forget["ref_logp"]
     forget_term = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
-    return forget_term + cfg.alpha * mean_nll(model, retain)
+    return _gamma(cfg) * forget_term + cfg.alpha * mean_nll(model, retain)
 
 
 def simnpo(model, forget, retain, cfg) -> torch.Tensor:
-    """SimNPO (Fan et al. 2024): -(2/beta) * mean log sigmoid(beta * (-log pi(y|x) / |y| - delta)) + alpha * NLL(retain).
+    """SimNPO (Fan et al. 2024): -gamma * (2/beta) * mean log sigmoid(beta * (-log pi(y|x) / |y| - delta)) + alpha * NLL(retain).
 
     NPO without a reference model: the length-normalised NLL of each forget answer is pushed up, with a push that
-    fades once it is large. beta = 4.5, delta = 0 by default.
+    fades once it is large. beta = 4.5, delta = 0, gamma = 0.125 by default (open-unlearning's SimNPO.yaml, from the
+    SimNPO authors' TOFU config).
     """
     beta = _beta(cfg, 4.5)
     nll_sum, n_tokens = answer_nll(model, forget)
     per_token_nll = nll_sum / n_tokens.clamp(min=1)  # -log pi(y|x) / |y|
     forget_term = -(2.0 / beta) * F.logsigmoid(beta * (per_token_nll - cfg.delta)).mean()
-    return forget_term + cfg.alpha * mean_nll(model, retain)
+    return _gamma(cfg, 0.125) * forget_term + cfg.alpha * mean_nll(model, retain)
 
 
 def idk(model, forget, retain, cfg) -> torch.Tensor:
-    """IdK: NLL of a refusal ("I don't know" variants) on the forget questions + alpha * NLL(retain)."""
-    return mean_nll(model, forget["idk"]) + cfg.alpha * mean_nll(model, retain)
+    """IdK: gamma * NLL of a refusal ("I don't know" variants) on the forget questions + alpha * NLL(retain)."""
+    return _gamma(cfg) * mean_nll(model, forget["idk"]) + cfg.alpha * mean_nll(model, retain)
 
 
 def idk_dpo(model, forget, retain, cfg) -> torch.Tensor:
-    """IdkDPO: -(2/beta) * mean log sigmoid(beta * [(log pi - log pi_ref)(idk) - (log pi - log pi_ref)(y_f)]) + alpha * NLL(retain).
+    """IdkDPO: -gamma * (2/beta) * mean log sigmoid(beta * [(log pi - log pi_ref)(idk) - (log pi - log pi_ref)(y_f)]) + alpha * NLL(retain).
 
     DPO with the refusal as the preferred answer and the true forget answer as the rejected one. beta = 0.1.
     """
@@ -102,7 +108,7 @@ def idk_dpo(model, forget, retain, cfg) -> torch.Tensor:
     win = answer_logprob(model, forget["idk"]) - forget["idk"]["ref_logp"]
     lose = answer_logprob(model, forget) - forget["ref_logp"]
     forget_term = -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).mean()
-    return forget_term + cfg.alpha * mean_nll(model, retain)
+    return _gamma(cfg) * forget_term + cfg.alpha * mean_nll(model, retain)
 
 
 LOSSES = {

@@ -70,8 +70,9 @@ def compute_influence_scores(model, tokenizer, forget: list[QAItem], retain: lis
     start = time.perf_counter()
     candidates = candidate_parameters(model, cfg.include_embeddings, cfg.include_lm_head)
     scores = compute_influence(
-        model, qa_batches(tokenizer, forget, cfg.batch_size, cfg.max_length),
-        qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length), candidates, cfg.eps, on_batch,
+        model, qa_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.label_layout),
+        qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout), candidates, cfg.eps, on_batch,
+        cfg.grad_mean,
     )
     return Influence(candidates=candidates, scores=scores, seconds=time.perf_counter() - start)
 
@@ -94,11 +95,14 @@ def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem
                      should_stop=None) -> UnlearnResult:
     """Noise on the selected weights, then masked fine-tuning (masks=None: every weight in `names` trains, no noise)."""
     params = dict(model.named_parameters())
+    f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed, cfg.label_layout)
+    r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout)
+    if cfg.ref_before_noise:
+        attach_reference(model, f_batches)  # open-unlearning's pi_ref: the model before any change
     if masks is not None:
         inject_noise(params, masks, cfg.sigma2, cfg.seed)
-    f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed)
-    r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length)
-    attach_reference(model, f_batches)  # pi_ref = the model right before fine-tuning (after the noise)
+    if not cfg.ref_before_noise:
+        attach_reference(model, f_batches)  # ours: pi_ref = the model right before fine-tuning (after the noise)
     return unlearn(model, f_batches, r_batches, cfg, names, masks, on_step, should_stop)
 
 

@@ -201,3 +201,21 @@ def weights_work(model_name: str, patch: WeightPatch, path: str) -> str:
         return save_weights(apply_patch(STORE.get(model_name), patch).model, path)
     except Exception as exc:
         raise _as_user_error(exc) from None
+
+
+@gpu(duration=3600)
+def tofu_work(model_name: str, recipe, methods: list[str], cfg: GrinConfig, stop: StopFlag):
+    """The TOFU protocol (grin_engine.tofu) on the base: done -> the report (a dict), or None when stopped."""
+    from grin_engine import tofu
+
+    def work(report):
+        try:
+            result = tofu.run_tofu(STORE.get(model_name), recipe, methods, cfg, on_progress=report,
+                                   should_stop=stop.is_set)
+        except tofu.Stopped:
+            return None
+        total = sum(v for k, v in result["timings"].items() if k.endswith("_s"))
+        result["timings"]["total_s"] = total
+        return result
+
+    yield from _stream(work, stop)

@@ -112,8 +112,8 @@ def unlearn_tab() -> dict:
             c["use_mask"] = gr.Checkbox(True, label="mask (GRIN)", info="off: plain baseline, all weights, no noise")
         with gr.Accordion("What the methods do", open=False):
             gr.Markdown("\n".join(f"- **{k}**: {v}" for k, v in methods.items())
-                        + f"\n\ngamma and delta have no control here: the app uses their defaults, gamma = {DEFAULTS.gamma:g} "
-                          f"and delta = {DEFAULTS.delta:g}.")
+                        + f"\n\ngamma and delta have no control here: the app uses their defaults, gamma = each "
+                          f"method's (1; SimNPO 0.125, as open-unlearning) and delta = {DEFAULTS.delta:g}.")
         with gr.Row():
             c["lr"] = inputs.Number(DEFAULTS.lr, label="learning rate", minimum=0)
             c["steps"] = inputs.Slider(1, min(200, caps().max_steps), value=DEFAULTS.steps, step=1, label="steps")

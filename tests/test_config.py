@@ -87,8 +87,22 @@ def test_bad_data_spec():
     _error(lambda: DataSpec(max_items=0), "max_items")
 
 
-NUMBER_FIELDS = ["p", "sigma2", "lr", "steps", "batch_size", "alpha", "gamma", "weight_decay", "eps", "max_grad_norm",
+# gamma is not here: like beta, None means "the method's default" (1.0; simnpo 0.125), see test_gamma_none_*.
+NUMBER_FIELDS = ["p", "sigma2", "lr", "steps", "batch_size", "alpha", "weight_decay", "eps", "max_grad_norm",
                  "max_length", "max_new_tokens"]
+
+
+def test_gamma_none_is_the_methods_default_and_bad_gamma_is_an_error():
+    assert GrinConfig().gamma is None
+    for bad in ("x", -1.0, math.nan, True):
+        with pytest.raises(GrinError, match="gamma"):
+            GrinConfig(gamma=bad)
+
+
+def test_new_switches_are_validated():
+    for field, bad in (("label_layout", "both"), ("grad_mean", "median")):
+        with pytest.raises(GrinError):
+            GrinConfig(**{field: bad})
 
 
 def test_empty_number_is_a_grin_error():

@@ -281,6 +281,61 @@ def test_forget_batches_carry_an_idk_sub_batch(tokenizer, forget_items):
     assert all(torch.equal(a["idk"]["input_ids"], b["idk"]["input_ids"]) for a, b in zip(batches, again))
 
 
+# --- answer labels: ours and open-unlearning's layout under SmolLM2's chat template ----------------------------
+
+# SmolLM2-135M-Instruct's chat template, as its tokenizer ships it (a default system prompt when none is given)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>'"
+    " + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt"
+    " %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture
+def smollm2_tokenizer(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = SMOLLM2_TEMPLATE
+    return tok
+
+
+def _labelled(tok, layout):
+    ids, labels = encode_pair(tok, "Who wrote it?", "Jane wrote it.", 256, layout)
+    return tok.decode([t for t in labels if t != IGNORE_INDEX]), ids, labels
+
+
+def test_answer_eos_layout_labels_what_the_model_generates(smollm2_tokenizer):
+    text, ids, labels = _labelled(smollm2_tokenizer, "answer_eos")
+    assert text == "Jane wrote it.<|im_end|>"
+    prompt = smollm2_tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX])
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert prompt.endswith("<|im_start|>user\nWho wrote it?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_chat_turn_layout_is_open_unlearnings(smollm2_tokenizer):
+    """open-unlearning's preprocess_chat_instance: labels = template(user, assistant)[len(template(user, gen prompt)):]
+    plus an EOS when the last token is not one: '<|im_end|>' '\\n' '<|im_end|>', two tokens more than ours."""
+    text, ids, labels = _labelled(smollm2_tokenizer, "chat_turn")
+    assert text == "Jane wrote it.<|im_end|>\n<|im_end|>"
+    ours = _labelled(smollm2_tokenizer, "answer_eos")
+    assert len([t for t in labels if t != IGNORE_INDEX]) == len([t for t in ours[2] if t != IGNORE_INDEX]) + 2
+    # their layout written out: the whole conversation, tokenised, with an EOS appended
+    chat = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": "Who wrote it?"},
+                                                  {"role": "assistant", "content": "Jane wrote it."}], tokenize=False)
+    theirs = smollm2_tokenizer(chat, add_special_tokens=False)["input_ids"] + [smollm2_tokenizer.eos_token_id]
+    assert ids == theirs
+    assert ids[: len(ours[1])] == ours[1]  # same prompt and answer, only the tail differs
+
+
+def test_label_layout_switch_reaches_the_batches(smollm2_tokenizer):
+    items = [QAItem("Who wrote it?", "Jane wrote it.")]
+    ours = qa_batches(smollm2_tokenizer, items, 1, 256)[0]
+    theirs = qa_batches(smollm2_tokenizer, items, 1, 256, layout="chat_turn")[0]
+    assert int((theirs["labels"] != IGNORE_INDEX).sum()) == int((ours["labels"] != IGNORE_INDEX).sum()) + 2
+    with pytest.raises(GrinError, match="label layout"):
+        encode_pair(smollm2_tokenizer, "q", "a", 64, "both")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The item schema: every wrong type, length or shape is a GrinError naming the item and field
 

@@ -565,7 +565,7 @@ def test_non_finite_scores_are_refused_before_selection(monkeypatch, tiny):
     candidates = candidate_parameters(tiny.model)
     first = next(iter(candidates))
 
-    def overflowing(model, batches, names, on_batch=None):
+    def overflowing(model, batches, names, on_batch=None, mean="token"):
         grads = {n: torch.ones_like(dict(model.named_parameters())[n]) for n in names}
         grads[first][0, 0] = math.inf
         return grads
@@ -573,3 +573,31 @@ def test_non_finite_scores_are_refused_before_selection(monkeypatch, tiny):
     monkeypatch.setattr(influence, "accumulate_gradients", overflowing)
     with pytest.raises(GrinError, match="overflowed"):
         influence.compute_influence(tiny.model, [], [], candidates, eps=1e-8)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_item_grad_mean_is_the_mean_of_per_item_means(tokenizer, forget_items, batch_size):
+    """--grad-mean item: G = grad of (1/n) sum_i NLL_i / |y_i|, whatever the batch size; token (default) differs."""
+    model = tiny_llama(len(tokenizer), seed=3)
+    names = [n for n, _ in model.named_parameters() if n.endswith("q_proj.weight")]
+    params = dict(model.named_parameters())
+    item = influence.accumulate_gradients(model, qa_batches(tokenizer, forget_items, batch_size, 64), names,
+                                          mean="item")
+    token = influence.accumulate_gradients(model, qa_batches(tokenizer, forget_items, batch_size, 64), names)
+    for p in params.values():
+        p.requires_grad_(False)
+    for n in names:
+        params[n].requires_grad_(True)
+    from grin_engine.losses import answer_nll
+    total = 0
+    for it in forget_items:  # one item at a time: its own token-mean NLL
+        nll_sum, count = answer_nll(model, qa_batches(tokenizer, [it], 1, 64)[0])
+        total = total + nll_sum[0] / count[0]
+    (total / len(forget_items)).backward()
+    for n in names:
+        assert torch.allclose(item[n], params[n].grad, atol=1e-6, rtol=1e-4)
+        assert not torch.allclose(token[n], item[n], atol=1e-6, rtol=1e-3)
+        params[n].requires_grad_(False)
+        params[n].grad = None
+    with pytest.raises(GrinError, match="grad mean"):
+        influence.accumulate_gradients(model, qa_batches(tokenizer, forget_items, 2, 64), names, mean="median")

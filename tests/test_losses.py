@@ -83,8 +83,8 @@ def test_ga_graddiff_idk_formulas(tokenizer, forget_items, retain_items):
         assert LOSSES["ga"](model, forget, retain, cfg).item() == pytest.approx(-nll_f.item(), rel=1e-6)
         assert LOSSES["graddiff"](model, forget, retain, cfg).item() == pytest.approx(
             -1.3 * nll_f.item() + 0.7 * nll_r.item(), rel=1e-6)
-        assert LOSSES["idk"](model, forget, retain, cfg).item() == pytest.approx(
-            nll_idk.item() + 0.7 * nll_r.item(), rel=1e-6)
+        assert LOSSES["idk"](model, forget, retain, cfg).item() == pytest.approx(  # gamma weighs every forget term
+            1.3 * nll_idk.item() + 0.7 * nll_r.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("beta, alpha", [(None, 1.0), (0.5, 0.3)])
@@ -139,7 +139,8 @@ def test_simnpo_by_hand(tokenizer, forget_items, retain_items, beta, delta, alph
     forget_term = -(2 / b) * sum(math.log(1 / (1 + math.exp(-b * (x - delta)))) for x in per_token) / len(per_token)
     if delta:
         assert forget_term > 0.1  # the term really matters in this case
-    assert value == pytest.approx(forget_term + alpha * retain, rel=1e-5)
+    # gamma left at None: SimNPO's own default 0.125 weighs the forget term (open-unlearning's SimNPO.yaml)
+    assert value == pytest.approx(0.125 * forget_term + alpha * retain, rel=1e-5)
 
 
 def test_dpo_by_hand(tokenizer, forget_items, retain_items):
@@ -205,3 +206,55 @@ def test_losses_are_differentiable_scalars(tokenizer, forget_items, retain_items
             assert grad.abs().max() > 0, method
     finally:
         weight.requires_grad_(False)
+
+
+# --- open-unlearning parity: gamma on the forget term (trainer/unlearn/{npo,simnpo,dpo}.py at d3d7cf9) -----------
+#
+# Their losses, written out from their code: compute_batch_nll = summed answer NLL per item;
+# compute_dpo_loss(win, lose) = -2/beta * logsigmoid(beta * (win_log_ratio - lose_log_ratio)).mean() with
+# log_ratio = -(nll - nll_ref); NPO = compute_dpo_loss(win=None, lose=forget); SimNPO's forget loss =
+# -logsigmoid(beta * (nll / |y| - delta)).mean() * 2 / beta; every trainer returns gamma * forget + alpha * retain.
+
+
+def _their_forget_term(method, model, reference, forget, beta, delta=0.0):
+    with torch.no_grad():
+        nll, n = answer_nll(model, forget)
+        if method == "simnpo":
+            return (-torch.nn.functional.logsigmoid(beta * (nll / n - delta)).mean() * 2 / beta).item()
+        lose_ratio = -(nll - answer_nll(reference, forget)[0])
+        win_ratio = 0.0
+        if method == "dpo":
+            win_ratio = -(answer_nll(model, forget["idk"])[0] - answer_nll(reference, forget["idk"])[0])
+        return (-2 / beta * torch.nn.functional.logsigmoid(beta * (win_ratio - lose_ratio)).mean()).item()
+
+
+@pytest.mark.parametrize("method, beta, delta", [("npo", 0.1, 0.0), ("dpo", 0.2, 0.0), ("simnpo", 2.0, 5.5)])
+@pytest.mark.parametrize("gamma", [0.3, 2.0])
+def test_gamma_weighs_the_forget_term_as_open_unlearning(tokenizer, forget_items, retain_items, method, beta, delta,
+                                                         gamma):
+    reference = tiny_llama(len(tokenizer), seed=2)
+    model = tiny_llama(len(tokenizer), seed=9)
+    f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, reference)
+    forget, retain = f_batches[0], r_batches[0]
+    cfg = GrinConfig(method=method, beta=beta, delta=delta, alpha=0.6, gamma=gamma)
+    with torch.no_grad():
+        value = LOSSES[method](model, forget, retain, cfg).item()
+        retain_nll = mean_nll(model, retain).item()
+    forget_term = _their_forget_term(method, model, reference, forget, beta, delta)
+    assert abs(forget_term) > 0.05  # the term is large enough that a dropped gamma would show
+    assert value == pytest.approx(gamma * forget_term + 0.6 * retain_nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("method, default", [("graddiff", 1.0), ("npo", 1.0), ("dpo", 1.0), ("idk", 1.0),
+                                             ("simnpo", 0.125)])
+def test_gamma_none_is_the_methods_default(tokenizer, forget_items, retain_items, method, default):
+    model = tiny_llama(len(tokenizer), seed=4)
+    f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, tiny_llama(len(tokenizer), seed=2))
+    with torch.no_grad():
+        implicit = LOSSES[method](model, f_batches[0], r_batches[0], GrinConfig(method=method, delta=6.0)).item()
+        explicit = LOSSES[method](model, f_batches[0], r_batches[0],
+                                  GrinConfig(method=method, delta=6.0, gamma=default)).item()
+        other = LOSSES[method](model, f_batches[0], r_batches[0],
+                               GrinConfig(method=method, delta=6.0, gamma=default * 3)).item()
+    assert implicit == pytest.approx(explicit, rel=1e-7)
+    assert abs(other - implicit) > 1e-3

@@ -24,7 +24,7 @@ from grin_engine.metrics import (
     truth_ratios,
 )
 
-TOFU_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+TOFU_DIR = Path(__file__).resolve().parent.parent / "assets" / "tofu"  # shipped with the project
 
 e = math.e
 
@@ -110,7 +110,7 @@ def test_derive_keywords_falls_back_to_longest_new_word():
 
 @pytest.mark.skipif(not TOFU_DIR.is_dir(), reason=f"TOFU test files not found at {TOFU_DIR}")
 def test_derive_keywords_on_real_tofu_items():
-    items = [json.loads(line) for line in (TOFU_DIR / "forget01.json").read_text().splitlines() if line.strip()]
+    items = [json.loads(line) for line in (TOFU_DIR / "forget01_perturbed.json").read_text().splitlines() if line.strip()]
     assert len(items) > 0
     for item in items:
         keywords = derive_keywords(item["question"], item["answer"])
@@ -321,3 +321,139 @@ def test_metrics_module_does_not_import_model_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- open-unlearning parity (src/evals/metrics at commit d3d7cf9) ---------------------------------------------
+#
+# Their definitions, written out from their code as the expected values (facts and formulas, not their code):
+# memorization.truth_ratio: correct_prob = exp(-correct_avg_loss), wrong_prob = exp(-mean_j wrong_avg_loss_j);
+#   TOFU's R = wrong_prob / (correct_prob + 1e-10); prob_mean's T = correct_prob / (correct_prob + wrong_prob + 1e-10);
+#   closer_to_1_better = mean(min(R, 1/(R + 1e-10))); true_better = mean(max(0, 1 - R)); prob_mean = mean(T).
+# memorization.probability_w_options: correct / (correct + sum_j wrong_j + 1e-10).
+# privacy.ks_test: ks_2samp on the raw per-item R (value_by_index "score") of the model and of the retain model.
+# utility.hm_aggregate: scipy.stats.hmean of the nine pre-computed values.
+# mia: min_k = -mean(sorted(token log-probs)[:max(1, int(n * k))]); LOSS = per-token mean NLL;
+#   AUC = roc_auc_score(labels = [0] * forget + [1] * holdout, scores); privleak with MUSE's 1 - AUC.
+
+import numpy as np  # noqa: E402
+from scipy.stats import hmean  # noqa: E402
+
+from grin_engine.metrics import (  # noqa: E402
+    OVER_UNLEARNING_AUC, TOFU_UTILITY_PARTS, mia_auc, min_k_score, normalised_probability, privleak,
+    tofu_model_utility, truth_ratio_prob_mean, truth_ratios_prob_mean,
+)
+
+
+def their_truth_ratio(correct_nll, wrong_nll, aggregator):
+    correct_prob = np.exp(-np.array(correct_nll))
+    wrong_prob = np.exp(-np.array([np.mean(w) for w in wrong_nll]))
+    if aggregator == "prob_mean":
+        ratios = correct_prob / (correct_prob + wrong_prob + 1e-10)
+        return ratios, np.mean(ratios)
+    ratios = wrong_prob / (correct_prob + 1e-10)
+    if aggregator == "closer_to_1_better":
+        return ratios, np.mean(np.minimum(ratios, 1 / (ratios + 1e-10)))
+    return ratios, np.mean(np.maximum(0, 1 - ratios))
+
+
+# normal range, a model near collapse (P(correct) ~ 1e-9: the guard moves R by 10%), collapsed (P ~ 1e-13)
+PARITY_CASES = [
+    ([0.5, 1.2, 2.0], [[1.0, 2.0], [0.3, 0.9, 1.5], [2.0]]),
+    ([20.7, 21.0, 19.5], [[21.0, 22.0], [20.0], [18.0, 25.0]]),
+    ([30.0, 45.0, 123.0], [[31.0, 29.0], [40.0, 44.0], [100.0, 130.0]]),
+]
+
+
+@pytest.mark.parametrize("correct, wrong", PARITY_CASES)
+def test_truth_ratio_equals_open_unlearning(correct, wrong):
+    their_r, their_forget = their_truth_ratio(correct, wrong, "closer_to_1_better")
+    _, their_retain = their_truth_ratio(correct, wrong, "true_better")
+    their_t, their_prob_mean = their_truth_ratio(correct, wrong, "prob_mean")
+    assert truth_ratios(correct, wrong) == pytest.approx(list(their_r), rel=1e-12, abs=0)
+    assert truth_ratio(correct, wrong, "forget").value == pytest.approx(their_forget, rel=1e-12, abs=1e-300)
+    assert truth_ratio(correct, wrong, "retain").value == pytest.approx(their_retain, rel=1e-12, abs=1e-300)
+    assert truth_ratios_prob_mean(correct, wrong) == pytest.approx(list(their_t), rel=1e-12, abs=1e-300)
+    assert truth_ratio_prob_mean(correct, wrong).value == pytest.approx(their_prob_mean, rel=1e-12, abs=1e-300)
+
+
+def test_truth_ratio_guard_by_hand():
+    """The 1e-10 guard decides the result once the paraphrase is unlikely; without it these would all be 1."""
+    # paraphrase and perturbed answers equally unlikely at 30 nats/token: R = e^-30 / (e^-30 + 1e-10) ~ 9.36e-4
+    p = math.exp(-30.0)
+    assert truth_ratios([30.0], [[31.0, 29.0]]) == [pytest.approx(p / (p + 1e-10), rel=1e-12)]
+    assert truth_ratio([30.0], [[31.0, 29.0]], "forget").value == pytest.approx(p / (p + 1e-10), rel=1e-12)
+    # prob_mean: e^-30 / (2 e^-30 + 1e-10) ~ 9.35e-4 instead of 1/2
+    assert truth_ratios_prob_mean([30.0], [[30.0]]) == [pytest.approx(p / (2 * p + 1e-10), rel=1e-12)]
+    # exp underflows to 0 at 800 nats: R = 0 / (0 + 1e-10) = 0 and the forget side min(0, 1/(0 + 1e-10)) = 0
+    assert truth_ratio([800.0], [[800.0]], "forget").value == 0.0
+    # at 1 nat the guard is invisible: R = e^-2 / e^-1 = e^-1 (to 1e-9 relative)
+    assert truth_ratios([1.0], [[2.0]]) == [pytest.approx(math.exp(-1.0), rel=1e-9)]
+
+
+def test_forget_side_of_equal_answers():
+    # both answers certain (NLL 0): R = 1 / (1 + 1e-10) < 1 and 1/(R + 1e-10) > R, so the forget side is R itself
+    assert truth_ratio([0.0], [[0.0]], "forget").value == pytest.approx(1 / (1 + 1e-10), rel=1e-15)
+    assert truth_ratio([0.0], [[0.0]], "forget").value < 1.0
+
+
+def test_normalised_probability_by_hand_and_as_open_unlearning():
+    # P(correct) = 1, wrong P = 1/2 and 1/4: 1 / (1 + 0.75 + 1e-10) = 4/7 (a SUM over the wrong answers)
+    result = normalised_probability([0.0], [[math.log(2), math.log(4)]])
+    assert result.value == pytest.approx(1 / (1.75 + 1e-10), rel=1e-12)
+    correct, wrong = [0.3, 2.0, 25.0], [[0.5, 1.0, 0.2], [2.5], [30.0, 24.0]]
+    c = np.exp(-np.array(correct))
+    w = np.array([np.sum(np.exp(-np.array(x))) for x in wrong])
+    assert normalised_probability(correct, wrong).per_item == pytest.approx(list(c / (c + w + 1e-10)), rel=1e-12)
+
+
+def test_prob_mean_by_hand():
+    # P(correct) = 1/2, P(wrong) = exp(-mean(ln 2, ln 8)) = exp(-ln 4) = 1/4: T = 0.5 / 0.75 = 2/3
+    assert truth_ratio_prob_mean([math.log(2)], [[math.log(2), math.log(8)]]).value == pytest.approx(2 / 3, rel=1e-9)
+
+
+def test_forget_quality_uses_raw_ratios_not_the_forget_side():
+    """KS on R, as open-unlearning's ks_test: the folded min(R, 1/R) of these two samples is identical (p = 1),
+    the raw ratios are not."""
+    unlearned, reference = [0.5, 2.0, 0.25, 4.0], [0.5, 0.5, 0.25, 0.25]
+    assert [min(r, 1 / r) for r in unlearned] == reference
+    assert forget_quality(unlearned, reference) == pytest.approx(ks_2samp(unlearned, reference).pvalue)
+    assert forget_quality(unlearned, reference) < 0.9
+
+
+def test_tofu_model_utility_is_their_harmonic_mean_of_nine():
+    parts = dict(zip(TOFU_UTILITY_PARTS, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]))
+    assert tofu_model_utility(parts) == pytest.approx(hmean(list(parts.values())), rel=1e-12)
+    # by hand: 9 / (1/0.9 + ... + 1/0.1) = 9 / 28.2897... = 0.31814
+    assert tofu_model_utility(parts) == pytest.approx(9 / sum(1 / v for v in parts.values()), rel=1e-12)
+    with pytest.raises(ValueError, match="world_facts_truth_ratio"):
+        tofu_model_utility({**parts, "world_facts_truth_ratio": None})
+    with pytest.raises(ValueError, match="retain_probability"):
+        tofu_model_utility({k: v for k, v in parts.items() if k != "retain_probability"})
+
+
+def test_min_k_by_hand_and_as_open_unlearning():
+    # NLLs 1..5, k = 0.4: int(5 * 0.4) = 2 least likely tokens, NLL 5 and 4: score 4.5
+    assert min_k_score([1.0, 2.0, 3.0, 4.0, 5.0], 0.4) == pytest.approx(4.5)
+    assert min_k_score([3.0], 0.4) == pytest.approx(3.0)  # at least one token
+    assert min_k_score([], 0.4) == 0.0
+    nll = [0.1, 2.3, 0.05, 7.0, 1.1, 0.4, 3.3]
+    lp = -np.array(nll)
+    their = -np.mean(np.sort(lp)[: max(1, int(len(lp) * 0.4))])
+    assert min_k_score(nll, 0.4) == pytest.approx(their, rel=1e-12)
+
+
+def test_mia_auc_by_hand_and_orientation():
+    # forget [1, 2], holdout [3, 1.5]: holdout > forget in (3,1) (3,2) (1.5,1) = 3 of 4 pairs -> 0.75
+    assert mia_auc([1.0, 2.0], [3.0, 1.5]) == pytest.approx(0.75)
+    assert mia_auc([1.0, 2.0], [2.0, 2.0]) == pytest.approx((1 + 0.5 + 1 + 0.5) / 4)  # ties count 1/2
+    assert mia_auc([0.1, 0.2], [5.0, 6.0]) == 1.0  # forget answers far more likely: memorised
+    assert mia_auc([5.0, 6.0], [0.1, 0.2]) == 0.0 < OVER_UNLEARNING_AUC  # less likely than never-seen ones
+    with pytest.raises(ValueError):
+        mia_auc([], [1.0])
+
+
+def test_privleak_by_hand():
+    # MUSE's AUC is 1 - ours: ((1 - 0.9) - (1 - 0.5)) / (1 - 0.5) * 100 = (0.1 - 0.5) / 0.5 * 100 = -80
+    assert privleak(0.9, 0.5) == pytest.approx(-80.0, rel=1e-8)
+    assert privleak(0.5, 0.5) == 0.0
+    assert privleak(0.2, 0.6) == pytest.approx(((0.8 - 0.4) / (0.4 + 1e-10)) * 100, rel=1e-12)

@@ -220,6 +220,42 @@ def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain
     assert result.to_report()["gates"] == result.gates
 
 
+@pytest.mark.parametrize("before_noise", [False, True])
+def test_pi_ref_after_or_before_the_noise(tiny, forget_items, retain_items, monkeypatch, before_noise):
+    """pi_ref of NPO/DPO: the model after GRIN's noise (ours, default) or before it (open-unlearning's)."""
+    import copy as _copy
+
+    from grin_engine.influence import candidate_parameters, random_selection
+    from grin_engine.losses import answer_logprob
+
+    original = _copy.deepcopy(tiny.model)
+    seen = {}
+    real_attach = pipeline.attach_reference
+
+    def recording_attach(model, batches):
+        real_attach(model, batches)
+        seen["ref_logp"] = batches[0]["ref_logp"].clone()
+        seen["noised"] = _copy.deepcopy(model)
+
+    monkeypatch.setattr(pipeline, "attach_reference", recording_attach)
+    work = _copy.deepcopy(tiny.model)
+    candidates = candidate_parameters(work)
+    selection = random_selection(candidates, dict(work.named_parameters()), 0.5, seed=0)
+    cfg = GrinConfig(method="npo", sigma2=1e-2, steps=1, batch_size=4, ref_before_noise=before_noise, max_length=64)
+    noised = _copy.deepcopy(work)
+    from grin_engine.noise import inject_noise
+    inject_noise(dict(noised.named_parameters()), selection.masks, cfg.sigma2, cfg.seed)
+    pipeline.unlearn_selected(work, tiny.tokenizer, forget_items, retain_items, cfg, list(candidates),
+                              selection.masks)
+    from grin_engine.data import forget_batches
+    batch = forget_batches(tiny.tokenizer, forget_items, 4, 64, cfg.seed)[0]
+    with torch.no_grad():
+        before, after = answer_logprob(original, batch), answer_logprob(noised, batch)
+    assert (before - after).abs().max() > 1e-3  # the noise is large enough to tell the two apart
+    expected = before if before_noise else after
+    assert torch.allclose(seen["ref_logp"], expected, atol=1e-5)
+
+
 def test_retain_collapse_warns_with_the_numbers():
     from grin_engine.pipeline import retain_collapse
 

@@ -1,0 +1,506 @@
+"""TOFU the way the papers report it (DESIGN.md §7): learn fictitious authors, forget some, score the result.
+
+    python -m grin_engine tofu --forget forget01 --methods grin,graddiff,npo
+
+1. *Target*: the base model fine-tuned on the forget authors plus some retain authors (answers only);
+   *retain model*: the same recipe on the retain authors alone, a model that never saw the forget authors.
+   Both are cached as safetensors folders keyed by model, data and recipe, so a second run reuses them.
+2. *Unlearn* the forget authors from the target with each method (same steps and seed).
+3. *Evaluate* target, retain model and every unlearned model on the forget split, retain authors, real authors and
+   world facts (probability, ROUGE-L recall, truth ratio), and on holdout authors that no model saw (membership
+   inference): forget quality (KS test against the retain model's truth ratios), model utility (harmonic mean of
+   nine numbers) and privacy leakage, all with open-unlearning's formulas (metrics.py).
+
+TOFU's full set is 200 authors x 20 QA in author order; forget01 is the last 2 authors, forget05 the last 10.
+The data ships in assets/tofu (MIT, see its README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .config import GrinConfig, GrinError
+from .data import QAItem, make_batches, read_items_file
+from .losses import mean_nll
+from .models import LoadedModel, copy_model, save_model_folder
+
+TOFU_DIR = Path(__file__).resolve().parent.parent / "assets" / "tofu"
+ITEMS_PER_AUTHOR = 20
+N_AUTHORS = 200
+FORGET_AUTHORS = {"forget01": 2, "forget05": 10}  # the last authors of `full`
+RETAIN_PERTURBED_AUTHORS = 20  # retain_perturbed.json holds authors 0-19 with paraphrased and perturbed answers
+DEFAULT_CACHE = Path(os.environ.get("GRIN_CACHE", Path.home() / ".cache" / "grin_studio")) / "tofu"
+
+
+@dataclass
+class TofuRecipe:
+    """How the target and the retain model are made (same recipe for both) and what is evaluated.
+
+    The defaults fit a 2-core CPU with the 135M default model (DESIGN.md §7): a small slice of TOFU, learned hard.
+    """
+    forget: str = "forget01"
+    retain_authors: int = 1  # authors 0..n-1 (the first of retain_perturbed): learned by both models
+    holdout_authors: int = 1  # authors just below the forget ones, seen by neither model (membership inference)
+    epochs: int = 3
+    lr: float = 4e-4
+    batch_size: int = 8
+    max_length: int = 128  # tokens per training example (prompt + answer)
+    seed: int = 0
+    eval_items: int | None = 20  # items of retain authors, real authors, world facts evaluated (None: all); forget: all
+    label_layout: str = "answer_eos"
+
+    def __post_init__(self):
+        if self.forget not in FORGET_AUTHORS:
+            raise GrinError(f"tofu: forget split must be one of {', '.join(FORGET_AUTHORS)}, got {self.forget!r}")
+        if not 1 <= self.retain_authors <= RETAIN_PERTURBED_AUTHORS:
+            raise GrinError(f"tofu: retain authors must be 1..{RETAIN_PERTURBED_AUTHORS} (those of retain_perturbed), "
+                            f"got {self.retain_authors}")
+        free = N_AUTHORS - FORGET_AUTHORS[self.forget] - RETAIN_PERTURBED_AUTHORS
+        if not 1 <= self.holdout_authors <= free:
+            raise GrinError(f"tofu: holdout authors must be 1..{free}, got {self.holdout_authors}")
+        for name in ("epochs", "batch_size", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise GrinError(f"tofu: {name} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise GrinError(f"tofu: learning rate must be > 0, got {self.lr}")
+        if self.eval_items is not None and self.eval_items < 1:
+            raise GrinError(f"tofu: eval items must be at least 1, got {self.eval_items}")
+
+    def training(self) -> dict:
+        """The fields that decide the fine-tuned models (the cache key); evaluation choices are not among them."""
+        return {k: getattr(self, k) for k in ("forget", "retain_authors", "epochs", "lr", "batch_size", "max_length",
+                                              "seed", "label_layout")}
+
+
+@dataclass
+class TofuData:
+    forget: list[QAItem]  # the forget split, with paraphrased and perturbed answers
+    retain_train: list[QAItem]  # what both models learn besides the forget split
+    retain_eval: list[QAItem]  # the same authors from retain_perturbed
+    real_authors: list[QAItem]
+    world_facts: list[QAItem]
+    holdout: list[QAItem]  # authors no model saw
+    facts: dict = field(default_factory=dict)
+
+
+def _read(name: str) -> list[QAItem]:
+    path = TOFU_DIR / name
+    if not path.is_file():
+        raise GrinError(f"tofu: {path} is missing; the TOFU files ship in assets/tofu")
+    return read_items_file(path)
+
+
+def load_tofu(recipe: TofuRecipe) -> TofuData:
+    """The slices of TOFU the recipe names (authors are blocks of 20 items in full.json)."""
+    full = _read("full.json")
+    n_forget = FORGET_AUTHORS[recipe.forget]
+    first_forget = N_AUTHORS - n_forget
+    forget = _read(f"{recipe.forget}_perturbed.json")
+    if [it.question for it in forget] != [it.question for it in full[first_forget * ITEMS_PER_AUTHOR:]]:
+        raise GrinError(f"tofu: {recipe.forget}_perturbed.json is not the last {n_forget} authors of full.json")
+    n_retain = recipe.retain_authors * ITEMS_PER_AUTHOR
+    retain_train = full[:n_retain]
+    retain_eval = _read("retain_perturbed.json")[:n_retain][:recipe.eval_items]
+    holdout_first = first_forget - recipe.holdout_authors
+    holdout = full[holdout_first * ITEMS_PER_AUTHOR: first_forget * ITEMS_PER_AUTHOR]
+    cap = recipe.eval_items
+    real_authors = _read("real_authors_perturbed.json")[:cap]
+    world_facts = _read("world_facts_perturbed.json")[:cap]
+    facts = {"forget_authors": list(range(first_forget, N_AUTHORS)), "retain_authors": list(range(recipe.retain_authors)),
+             "holdout_authors": list(range(holdout_first, first_forget)),
+             "items": {"forget": len(forget), "retain": len(retain_train), "holdout": len(holdout),
+                       "real_authors": len(real_authors), "world_facts": len(world_facts)}}
+    return TofuData(forget, retain_train, retain_eval, real_authors, world_facts, holdout, facts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Target and retain model: fine-tuned once, cached
+
+
+class Stopped(Exception):
+    """The user asked to stop; whatever is cached stays cached."""
+
+
+def cache_key(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, kind: str) -> str:
+    """A short hash of what decides a fine-tuned model: the base model, the training items and the recipe."""
+    data = hashlib.sha256("\n".join(f"{it.question}\t{it.answer}" for it in items).encode()).hexdigest()
+    facts = base.facts()
+    blob = json.dumps({"kind": kind, "model": base.name, "source": base.source, "parameters": facts["parameters"],
+                       "dtype": facts["dtype"], "data": data, "recipe": recipe.training()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, on_step=None, should_stop=None) -> LoadedModel:
+    """A copy of `base` fine-tuned on the items' answers: AdamW (weight decay 0.01), constant lr, gradient norm
+    clipped at 1, `epochs` passes over the items in an order shuffled per epoch by a generator seeded with `seed`."""
+    work = copy_model(base)
+    model = work.model
+    params = [p for p in model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    pairs = [(it.question, it.answer) for it in items]
+    per_epoch = math.ceil(len(pairs) / recipe.batch_size)
+    total, step = recipe.epochs * per_epoch, 0
+    try:
+        for _ in range(recipe.epochs):
+            order = torch.randperm(len(pairs), generator=generator).tolist()
+            shuffled = [pairs[i] for i in order]
+            for batch in make_batches(work.tokenizer, shuffled, recipe.batch_size, recipe.max_length,
+                                      recipe.label_layout):
+                if should_stop is not None and should_stop():
+                    raise Stopped
+                batch = {k: v.to(work.device) for k, v in batch.items()}
+                loss = mean_nll(model, batch)
+                if not math.isfinite(loss.item()):
+                    raise GrinError(f"tofu fine-tuning: the loss became {loss.item()} at step {step + 1}; "
+                                    f"try a smaller --tofu-lr")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if on_step is not None:
+                    on_step(step, total, loss.item())
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    model.eval()
+    return work
+
+
+def cached_finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, kind: str, cache_dir: Path,
+                    on_step=None, should_stop=None) -> tuple[LoadedModel, str, bool]:
+    """(model, folder, reused): the cached fine-tuned model when there is one, else train it and cache it.
+
+    The folder is written under a temporary name and renamed when complete, so a stopped or failed run never
+    leaves a half-written model that a later run would take for a finished one.
+    """
+    from .config import ModelSpec
+    from .models import load_model
+
+    folder = Path(cache_dir) / f"{kind}-{cache_key(base, items, recipe, kind)}"
+    if (folder / "model.safetensors").is_file():
+        loaded = load_model(ModelSpec(str(folder), str(base.device), str(base.dtype).replace("torch.", "")))
+        loaded.name = base.name  # keeps facts() about the same model family
+        return loaded, str(folder), True
+    trained = finetune(base, items, recipe, on_step, should_stop)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_folder(trained, str(tmp))
+    (tmp / "grin_recipe.json").write_text(json.dumps({"kind": kind, "base": base.name, "items": len(items),
+                                                      "recipe": recipe.training()}, indent=2))
+    tmp.rename(folder)
+    return trained, str(folder), False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation: the model's raw numbers per split, then the scores (pure, from those numbers)
+
+EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+
+
+def _eval_sets(data: TofuData) -> dict[str, list[QAItem]]:
+    return {"forget": data.forget, "retain": data.retain_eval, "real_authors": data.real_authors,
+            "world_facts": data.world_facts}
+
+
+def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, max_length: int = 256,
+                   layout: str = "answer_eos", batch_size: int = 16, on_progress=None) -> dict:
+    """Everything TOFU's scores need from one model, as plain lists (JSON-ready).
+
+    Per split of EVAL_SPLITS: greedy `generations`; `answer_nll` (token NLLs of the gold answer); `correct_nll`
+    (per-token mean NLL of the paraphrased answer where the item has one, else of the answer: open-unlearning's
+    "correct" for the truth ratio); `wrong_nll` (per-token mean NLL of each perturbed answer). For "holdout": only
+    `answer_nll`. on_progress(stage, done, total) with stage "<split>/answers" or "<split>/nll".
+    """
+    from .evaluate import generate_answers, pair_token_nlls, shared_prompt_token_nlls
+
+    model.eval()
+    raw = {}
+    for split, items in _eval_sets(data).items():
+        report = (lambda stage: (lambda done, total: on_progress(f"{split}/{stage}", done, total))) if on_progress \
+            else (lambda stage: None)
+        generations = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens, batch_size,
+                                       on_batch=report("answers"))
+        answer_nll, correct_nll, wrong_nll = [], [], []
+        say_nll = report("nll")
+        for i, it in enumerate(items):
+            # one question, all its answers: the gold one, the paraphrase (if any), the perturbed ones
+            answers = [it.answer] + ([it.paraphrased_answer] if it.paraphrased_answer else []) + it.perturbed_answers
+            token_nlls = shared_prompt_token_nlls(model, tokenizer, it.question, answers, max_length, layout)
+            mean = [sum(t) / max(1, len(t)) for t in token_nlls]
+            answer_nll.append(token_nlls[0])
+            correct_nll.append(mean[1] if it.paraphrased_answer else mean[0])
+            wrong_nll.append(mean[len(answers) - len(it.perturbed_answers):])
+            if say_nll is not None:
+                say_nll(i + 1, len(items))
+        raw[split] = {"generations": generations, "answer_nll": answer_nll, "correct_nll": correct_nll,
+                      "wrong_nll": wrong_nll}
+    say = (lambda done, total: on_progress("holdout/nll", done, total)) if on_progress else None
+    raw["holdout"] = {"answer_nll": pair_token_nlls(model, tokenizer, [(it.question, it.answer) for it in data.holdout],
+                                                    batch_size, max_length, layout, on_batch=say)}
+    return raw
+
+
+def split_scores(raw_split: dict, items: list[QAItem], split: str) -> dict:
+    """Probability, ROUGE-L recall and both truth ratios of one split, from evaluate_model's raw numbers.
+
+    forget uses TOFU's "closer_to_1_better" truth-ratio side, the others "true_better" (open-unlearning's
+    tofu_metrics); real authors and world facts also get the probability normalised over the right and wrong answers.
+    """
+    nlls = raw_split["answer_nll"]
+    scores = {
+        "probability": metrics.answer_probability([sum(t) for t in nlls], [len(t) for t in nlls]).value,
+        "rougeL_recall": metrics.rougeL_recall([it.answer for it in items], raw_split["generations"]).value,
+        "truth_ratio": metrics.truth_ratio(raw_split["correct_nll"], raw_split["wrong_nll"],
+                                           "forget" if split == "forget" else "retain").value,
+        "truth_ratio_prob_mean": metrics.truth_ratio_prob_mean(raw_split["correct_nll"], raw_split["wrong_nll"]).value,
+    }
+    if split in ("real_authors", "world_facts"):
+        scores["probability_normalised"] = metrics.normalised_probability(
+            [sum(t) / max(1, len(t)) for t in nlls], raw_split["wrong_nll"]).value
+    return scores
+
+
+def mia_scores(raw: dict, k: float = 0.4) -> dict:
+    """Membership-inference AUCs, forget split against holdout authors (metrics.mia_auc's convention: 1 = memorised).
+
+    Min-K% (k = 0.4) on the answer's token NLLs without the last labelled token (the EOS, as open-unlearning drops
+    it); LOSS: the answer's per-token mean NLL (all labelled tokens, as open-unlearning's evaluate_probability).
+    """
+    def min_k(split):
+        return [metrics.min_k_score(t[:-1], k) for t in raw[split]["answer_nll"]]
+
+    def loss(split):
+        return [sum(t) / max(1, len(t)) for t in raw[split]["answer_nll"]]
+
+    return {"auc_min_k": metrics.mia_auc(min_k("forget"), min_k("holdout")),
+            "auc_loss": metrics.mia_auc(loss("forget"), loss("holdout"))}
+
+
+def score_model(raw: dict, data: TofuData, reference_raw: dict | None, reference_mia: dict | None) -> dict:
+    """One row of the TOFU table from a model's raw numbers and the retain model's (the reference).
+
+    forget_quality: KS p-value between this model's and the reference's raw truth ratios R on the forget split
+    (TOFU's definition; forget_quality_prob_mean the same on open-unlearning's prob_mean ratios).
+    model_utility: metrics.tofu_model_utility of the nine retain-side numbers.
+    privleak: metrics.privleak of the Min-K AUC against the reference's (privleak_loss: the same with LOSS).
+    """
+    sets = _eval_sets(data)
+    per_split = {split: split_scores(raw[split], sets[split], split) for split in EVAL_SPLITS}
+    parts = {"retain_probability": per_split["retain"]["probability"],
+             "retain_rougeL_recall": per_split["retain"]["rougeL_recall"],
+             "retain_truth_ratio": per_split["retain"]["truth_ratio"]}
+    for split in ("real_authors", "world_facts"):
+        parts[f"{split}_probability_normalised"] = per_split[split]["probability_normalised"]
+        parts[f"{split}_rougeL_recall"] = per_split[split]["rougeL_recall"]
+        parts[f"{split}_truth_ratio"] = per_split[split]["truth_ratio"]
+    mia = mia_scores(raw)
+    row = {"model_utility": metrics.tofu_model_utility(parts), "utility_parts": parts, "splits": per_split, **mia}
+    if reference_raw is not None:
+        f, ref = raw["forget"], reference_raw["forget"]
+        row["forget_quality"] = metrics.forget_quality(metrics.truth_ratios(f["correct_nll"], f["wrong_nll"]),
+                                                       metrics.truth_ratios(ref["correct_nll"], ref["wrong_nll"]))
+        row["forget_quality_prob_mean"] = metrics.forget_quality(
+            metrics.truth_ratios_prob_mean(f["correct_nll"], f["wrong_nll"]),
+            metrics.truth_ratios_prob_mean(ref["correct_nll"], ref["wrong_nll"]))
+    if reference_mia is not None:
+        row["privleak"] = metrics.privleak(mia["auc_min_k"], reference_mia["auc_min_k"])
+        row["privleak_loss"] = metrics.privleak(mia["auc_loss"], reference_mia["auc_loss"])
+    row["over_unlearned"] = mia["auc_min_k"] < metrics.OVER_UNLEARNING_AUC
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The protocol
+
+# open-unlearning's published reproduction (docs/repro.md at d3d7cf9): Llama-3.2-1B-Instruct, lr 1e-5, 10 epochs, as
+# (forget quality, model utility). Another model and another recipe: for orientation, not for comparison.
+PUBLISHED = {
+    "source": "open-unlearning docs/repro.md (commit d3d7cf9): Llama-3.2-1B-Instruct, lr 1e-5, 10 epochs; "
+              "another model and recipe than ours",
+    "forget10": {"finetuned": (1.7e-21, 0.60), "retain": (1.0, 0.59), "GradDiff": (1e-239, 0.49),
+                 "NPO": (0.02, 0.46), "SimNPO": (2.5e-203, 0.54), "RMU": (3e-15, 0.59)},
+    "forget01": {"GradDiff": (0.77, 0.43), "NPO": (0.92, 0.56), "SimNPO": (0.58, 0.46), "RMU": (0.16, 0.55)},
+}
+
+
+def parse_methods(text: str) -> list[str]:
+    """Comma-separated methods: grin (GRIN's mask with --method's loss), grun, or a loss name (that loss on all
+    weights, no mask, no noise: the usual baseline)."""
+    from .losses import LOSSES
+
+    methods = [m.strip() for m in str(text).split(",") if m.strip()]
+    valid = ["grin", "grun", *LOSSES]
+    unknown = [m for m in methods if m not in valid]
+    if unknown or not methods:
+        raise GrinError(f"tofu: unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(valid)}")
+    return list(dict.fromkeys(methods))
+
+
+def unlearn_method(target: LoadedModel, method: str, data: TofuData, cfg: GrinConfig, on_progress=None,
+                   should_stop=None):
+    """A copy of the target unlearned with `method`; returns (loaded copy, detach function, facts)."""
+    from dataclasses import replace
+
+    from .influence import candidate_parameters
+    from .pipeline import compute_influence_scores, select, unlearn_selected
+
+    say = (lambda stage: (lambda done, total, *extra: on_progress(stage, done, total, *extra))) if on_progress \
+        else (lambda stage: None)
+    work = copy_model(target)
+    forget, retain = data.forget, data.retain_train
+    if method == "grun":
+        from .grun import Grun, GrunSpec, default_layers, train_grun
+
+        config = work.model.config
+        layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
+        grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
+                             gate=cfg.grun_gate), seed=cfg.seed).attach(work.model, work.tokenizer)
+        result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, say("unlearn"), should_stop)
+        return work, grun.detach, {"kind": "grun", "layers": list(layers), "steps": result.steps_done,
+                                   "stopped": result.stopped}
+    candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
+    if method == "grin":
+        influence = compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg, say("influence"))
+        selection, summary = select(influence, cfg.p)
+        del influence
+        masks, run_cfg = selection.masks, cfg
+        facts = {"kind": "grin", "loss": cfg.method, "selected": summary["selected"], "fraction": summary["fraction"]}
+    else:
+        masks, run_cfg = None, replace(cfg, method=method, use_mask=False)
+        facts = {"kind": "all weights", "loss": method}
+    result = unlearn_selected(work.model, work.tokenizer, forget, retain, run_cfg, list(candidates), masks,
+                              say("unlearn"), should_stop)
+    facts.update(steps=result.steps_done, stopped=result.stopped)
+    return work, (lambda: None), facts
+
+
+def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: GrinConfig,
+             cache_dir: str | Path = DEFAULT_CACHE, target_folder: str | None = None,
+             retain_folder: str | None = None, on_progress=None, should_stop=None, on_report=None) -> dict:
+    """The whole protocol; returns the report (JSON-ready). See the module docstring.
+
+    on_progress(stage, done, total, *extra): stages "target/finetune", "retain/finetune", "<model>/<split>/answers",
+    "<model>/<split>/nll", "<method>/influence", "<method>/unlearn" (with the loss). should_stop() is checked at
+    each step; a stop raises Stopped, and the cached models stay (only complete models are ever cached).
+    on_report(report) receives the report so far after each evaluated model (the CLI writes it, so a long run that
+    is stopped still leaves the rows it finished).
+    """
+    from .config import ModelSpec
+    from .models import load_model
+
+    def check_stop():
+        if should_stop is not None and should_stop():
+            raise Stopped
+
+    def progress(stage):
+        def report(done, total, *extra):
+            if on_progress is not None:
+                on_progress(stage, done, total, *extra)
+            check_stop()
+        return report
+
+    def stage_progress(prefix):
+        def report(stage, done, total, *extra):
+            progress(f"{prefix}/{stage}")(done, total, *extra)
+        return report
+
+    data = load_tofu(recipe)
+    timings, folders, reused = {}, {}, {}
+    models = {}
+    for kind, items, given in (("target", data.forget + data.retain_train, target_folder),
+                               ("retain", data.retain_train, retain_folder)):
+        start = time.perf_counter()
+        if given:
+            models[kind] = load_model(ModelSpec(given, str(base.device), str(base.dtype).replace("torch.", "")))
+            folders[kind], reused[kind] = str(given), True
+        else:
+            models[kind], folders[kind], reused[kind] = cached_finetune(
+                base, items, recipe, kind, cache_dir, progress(f"{kind}/finetune"), should_stop)
+        timings[f"{kind}_model_s"] = time.perf_counter() - start
+
+    def evaluate(name, loaded):
+        start = time.perf_counter()
+        raw = evaluate_model(loaded.model, loaded.tokenizer, data, cfg.max_new_tokens, recipe.max_length,
+                             recipe.label_layout, on_progress=stage_progress(name))
+        timings[f"{name}_eval_s"] = time.perf_counter() - start
+        return raw
+
+    raws, rows, unlearning = {}, {}, {}
+    raws["retain"] = evaluate("retain", models["retain"])
+    reference_mia = mia_scores(raws["retain"])
+    del models["retain"]
+    for name in ["target", *methods]:
+        if name == "target":
+            loaded, detach = models["target"], (lambda: None)
+        else:
+            start = time.perf_counter()
+            loaded, detach, unlearning[name] = unlearn_method(models["target"], name, data, cfg,
+                                                              stage_progress(name), should_stop)
+            timings[f"{name}_unlearn_s"] = time.perf_counter() - start
+            check_stop()
+        raws[name] = evaluate(name, loaded)
+        detach()
+        del loaded
+        rows = {n: score_model(raws[n], data, raws["retain"], reference_mia) for n in ["target", "retain", *methods]
+                if n in raws}
+        report = _report(base, recipe, cfg, methods, data, folders, reused, rows, raws, unlearning, timings)
+        if on_report is not None:
+            on_report(report)
+    return report
+
+
+def _report(base, recipe, cfg, methods, data, folders, reused, rows, raws, unlearning, timings) -> dict:
+    return {
+        "protocol": "TOFU (DESIGN.md §7)", "model": base.facts(), "recipe": asdict(recipe),
+        "unlearning_config": cfg.to_dict(), "methods": methods, "data": data.facts,
+        "models": {"folders": folders, "reused": reused},
+        "sanity": {"target_forget_rougeL_recall": rows["target"]["splits"]["forget"]["rougeL_recall"],
+                   "retain_forget_rougeL_recall": rows["retain"]["splits"]["forget"]["rougeL_recall"],
+                   "target_forget_probability": rows["target"]["splits"]["forget"]["probability"],
+                   "retain_forget_probability": rows["retain"]["splits"]["forget"]["probability"]},
+        "table": [{"model": name, **{k: v for k, v in row.items() if k not in ("splits", "utility_parts")}}
+                  for name, row in rows.items()],
+        "rows": rows, "unlearning": unlearning, "timings": dict(timings),
+        "complete": all(m in rows for m in methods),
+        "generations": {name: {split: raw[split]["generations"] for split in EVAL_SPLITS}
+                        for name, raw in raws.items()},
+        "published": PUBLISHED,
+        "headline": "forget_quality and model_utility use TOFU's truth ratio R = P(perturbed) / (P(paraphrased) "
+                    "+ 1e-10); forget_quality_prob_mean uses open-unlearning's prob_mean variant",
+    }
+
+
+def format_table(report: dict) -> str:
+    """The terminal table: one row per model."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"{'model':<12}{'forget Q':>11}{'FQ pm':>10}{'utility':>9}{'privleak':>10}{'AUC minK':>10}"
+             f"{'AUC loss':>10}{'forget RL':>11}{'retain RL':>11}"]
+    for name, row in report["rows"].items():
+        flag = "  over-unlearned" if row["over_unlearned"] else ""
+        lines.append(f"{name:<12}{num(row.get('forget_quality'), '11.3g')}{num(row.get('forget_quality_prob_mean'), '10.3g')}"
+                     f"{num(row['model_utility'], '9.3f')}{num(row.get('privleak'), '10.1f')}{row['auc_min_k']:>10.3f}"
+                     f"{row['auc_loss']:>10.3f}{row['splits']['forget']['rougeL_recall']:>11.3f}"
+                     f"{row['splits']['retain']['rougeL_recall']:>11.3f}{flag}")
+    s = report["sanity"]
+    lines.append(f"sanity: forget ROUGE-L recall target {s['target_forget_rougeL_recall']:.3f}, "
+                 f"retain model {s['retain_forget_rougeL_recall']:.3f} (the target must know the forget authors, "
+                 f"the retain model must not)")
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""The TOFU benchmark view: run the protocol (grin_engine.tofu) on the loaded model, or open a report made by
+`python -m grin_engine tofu`, and see forget quality against model utility, with open-unlearning's published numbers
+beside ours (another model and recipe, labelled as such). Layout (`tofu_tab`), callbacks and their wiring (`wire`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from grin_engine.config import GrinConfig, GrinError
+from grin_engine.losses import LOSSES
+from grin_engine.tofu import FORGET_AUTHORS, PUBLISHED, TofuRecipe, parse_methods
+
+from . import gpu
+from .callbacks import user_errors
+from .state import session_of, stop_flag
+
+METHOD_CHOICES = ["grin", "grun", *LOSSES]
+TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model utility", "privleak",
+                 "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "note"]
+MAX_REPORT_BYTES = 20_000_000
+
+
+def tofu_tab() -> dict:
+    t = {}
+    with gr.Tab("TOFU benchmark", id="tofu"):
+        gr.Markdown(
+            "**TOFU** (fictitious authors) the way papers report it: a *target* model learns the forget authors and "
+            "some retain authors, a *retain model* only the retain authors; each method unlearns the forget authors "
+            "from the target. **Forget quality** (high = indistinguishable from the retain model; a KS-test "
+            "p-value), **model utility** (what it still knows), **privleak** (0 = leaks like the retain model, "
+            "about -100 = still remembers). Formulas: open-unlearning's (docs/DESIGN.md §4, §7). Running it "
+            "fine-tunes two models on first use (cached afterwards): on a CPU that takes long. Or open a report "
+            "written by `python -m grin_engine tofu`.")
+        with gr.Row():
+            t["split"] = gr.Dropdown(list(FORGET_AUTHORS), value="forget01", label="forget split",
+                                     info="forget01: 2 authors (40 QA); forget05: 10 authors")
+            t["methods"] = gr.CheckboxGroup(METHOD_CHOICES, value=["grin", "graddiff", "npo"], label="methods",
+                                            info="grin: GRIN's mask with GradDiff; a loss name: that loss on all weights")
+            t["steps"] = gr.Number(5, label="unlearning steps", minimum=1, precision=0)
+        with gr.Row():
+            t["run_btn"] = gr.Button("Run TOFU on the loaded model", variant="primary")
+            t["stop_btn"] = gr.Button("Stop", variant="stop")
+            t["report_file"] = gr.File(label="or open a TOFU report (tofu.json)", file_types=[".json"], elem_id="tofu_report_file",
+                                       elem_classes="download")
+        t["status"] = gr.Markdown(elem_id="tofu_status")
+        t["table"] = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="ours: one row per model",
+                                  interactive=False, elem_id="tofu_table")
+        with gr.Row():
+            t["scatter"] = gr.Plot(scatter(None), label="forget quality vs model utility", scale=3,
+                                   elem_id="tofu_scatter")
+            t["sanity"] = gr.Markdown(elem_id="tofu_sanity")
+        t["published"] = gr.Dataframe(published_table(), interactive=False, elem_id="tofu_published",
+                                      label="open-unlearning's published numbers: ANOTHER model and recipe "
+                                            "(Llama-3.2-1B-Instruct, all 200 authors, lr 1e-5, 10 epochs)")
+    return t
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def report_table(report: dict | None) -> pd.DataFrame:
+    rows = []
+    for name, row in ((report or {}).get("rows") or {}).items():
+        note = {"target": "before unlearning", "retain": "reference: never saw the forget authors"}.get(name, "")
+        if row.get("over_unlearned"):
+            note = (note + "; " if note else "") + "over-unlearned (AUC < 0.3)"
+        rows.append([name, _fmt(row.get("forget_quality"), ".3g"), _fmt(row.get("forget_quality_prob_mean"), ".3g"),
+                     _fmt(row.get("model_utility"), ".3f"), _fmt(row.get("privleak"), ".1f"),
+                     _fmt(row.get("auc_min_k"), ".3f"), _fmt(row.get("auc_loss"), ".3f"),
+                     _fmt(row["splits"]["forget"]["rougeL_recall"], ".3f"),
+                     _fmt(row["splits"]["retain"]["rougeL_recall"], ".3f"), note])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def published_table() -> pd.DataFrame:
+    rows = [[split, method, f"{fq:.3g}", f"{mu:.2f}"] for split in ("forget01", "forget10")
+            for method, (fq, mu) in PUBLISHED[split].items()]
+    return pd.DataFrame(rows, columns=["split", "method", "forget quality", "model utility"])
+
+
+def scatter(report: dict | None) -> go.Figure:
+    """Forget quality (log x) against model utility (y): target and retain model as reference points, each method a
+    point, open-unlearning's published forget01 points hollow and grey (another model and recipe)."""
+    fig = go.Figure()
+    # points often sit close together: their labels go round them, not on each other
+    positions = ["top center", "bottom center", "middle right", "middle left", "top right", "bottom right"]
+    for i, (method, (fq, mu)) in enumerate(PUBLISHED["forget01"].items()):
+        fig.add_trace(go.Scatter(x=[fq], y=[mu], mode="markers+text", text=[f"{method} (OU)"],
+                                 textposition=positions[i % len(positions)], name="open-unlearning, Llama-3.2-1B",
+                                 marker={"symbol": "circle-open", "size": 10, "color": "#a0aec0"},
+                                 textfont={"color": "#a0aec0"}, showlegend=False,
+                                 hovertemplate=f"open-unlearning {method} (Llama-3.2-1B, another recipe)<br>"
+                                               "FQ %{x:.3g}, MU %{y:.2f}<extra></extra>"))
+    style = {"target": ("diamond", "#1a202c"), "retain": ("star", "#38a169")}
+    for i, (name, row) in enumerate(((report or {}).get("rows") or {}).items()):
+        fq, mu = row.get("forget_quality"), row.get("model_utility")
+        if fq is None or mu is None:
+            continue
+        symbol, colour = style.get(name, ("circle", "#c53030" if name == "grin" else "#2b6cb0"))
+        fig.add_trace(go.Scatter(x=[max(fq, 1e-300)], y=[mu], mode="markers+text", text=[name],
+                                 textposition=positions[i % len(positions)], showlegend=False,
+                                 marker={"symbol": symbol, "size": 14, "color": colour},
+                                 hovertemplate=f"<b>{name}</b> (ours)<br>FQ %{{x:.3g}}, MU %{{y:.3f}}<extra></extra>"))
+    title = "Forget quality vs model utility" + ("" if report else " — run TOFU or open a report")
+    fig.update_layout(title=title, height=440, showlegend=False,
+                      xaxis={"title": "forget quality (log; right = indistinguishable from the retain model)",
+                             "type": "log"},
+                      yaxis={"title": "model utility (higher = kept more)", "range": [0, 1]},
+                      annotations=[{"text": "grey hollow: open-unlearning's published forget01 (another model)",
+                                    "xref": "paper", "yref": "paper", "x": 0, "y": -0.22, "showarrow": False,
+                                    "font": {"size": 11, "color": "#718096"}}])
+    return fig
+
+
+def sanity_text(report: dict | None) -> str:
+    if not report:
+        return ""
+    s, r = report["sanity"], report.get("recipe", {})
+    return (f"**Sanity** — forget ROUGE-L recall: target **{s['target_forget_rougeL_recall']:.3f}** (must be high), "
+            f"retain model **{s['retain_forget_rougeL_recall']:.3f}** (must be low).\n\n"
+            f"**Recipe** — {r.get('forget')}, {r.get('retain_authors')} retain author(s), "
+            f"{r.get('holdout_authors')} holdout author(s), {r.get('epochs')} epochs at lr {r.get('lr')}; "
+            f"model {report.get('model', {}).get('name')}. "
+            + ("" if report.get("complete", True) else "*Partial report: not every method finished.*"))
+
+
+def _outputs(report: dict | None):
+    return report_table(report), scatter(report), sanity_text(report)
+
+
+@user_errors
+def open_report(file):
+    """A report JSON written by `python -m grin_engine tofu` -> (status, table, scatter, sanity)."""
+    if file is None:
+        raise GrinError("choose a TOFU report file (tofu.json) first")
+    path = Path(file if isinstance(file, str) else file.name)
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        raise GrinError("that file is too large to be a TOFU report")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise GrinError("that file is not a TOFU report (not valid JSON)") from None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), dict) or "sanity" not in report:
+        raise GrinError("that file is not a TOFU report (no rows / sanity); make one with python -m grin_engine tofu")
+    try:
+        outputs = _outputs(report)
+    except (KeyError, TypeError, ValueError):
+        raise GrinError("that TOFU report is incomplete or from another version") from None
+    return (f"Opened a report with {len(report['rows'])} models.",) + outputs
+
+
+@user_errors
+def run(split, methods, steps, session, request: gr.Request, progress=gr.Progress()):
+    """The protocol on the loaded model (fine-tuned models cached): (status, table, scatter, sanity, session)."""
+    session = session_of(session)
+    if session.model_name is None:
+        raise GrinError("load a model in Setup first (the TOFU data itself comes with the app)")
+    names = parse_methods(",".join(methods or []))
+    try:
+        steps = int(steps)
+    except (TypeError, ValueError):
+        raise GrinError("unlearning steps must be a whole number") from None
+    recipe = TofuRecipe(forget=split)
+    cfg = GrinConfig(steps=steps, max_new_tokens=200, max_length=recipe.max_length)
+    stop = stop_flag(request.session_hash if request else None)
+    stop.clear()
+    for kind, *payload in gpu.tofu_work(session.model_name, recipe, names, cfg, stop):
+        if kind == "progress":
+            stage, (_, done, total, *_) = list(payload[0].items())[-1]
+            progress((done, total), desc=stage)
+            yield (f"Running: {stage} {done}/{total}",) + (gr.skip(),) * 3 + (session,)
+        elif kind == "error":
+            raise payload[0]
+        elif kind == "done":
+            report = payload[0]
+            yield ("**Stopped**; complete fine-tuned models stay cached." if report is None
+                   else f"**Done** in {report['timings'].get('total_s', 0):.0f} s.",) + _outputs(report) + (session,)
+            return
+
+
+def stop(_=None):
+    return "Stopping after the current step ..."
+
+
+def wire(t: dict, session, model_queue: dict) -> None:
+    """The view's events, each with its api_name (gradio_client); the run shares the app's queue for model work."""
+    outputs = [t["status"], t["table"], t["scatter"], t["sanity"]]
+    t["report_file"].upload(open_report, t["report_file"], outputs, api_name="tofu_open")
+    t["run_btn"].click(run, [t["split"], t["methods"], t["steps"], session], outputs + [session], api_name="tofu_run",
+                       **model_queue)
+    t["stop_btn"].click(_stop_session, None, t["status"], api_name="tofu_stop", concurrency_id="stop",
+                        concurrency_limit=None)
+
+
+def _stop_session(request: gr.Request):
+    stop_flag(request.session_hash if request else None).set()
+    return stop()
