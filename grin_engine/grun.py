@@ -32,7 +32,7 @@ from torch import nn
 from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, format_prompt, qa_batches
 from .losses import get_loss
-from .unlearn import UnlearnResult, attach_reference, move_batch
+from .unlearn import UnlearnResult, attach_reference, move_batch, until_reached
 
 
 @dataclass
@@ -211,7 +211,7 @@ def gate_loss(grun: Grun, forget: dict, retain: dict) -> torch.Tensor:
 
 
 def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-               on_step=None, should_stop=None) -> UnlearnResult:
+               on_step=None, should_stop=None, until=None) -> UnlearnResult:
     """Train the attached GRUN edits for cfg.grun_steps steps; the model's own weights never get a gradient.
 
     loss = LOSSES[cfg.grun_method](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
@@ -258,6 +258,8 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
             result.steps_done = step + 1
             if on_step is not None:
                 on_step(step + 1, cfg.grun_steps, loss.item())
+            if until_reached(until, result):  # the until-check (unlearn.py), measured with the edits on
+                break
     finally:
         grun.recording, grun.records = False, []
         grun.eval()

@@ -65,6 +65,15 @@ class UnlearnResult:
     steps_done: int = 0
     stopped: bool = False  # True when the cancel flag stopped the run early
     trainable: int = 0  # number of weights that could move
+    until_step: int | None = None  # the step after which the until-check said the target holds (None: it never did)
+
+
+def until_reached(until, result: UnlearnResult) -> bool:
+    """The until-hook of the training loops: ask the check after a step; remember the step where it said yes."""
+    if until is None or not until(result.steps_done):
+        return False
+    result.until_step = result.steps_done
+    return True
 
 
 def attach_reference(model, forget_batches: list[dict]) -> None:
@@ -84,12 +93,13 @@ def move_batch(batch: dict, device) -> dict:
 
 
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
-            masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None) -> UnlearnResult:
+            masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None, until=None) -> UnlearnResult:
     """Run cfg.steps optimiser steps of cfg.method on the weights in `names` (only the masked entries if masks).
 
     Batches cycle in order: step t uses forget batch t mod F and retain batch t mod R. `on_step(step, steps, loss)`
     is called after each step; `should_stop()` is checked before each step, so a cancel takes effect within one step.
     A loss that is nan or inf stops the run with a GrinError (the model is then left as after the last good step).
+    `until(step) -> bool` (until.ForgetCheck) is asked after each step; True ends training there (result.until_step).
     """
     loss_fn = get_loss(cfg.method)
     device = next(model.parameters()).device
@@ -127,6 +137,8 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
             result.steps_done = step + 1
             if on_step is not None:
                 on_step(step + 1, cfg.steps, loss.item())
+            if until_reached(until, result):
+                break
     finally:
         for param in model.parameters():
             param.requires_grad_(False)
