@@ -151,7 +151,7 @@ def _progress_bars():
 
     def progress(stage, done, total, loss=None):
         bar = bars.get(stage)
-        if bar is None:
+        if bar is None or done < bar.n or bar.n >= bar.total:  # a new stage, or the same stage again (sweeps)
             unit = {"unlearn": "step", "influence": "batch", "gradients": "batch"}.get(stage.split("/")[-1], "answer")
             bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
         bar.update(done - bar.n)
@@ -306,7 +306,7 @@ def format_comparison(report: dict) -> str:
 
 
 def command_sweep(args) -> None:
-    from .sweep import SweepGrid, format_frontier, output_paths, sweep, write_outputs
+    from .sweep import SweepGrid, format_frontier, output_paths, result_from_file, sweep, write_outputs
     from .until import parse_target
 
     grid = SweepGrid(methods=args.methods.split(","), p=args.p, sigma2=args.sigma2, lr=args.lr, steps=args.steps,
@@ -333,7 +333,7 @@ def command_sweep(args) -> None:
         result = sweep(base, forget, retain, cfg, grid, out, on_point=on_point, on_progress=_progress_bars())
     except KeyboardInterrupt:  # the finished points are in the file already; sweep.json from what is there
         print("interrupted: the finished points are kept; run the same command to go on", file=sys.stderr)
-        result = sweep(base, forget, retain, cfg, grid, out, should_stop=lambda: True)
+        result = result_from_file(out, cfg.to_dict(), base.facts(), grid.to_dict(), total)
     result.timings["load_s"] = load_s
     report = write_outputs(result, out, args.forget_metric, args.retain_metric, args.target)
     print(format_frontier(report))

@@ -108,21 +108,24 @@ def fingerprint(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_lines(path: Path, expected_fingerprint: str) -> tuple[dict | None, dict[str, dict]]:
+def read_lines(path: Path, expected_fingerprint: str | None = None) -> tuple[dict | None, dict[str, dict]]:
     """The "before" line and the finished points (key -> point) already in `path`; a file of another sweep (other
-    model, items or shared settings) is refused rather than mixed in."""
+    model, items or shared settings than `expected_fingerprint`; None: the file's first line's) is refused rather
+    than mixed in."""
     before, points = None, {}
     if not path.exists():
         return before, points
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(path.read_text().splitlines()):
+            if number == len(lines):
                 continue  # a last line cut off by a kill: that point is simply run again
             raise GrinError(f"sweep: {path} line {number} is not JSON; choose another --out") from None
+        expected_fingerprint = expected_fingerprint or record.get("fingerprint")
         if record.get("fingerprint") != expected_fingerprint:
             raise GrinError(f"sweep: {path} holds another sweep (other model, items or shared settings); "
                             f"choose another --out or delete it")
@@ -195,6 +198,17 @@ class SweepResult:
                 "skipped": self.skipped, "total": self.total, "timings": self.timings, "stopped": self.stopped}
 
 
+def result_from_file(path: str | Path, config: dict, model: dict, grid: dict, total: int) -> SweepResult:
+    """The points finished so far in a sweep's JSON-lines file (a stopped or running sweep) as a SweepResult."""
+    before, points = read_lines(Path(path))
+    points_list = list(points.values())
+    return SweepResult(config=config, model=model, grid=grid,
+                       fingerprint=(before or {}).get("fingerprint") or (points_list[0]["fingerprint"]
+                                                                          if points_list else ""),
+                       before={k: before[k] for k in ("metrics", "generations")} if before else {},
+                       points=points_list, skipped=len(points_list), total=total, stopped=len(points_list) < total)
+
+
 def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid: SweepGrid,
           out: str | Path | None = None, on_point=None, on_progress=None, should_stop=None) -> SweepResult:
     """Run every point of `grid` not already finished in `out` (JSON lines), appending each as it finishes.
@@ -244,6 +258,8 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             timings["gradients_s"] = time.perf_counter() - start
         cache: dict[tuple, object] = {}
         for point, key in todo:
+            if should_stop is not None and should_stop():  # between points: not even a model copy
+                raise RunStopped
             point_cfg = point_config(cfg, point)
             start = time.perf_counter()
             selection = None

@@ -7,7 +7,7 @@ import functools
 import gradio as gr
 
 from . import callbacks as cb
-from . import layout
+from . import layout, sweep_view
 
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}  # every event that uses the model: one shared queue
 
@@ -36,6 +36,7 @@ def build_app() -> gr.Blocks:
             u = layout.unlearn_tab()
             c = layout.compare_tab()
             m = layout.methods_tab()
+            w = sweep_view.sweep_tab()
             layout.learn_tab()
 
         s["load_btn"].click(
@@ -88,4 +89,5 @@ def build_app() -> gr.Blocks:
         m["answers_split"].change(cb.methods_answers, [m["answers_split"], session], m["methods_answers"],
                                   api_name="methods_answers", api_visibility="undocumented", queue=False)
         m["compare_report_btn"].click(cb.compare_report, session, m["compare_report"], api_name="compare_report")
+        sweep_view.wire(w, s, u, session, MODEL)
     return demo

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
-from grin_engine import compare, pipeline, score_summary
+from grin_engine import compare, pipeline, score_summary, sweep
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem
 from grin_engine.evaluate import generate_answers
@@ -124,6 +124,18 @@ def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
         for result in comparison.results.values():
             result.patch = None
         return comparison
+
+    yield from _stream(work, stop)
+
+
+@gpu(duration=1200)
+def sweep_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid, out: str,
+               stop: StopFlag):
+    """A grid of runs (grin_engine.sweep), each finished point appended to the JSON-lines file `out` as it
+    finishes (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data)."""
+    def work(report):
+        return sweep.sweep(STORE.get(model_name), forget, retain, cfg, grid, out, on_progress=report,
+                           should_stop=stop.is_set)
 
     yield from _stream(work, stop)
 
