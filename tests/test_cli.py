@@ -20,6 +20,10 @@ BAD_INPUTS = {
     "unknown_set": (["run", "--forget", "no_such_set"], "no_such_set"),
     "missing_file": (["run", "--forget", "/tmp/does/not/exist.jsonl"], "/tmp/does/not/exist.jsonl"),
     "unknown_model": (["run", "--model", "no-such-org/xyz"], "no-such-org/xyz"),
+    "bad_until": (["run", "--until", "forget_accuracy<0.2"], "unknown metric"),
+    "sweep_out_not_jsonl": (["sweep", "--out", "sweep.json"], "ending in .jsonl"),
+    "sweep_bad_target": (["sweep", "--target", "forget_keyword_accuracy=1"], "METRIC<=NUMBER"),
+    "sweep_unknown_method": (["sweep", "--methods", "grin,nope"], "unknown nope"),
 }
 
 

@@ -167,3 +167,41 @@ def test_seeds_change_noise_and_random_masks_and_nothing_else(tiny, forget_items
 def test_point_config_checks_each_value():
     with pytest.raises(GrinError, match="p must be"):
         point_config(_cfg(), {"method": "grin", "p": 2.0, "seed": 0})
+
+
+def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tokenizer):
+    """The issue's command shape (`sweep --p .. --methods grin,random --seeds 0 1 --steps 2`) through the CLI on a
+    tiny local model: JSON lines + sweep.json + sweep.csv; the same command again runs nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FORGET, RETAIN, tiny_llama
+
+    folder = tmp_path / "tiny"
+    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for name, items in (("forget", FORGET), ("retain", RETAIN)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for it in items:
+                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, "-m", "grin_engine", "sweep", "--model", str(folder), "--forget",
+               str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--p", "0.05", "0.1",
+               "--methods", "grin,random", "--seeds", "0", "1", "--steps", "2", "--batch-size", "2",
+               "--max-new-tokens", "4", "--target", "forget_keyword_accuracy<=1", "--out", "s.jsonl"]
+    first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 8
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert len(report["points"]) == 8 and report["frontier"]["auto_p"]["grin"]["p"] == 0.05
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 9
+    assert "auto-p grin" in first.stdout and "area between front and ideal corner" in first.stdout
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "8 of 8 points finished (8 found in the file)" in again.stdout
+    assert (tmp_path / "s.jsonl").read_text().splitlines() == lines
