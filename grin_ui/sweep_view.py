@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -208,7 +207,7 @@ def _read(state: dict | None) -> tuple[dict | None, list[dict]]:
     return before, list(points.values())
 
 
-def _estimate(points: list[dict], total: int, started: float) -> str:
+def _estimate(points: list[dict], total: int) -> str:
     if not points:
         return f"{total} points; the time the grid will take is estimated from the first point."
     per_point = sum(p["seconds"] for p in points) / len(points)
@@ -244,8 +243,9 @@ def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_met
                  model=session.model_name)
     stop = stop_flag(request.session_hash if request else None)
     stop.clear()
-    started, shown = time.monotonic(), -1
+    shown = -1
     outcome = None
+    yield (f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3
     for kind, *payload in gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop):
         if kind == "error":
             raise payload[0]
@@ -257,7 +257,7 @@ def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_met
         before, points = _read(state)
         stage, (_, done, total, *_) = list(payload[0].items())[-1]
         progress((len(points), state["total"]), desc=f"{len(points)}/{state['total']} points; now {stage} {done}/{total}")
-        text = f"Running: {_estimate(points, state['total'], started)} Now: {stage} {done}/{total}" + (
+        text = f"Running: {_estimate(points, state['total'])} Now: {stage} {done}/{total}" + (
             " — stopping ..." if stop.is_set() else "")
         if len(points) != shown:
             shown = len(points)

@@ -169,7 +169,7 @@ def test_point_config_checks_each_value():
         point_config(_cfg(), {"method": "grin", "p": 2.0, "seed": 0})
 
 
-def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tokenizer):
+def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tiny_model_files):
     """The issue's command shape (`sweep --p .. --methods grin,random --seeds 0 1 --steps 2`) through the CLI on a
     tiny local model: JSON lines + sweep.json + sweep.csv; the same command again runs nothing."""
     import os
@@ -177,20 +177,12 @@ def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tokenizer):
     import sys
     from pathlib import Path
 
-    from conftest import FORGET, RETAIN, tiny_llama
-
-    folder = tmp_path / "tiny"
-    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for name, items in (("forget", FORGET), ("retain", RETAIN)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for it in items:
-                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+    folder, forget_file, retain_file = tiny_model_files
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, "-m", "grin_engine", "sweep", "--model", str(folder), "--forget",
-               str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--p", "0.05", "0.1",
+    command = [sys.executable, "-m", "grin_engine", "sweep", "--model", str(folder), "--forget", str(forget_file),
+               "--retain", str(retain_file), "--p", "0.05", "0.1",
                "--methods", "grin,random", "--seeds", "0", "1", "--steps", "2", "--batch-size", "2",
                "--max-new-tokens", "4", "--target", "forget_keyword_accuracy<=1", "--out", "s.jsonl"]
     first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
