@@ -94,12 +94,13 @@ class Comparison:
 
 
 def mask_scores(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-                say) -> dict[str, dict]:
-    """The scores the masked methods select from, from one pair of gradients on a copy of the base:
-    "grin" -> |G_f| / (|G_r| + eps) (grin and grin-nonoise), "forget-grad" -> |G_f|. Random masks need none."""
+                say, in_place: bool = False) -> dict[str, dict]:
+    """The scores the masked methods select from, from one pair of gradients on a copy of the base (in place: on
+    the base, whose weights gradients do not change): "grin" -> |G_f| / (|G_r| + eps) (grin and grin-nonoise),
+    "forget-grad" -> |G_f|. Random masks need none."""
     scores = {}
     if {"grin", "grin-nonoise", "forget-grad"} & set(methods):
-        work = copy_model(base)
+        work = base if in_place else copy_model(base)
         candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
         grad_forget, grad_retain = gradient_pair(
             work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
@@ -125,9 +126,9 @@ def method_selection(name: str, scores: dict[str, dict], base: LoadedModel, cfg:
 
 
 def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                methods: list[str], say) -> dict[str, Selection]:
-    """The masks of the masked methods at cfg.p, from one pair of gradients on a copy of the base."""
-    scores = mask_scores(base, forget, retain, cfg, methods, say)
+                methods: list[str], say, in_place: bool = False) -> dict[str, Selection]:
+    """The masks of the masked methods at cfg.p, from one pair of gradients (mask_scores)."""
+    scores = mask_scores(base, forget, retain, cfg, methods, say, in_place)
     selections = {name: method_selection(name, scores, base, cfg) for name in ("forget-grad", "grin")
                   if name in scores}
     if "grin" in selections:
@@ -140,18 +141,21 @@ def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
 
 def run_method(name: str, base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                before: dict | None = None, selection: Selection | None = None, on_progress=None,
-               should_stop=None) -> RunResult:
-    """One method's run on a private copy of `base` (a masked method needs its `selection`)."""
+               should_stop=None, in_place: bool = False) -> RunResult:
+    """One method's run on a private copy of `base` (in place: on `base`, restored exactly after); a masked method
+    needs its `selection`."""
     if name == "grun":
-        return run_grun(base, forget, retain, cfg, on_progress=on_progress, should_stop=should_stop, before=before)
+        return run_grun(base, forget, retain, cfg, on_progress=on_progress, should_stop=should_stop, before=before,
+                        in_place=in_place)
     method_cfg = replace(cfg, use_mask=name != "full", sigma2=0.0 if name == "grin-nonoise" else cfg.sigma2)
     return run(base, forget, retain, method_cfg, on_progress=on_progress, should_stop=should_stop, before=before,
-               selection=selection)
+               selection=selection, in_place=in_place)
 
 
 def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-            on_progress=None, should_stop=None) -> Comparison:
+            on_progress=None, should_stop=None, in_place: bool = False) -> Comparison:
     """Run each method on a private copy of `base` with the same data, steps and seed; evaluate each the same way.
+    (in_place=True: each method trains `base` itself and restores it exactly, see pipeline.run.)
 
     on_progress(stage, done, total, *extra): stage is "before", "gradients", or "<method>/<stage>" for a run's own
     stages ("grin/unlearn", "grun/after" ...). should_stop() ends the comparison at the next check; the methods
@@ -176,12 +180,13 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
                                on_item=lambda done, total: say("before", done, total))
         timings["eval_before_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        selections = _selections(base, forget, retain, cfg, methods, say)
+        selections = _selections(base, forget, retain, cfg, methods, say, in_place)
         timings["gradients_s"] = time.perf_counter() - start
         for name in methods:
             def report(stage, done, total, *extra, _name=name):
                 say(f"{_name}/{stage}", done, total, *extra)
-            result = run_method(name, base, forget, retain, cfg, before, selections.get(name), report, should_stop)
+            result = run_method(name, base, forget, retain, cfg, before, selections.get(name), report, should_stop,
+                                in_place)
             results[name] = result
             if result.stopped:
                 stopped = True

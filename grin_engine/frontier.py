@@ -1,4 +1,4 @@
-"""The trade-off frontier of a sweep (DESIGN.md §2.11): pure functions over sweep points (dicts), no model.
+"""The trade-off frontier of a sweep (DESIGN.md §2.12): pure functions over sweep points (dicts), no model.
 
 A point is a finished run: its method, its settings (p, sigma2, lr, steps, seed ...) and its metrics after
 unlearning under the names `forget_keyword_accuracy`, `retain_keyword_accuracy` ... For a forget metric F (lower is

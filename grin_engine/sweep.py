@@ -1,4 +1,4 @@
-"""Sweeps (DESIGN.md §2.11): many runs on the same data, to draw forget against retain as curves, not points.
+"""Sweeps (DESIGN.md §2.12): many runs on the same data, to draw forget against retain as curves, not points.
 
 A grid crosses methods (compare.METHODS) with p, sigma2, learning rate, steps and seeds; GRUN crosses its own
 knobs (grun_lr, grun_steps) and seeds. A method gets a point only for the knobs it reads (`KNOBS`): `full` has no

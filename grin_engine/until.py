@@ -1,4 +1,4 @@
-"""Targets on metrics, and "unlearn until forgotten" (DESIGN.md §2.10).
+"""Targets on metrics, and "unlearn until forgotten" (DESIGN.md §2.11).
 
 A target is a metric, a comparison and a number: `forget_keyword_accuracy<=0.25`. The same text serves twice:
 - `run --until TARGET`: every `until_every` steps the training loop asks a `ForgetCheck` whether the forget set

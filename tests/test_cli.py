@@ -24,6 +24,8 @@ BAD_INPUTS = {
     "sweep_out_not_jsonl": (["sweep", "--out", "sweep.json"], "ending in .jsonl"),
     "sweep_bad_target": (["sweep", "--target", "forget_keyword_accuracy=1"], "METRIC<=NUMBER"),
     "sweep_unknown_method": (["sweep", "--methods", "grin,nope"], "unknown nope"),
+    "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
+    "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
 }
 
 
