@@ -348,7 +348,8 @@ def command_sweep(args) -> None:
 
     print(f"sweep: {total} points -> {out}", flush=True)
     try:
-        result = sweep(base, forget, retain, cfg, grid, out, on_point=on_point, on_progress=_progress_bars())
+        result = sweep(base, forget, retain, cfg, grid, out, on_point=on_point, on_progress=_progress_bars(),
+                       in_place=True)
     except KeyboardInterrupt:  # the finished points are in the file already; sweep.json from what is there
         print("interrupted: the finished points are kept; run the same command to go on", file=sys.stderr)
         result = result_from_file(out, cfg.to_dict(), base.facts(), grid.to_dict(), total)

@@ -210,8 +210,10 @@ def result_from_file(path: str | Path, config: dict, model: dict, grid: dict, to
 
 
 def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid: SweepGrid,
-          out: str | Path | None = None, on_point=None, on_progress=None, should_stop=None) -> SweepResult:
+          out: str | Path | None = None, on_point=None, on_progress=None, should_stop=None,
+          in_place: bool = False) -> SweepResult:
     """Run every point of `grid` not already finished in `out` (JSON lines), appending each as it finishes.
+    (in_place=True: each point trains `base` itself and restores it exactly, see pipeline.run; the CLI's choice.)
 
     on_point(record, done, total) after each finished point (done counts the skipped ones too);
     on_progress(stage, done, total, *extra) as in compare ("before", "gradients", "<method>/<stage>").
@@ -254,7 +256,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
         scores = {}
         if todo:
             start = time.perf_counter()
-            scores = mask_scores(base, forget, retain, cfg, sorted({pt["method"] for pt, _ in todo}), say)
+            scores = mask_scores(base, forget, retain, cfg, sorted({pt["method"] for pt, _ in todo}), say, in_place)
             timings["gradients_s"] = time.perf_counter() - start
         cache: dict[tuple, object] = {}
         for point, key in todo:
@@ -277,7 +279,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             def report(stage, step, total, *extra, _label=label):
                 say(f"{_label}/{stage}", step, total, *extra)
             result = run_method(point["method"], base, forget, retain, point_cfg, before, selection, report,
-                                should_stop)
+                                should_stop, in_place)
             if result.stopped:
                 stopped = True
                 break

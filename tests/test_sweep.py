@@ -197,3 +197,13 @@ def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tiny_model_fi
     assert again.returncode == 0, again.stderr[-2000:]
     assert "8 of 8 points finished (8 found in the file)" in again.stdout
     assert (tmp_path / "s.jsonl").read_text().splitlines() == lines
+
+
+def test_in_place_sweep_gives_the_same_points_and_restores_the_base(tiny, forget_items, retain_items, tmp_path):
+    state = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    grid = _grid(methods=["grin", "random", "full"], p=[0.1])
+    copies = sweep(tiny, forget_items, retain_items, _cfg(), grid)
+    in_place = sweep(tiny, forget_items, retain_items, _cfg(), grid, in_place=True)
+    assert all(torch.equal(v, tiny.model.state_dict()[k]) for k, v in state.items())
+    strip = lambda pts: [{k: v for k, v in p.items() if not k.endswith("_s") and k != "seconds"} for p in pts]  # noqa: E731
+    assert strip(copies.points) == strip(in_place.points)
