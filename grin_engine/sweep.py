@@ -30,7 +30,7 @@ from .data import QAItem
 from .frontier import summarize
 from .metrics import MetricResult
 from .models import LoadedModel
-from .pipeline import RunStopped, _aggregate, evaluate_both, require_items
+from .pipeline import RunStopped, _aggregate, _reporter, evaluate_both, require_items
 from .until import parse_target
 
 # The knobs each method reads ("seed": the method has randomness of its own: noise, a random mask, GRUN's init).
@@ -230,12 +230,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     todo = [(pt, k) for pt, k in zip(points, keys) if k not in finished]
     done = len(points) - len(todo)
 
-    def say(stage, step, total, *extra):
-        if on_progress is not None:
-            on_progress(stage, step, total, *extra)
-        if should_stop is not None and should_stop():
-            raise RunStopped
-
+    say = _reporter(on_progress, should_stop)  # reports, then raises RunStopped once a stop is asked for
     timings: dict[str, float] = {}
     stopped = False
     try:
