@@ -1,10 +1,11 @@
-"""Command line: python -m grin_engine {run,score,compare} ...
+"""Command line: python -m grin_engine {run,score,compare,sweep} ...
 
     python -m grin_engine run --out report.json          # GRIN with the defaults on the built-in sets
     python -m grin_engine run --no-mask --out plain.json # the same unlearning on all weights (baseline)
     python -m grin_engine score --p 0.001 0.01 0.05      # influence only: what would be selected
     python -m grin_engine compare --methods grin,grun,full,random,forget-grad --out compare.json
     python -m grin_engine tofu --forget forget01 --methods grin,graddiff,npo --out tofu.json
+    python -m grin_engine sweep --p 0.001 0.01 0.05 --methods grin,random --seeds 0 1 --target "forget_keyword_accuracy<=0.25"
 
 A mistake in the arguments prints one line to stderr and exits with status 2; nothing is written.
 """
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--grun-lr", type=float, default=DEFAULTS.grun_lr)
     compare.add_argument("--save-grun", default=None, help="write the trained GRUN edits here (.safetensors)")
     compare.add_argument("--out", default="compare.json", help="where to write the comparison JSON")
+    _add_sweep(sub)
     _add_tofu(sub)
     return parser
 
@@ -127,6 +129,38 @@ def _add_tofu(sub) -> None:
     tofu.add_argument("--out", default="tofu.json", help="where to write the report JSON")
 
 
+def _add_sweep(sub) -> None:
+    from .compare import METHODS
+
+    sweep = sub.add_parser("sweep", help="a grid of methods x p x sigma2 x lr x steps x seeds: the trade-off frontier",
+                           description="Run a grid of unlearning runs on the same data, streaming each finished point "
+                                       "to --out (JSON lines; a rerun skips the points already there), then write "
+                                       "sweep.json (points, Pareto fronts, areas, auto-p) and sweep.csv next to it.")
+    _add_common(sweep)
+    sweep.add_argument("--methods", default="grin,random", help=f"comma-separated, from {','.join(METHODS)}")
+    sweep.add_argument("--method", default=DEFAULTS.method, help="the unlearning loss of every weight method")
+    sweep.add_argument("--p", type=float, nargs="+", default=[DEFAULTS.p], help="fractions in (0, 1]")
+    sweep.add_argument("--sigma2", type=float, nargs="+", default=[DEFAULTS.sigma2])
+    sweep.add_argument("--lr", type=float, nargs="+", default=[DEFAULTS.lr])
+    sweep.add_argument("--steps", type=int, nargs="+", default=[DEFAULTS.steps])
+    sweep.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the noise and random masks "
+                       "(default: --seed)")
+    sweep.add_argument("--grun-lr", type=float, nargs="+", default=[DEFAULTS.grun_lr])
+    sweep.add_argument("--grun-steps", type=int, nargs="+", default=[DEFAULTS.grun_steps])
+    sweep.add_argument("--grun-method", default=DEFAULTS.grun_method, help="GRUN's unlearning loss")
+    sweep.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="weight of the retain loss")
+    sweep.add_argument("--beta", type=float, default=None, help="npo/dpo/simnpo beta (default: the method's)")
+    sweep.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens)
+    _add_until(sweep)
+    sweep.add_argument("--target", default=None, metavar="TARGET",
+                       help="auto-p: the smallest p meeting TARGET (e.g. 'forget_keyword_accuracy<=0.25') with the "
+                            "best retain metric")
+    sweep.add_argument("--forget-metric", default="forget_keyword_accuracy", help="the front's x (lower is better)")
+    sweep.add_argument("--retain-metric", default="retain_keyword_accuracy", help="the front's y (higher is better)")
+    sweep.add_argument("--out", default="sweep.jsonl", help="the JSON-lines file (sweep.json and sweep.csv go next "
+                                                           "to it)")
+
+
 def _add_unlearning(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAULTS.max_new_tokens) -> None:
     methods = "; ".join(f"{k}: {v}" for k, v in describe_losses().items())
     parser.add_argument("--method", default=DEFAULTS.method, help=f"unlearning loss. {methods}")
@@ -143,6 +177,15 @@ def _add_unlearning(parser: argparse.ArgumentParser, max_new_tokens: int = DEFAU
                         help="labelled tokens: answer + EOS (ours) or the whole assistant turn (open-unlearning's)")
     parser.add_argument("--ref-before-noise", action="store_true",
                         help="npo/dpo: pi_ref is the model before GRIN's noise (open-unlearning's), not after")
+    _add_until(parser)
+
+
+def _add_until(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--until", default=None, metavar="TARGET",
+                        help="stop unlearning once the forget set meets TARGET, e.g. 'forget_keyword_accuracy<=0.25' "
+                             "(checked every --until-every steps; --steps is then the most)")
+    parser.add_argument("--until-every", type=int, default=DEFAULTS.until_every,
+                        help="steps between two until-checks")
 
 
 def _unlearning_config(args, **extra) -> GrinConfig:
@@ -150,7 +193,8 @@ def _unlearning_config(args, **extra) -> GrinConfig:
                       batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, eps=args.eps,
                       include_embeddings=args.include_embeddings, seed=args.seed, max_new_tokens=args.max_new_tokens,
                       gamma=args.gamma, label_layout=args.label_layout, grad_mean=args.grad_mean,
-                      ref_before_noise=args.ref_before_noise, **extra)
+                      ref_before_noise=args.ref_before_noise, until=args.until,
+                      until_every=args.until_every, **extra)
 
 
 def _progress_bars():
@@ -161,7 +205,7 @@ def _progress_bars():
 
     def progress(stage, done, total, loss=None):
         bar = bars.get(stage)
-        if bar is None:
+        if bar is None or done < bar.n or bar.n >= bar.total:  # a new stage, or the same stage again (sweeps)
             unit = {"unlearn": "step", "finetune": "step", "influence": "batch", "gradients": "batch", "nll": "batch"}.get(stage.split("/")[-1], "answer")
             bar = bars[stage] = tqdm(total=total, desc=stage, unit=unit, file=sys.stderr, leave=True)
         bar.update(done - bar.n)
@@ -248,6 +292,10 @@ def format_summary(report: dict) -> str:
         row = [m[when][split].get(name) for split in ("forget", "retain") for when in ("before", "after")]
         lines.append(f"{name:<18}" + "".join(f"{v:>15.3f}" if v is not None else f"{'-':>15}" for v in row))
     t = report["timings"]
+    if report.get("until"):
+        u = report["until"]
+        lines.append(f"until {u['target']}: " + (f"met after step {u['stopped_at']}" if u["stopped_at"] is not None
+                                                  else "not met; all steps ran"))
     lines.append("time: " + ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s")))
     return "\n".join(lines)
 
@@ -375,12 +423,48 @@ def command_tofu(args) -> None:
     print(f"report written to {out}")
 
 
+def command_sweep(args) -> None:
+    from .sweep import SweepGrid, format_frontier, output_paths, result_from_file, sweep, write_outputs
+    from .until import parse_target
+
+    grid = SweepGrid(methods=args.methods.split(","), p=args.p, sigma2=args.sigma2, lr=args.lr, steps=args.steps,
+                     seeds=args.seeds if args.seeds is not None else [args.seed], grun_lr=args.grun_lr,
+                     grun_steps=args.grun_steps)
+    cfg = GrinConfig(method=args.method, batch_size=args.batch_size, alpha=args.alpha, beta=args.beta, eps=args.eps,
+                     include_embeddings=args.include_embeddings, seed=grid.seeds[0],
+                     max_new_tokens=args.max_new_tokens, grun_method=args.grun_method, until=args.until,
+                     until_every=args.until_every, grad_mean=args.grad_mean)
+    for column in (args.forget_metric, args.retain_metric):
+        parse_target(f"{column}<=0")  # the same names as targets: a typo fails here, before the model loads
+    if args.target:
+        parse_target(args.target)
+    out, json_path, csv_path = output_paths(args.out)
+    base, forget, retain, load_s = _load(args)
+    total = len(grid.points())
+
+    def on_point(record, done, total):
+        print(f"[{done}/{total}] {record['key']}: {args.forget_metric} {record.get(args.forget_metric)}, "
+              f"{args.retain_metric} {record.get(args.retain_metric)} ({record['seconds']:.0f} s)", flush=True)
+
+    print(f"sweep: {total} points -> {out}", flush=True)
+    try:
+        result = sweep(base, forget, retain, cfg, grid, out, on_point=on_point, on_progress=_progress_bars(),
+                       in_place=True)
+    except KeyboardInterrupt:  # the finished points are in the file already; sweep.json from what is there
+        print("interrupted: the finished points are kept; run the same command to go on", file=sys.stderr)
+        result = result_from_file(out, cfg.to_dict(), base.facts(), grid.to_dict(), total)
+    result.timings["load_s"] = load_s
+    report = write_outputs(result, out, args.forget_metric, args.retain_metric, args.target)
+    print(format_frontier(report))
+    print(f"points in {out}, report in {json_path}, table in {csv_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         {"run": command_run, "score": command_score, "compare": command_compare,
-         "tofu": command_tofu}[args.command](args)
+         "sweep": command_sweep, "tofu": command_tofu}[args.command](args)
     except GrinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -93,30 +93,63 @@ class Comparison:
                             for name, r in self.results.items()}}
 
 
-def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                methods: list[str], say, in_place: bool = False) -> dict[str, Selection]:
-    """The masks of the masked methods, from one pair of gradients on a copy of the base (in place: on the base,
-    whose weights gradients do not change)."""
-    selections = {}
-    params = dict(base.model.named_parameters())
-    candidates = candidate_parameters(base.model, cfg.include_embeddings, cfg.include_lm_head)
+def mask_scores(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
+                say, in_place: bool = False) -> dict[str, dict]:
+    """The scores the masked methods select from, from one pair of gradients on a copy of the base (in place: on
+    the base, whose weights gradients do not change): "grin" -> |G_f| / (|G_r| + eps) (grin and grin-nonoise),
+    "forget-grad" -> |G_f|. Random masks need none."""
+    scores = {}
     if {"grin", "grin-nonoise", "forget-grad"} & set(methods):
         work = base if in_place else copy_model(base)
+        candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
         grad_forget, grad_retain = gradient_pair(
             work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
             qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length), list(candidates),
             on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean)
         del work
-        if "forget-grad" in methods:
-            selections["forget-grad"] = select_top_fraction(
-                require_finite({n: g.abs() for n, g in grad_forget.items()}), cfg.p)
+        if "forget-grad" in methods:  # before the in-place ratio below reuses grad_forget's memory
+            scores["forget-grad"] = require_finite({n: g.abs() for n, g in grad_forget.items()})
         if {"grin", "grin-nonoise"} & set(methods):
-            scores = require_finite(influence_scores(grad_forget, grad_retain, cfg.eps, in_place=True))
-            selections["grin"] = selections["grin-nonoise"] = select_top_fraction(scores, cfg.p)
+            scores["grin"] = require_finite(influence_scores(grad_forget, grad_retain, cfg.eps, in_place=True))
         del grad_forget, grad_retain
+    return scores
+
+
+def method_selection(name: str, scores: dict[str, dict], base: LoadedModel, cfg: GrinConfig) -> Selection | None:
+    """The mask of a masked method at cfg.p (random: from cfg.seed); None for the methods without one."""
+    if name == "random":
+        candidates = candidate_parameters(base.model, cfg.include_embeddings, cfg.include_lm_head)
+        return random_selection(candidates, dict(base.model.named_parameters()), cfg.p, cfg.seed)
+    if name in ("grin", "grin-nonoise", "forget-grad"):
+        return select_top_fraction(scores["grin" if name != "forget-grad" else name], cfg.p)
+    return None
+
+
+def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
+                methods: list[str], say, in_place: bool = False) -> dict[str, Selection]:
+    """The masks of the masked methods at cfg.p, from one pair of gradients (mask_scores)."""
+    scores = mask_scores(base, forget, retain, cfg, methods, say, in_place)
+    selections = {name: method_selection(name, scores, base, cfg) for name in ("forget-grad", "grin")
+                  if name in scores}
+    if "grin" in selections:
+        selections["grin-nonoise"] = selections["grin"]
+    del scores
     if "random" in methods or "grin" in selections:
-        selections["random"] = random_selection(candidates, params, cfg.p, cfg.seed)
+        selections["random"] = method_selection("random", {}, base, cfg)
     return selections
+
+
+def run_method(name: str, base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
+               before: dict | None = None, selection: Selection | None = None, on_progress=None,
+               should_stop=None, in_place: bool = False) -> RunResult:
+    """One method's run on a private copy of `base` (in place: on `base`, restored exactly after); a masked method
+    needs its `selection`."""
+    if name == "grun":
+        return run_grun(base, forget, retain, cfg, on_progress=on_progress, should_stop=should_stop, before=before,
+                        in_place=in_place)
+    method_cfg = replace(cfg, use_mask=name != "full", sigma2=0.0 if name == "grin-nonoise" else cfg.sigma2)
+    return run(base, forget, retain, method_cfg, on_progress=on_progress, should_stop=should_stop, before=before,
+               selection=selection, in_place=in_place)
 
 
 def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
@@ -152,13 +185,8 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
         for name in methods:
             def report(stage, done, total, *extra, _name=name):
                 say(f"{_name}/{stage}", done, total, *extra)
-            if name == "grun":
-                result = run_grun(base, forget, retain, cfg, on_progress=report, should_stop=should_stop,
-                                  before=before, in_place=in_place)
-            else:
-                method_cfg = replace(cfg, use_mask=name != "full", sigma2=0.0 if name == "grin-nonoise" else cfg.sigma2)
-                result = run(base, forget, retain, method_cfg, on_progress=report, should_stop=should_stop,
-                             before=before, selection=selections.get(name), in_place=in_place)
+            result = run_method(name, base, forget, retain, cfg, before, selections.get(name), report, should_stop,
+                                in_place)
             results[name] = result
             if result.stopped:
                 stopped = True

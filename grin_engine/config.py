@@ -148,6 +148,10 @@ class GrinConfig:
     # The gate learns a classifier from scratch, so GRUN takes more steps; its steps are cheaper (no weight
     # gradients), so 40 of them cost about the time of GRIN's 20 (measured on CPU: 95 s against 84 s).
     grun_steps: int = 40
+    # Unlearn until forgotten (until.py): stop training once the forget set meets this target, checked every
+    # until_every steps; cfg.steps (grun_steps) is then the most steps. None: always the full step count.
+    until: str | None = None
+    until_every: int = 2
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -210,6 +214,13 @@ class GrinConfig:
             if self.seed != int(self.seed):
                 raise GrinError(f"seed must be a whole number, got {self.seed!r}")
             self.seed = int(self.seed)
+        if self.until is not None:
+            from .until import parse_target
+
+            if parse_target(self.until).split != "forget":
+                raise GrinError(f"until checks the forget set only; got {self.until!r}")
+            if isinstance(self.until_every, bool) or not isinstance(self.until_every, int) or self.until_every < 1:
+                raise GrinError(f"until_every must be a whole number of steps >= 1, got {self.until_every!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

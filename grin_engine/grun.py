@@ -217,7 +217,7 @@ def gate_loss(grun: Grun, forget: dict, retain: dict) -> torch.Tensor:
 
 
 def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-               on_step=None, should_stop=None) -> UnlearnResult:
+               on_step=None, should_stop=None, until=None) -> UnlearnResult:
     """Train the attached GRUN edits for cfg.grun_steps steps; the model's own weights never get a gradient.
 
     loss = LOSSES[cfg.grun_method](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
@@ -253,7 +253,7 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
     grun.train()
     try:
         return train_loop(step_loss, params, optimizer, cfg.grun_steps, cfg.max_grad_norm, on_step, should_stop,
-                          what="GRUN training")
+                          what="GRUN training", until=until)  # until: checked with the edits on
     finally:
         grun.recording, grun.records = False, []
         grun.eval()

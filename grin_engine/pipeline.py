@@ -25,6 +25,7 @@ from .models import LoadedModel, copy_model
 from .noise import inject_noise
 from .patch import WeightPatch, apply_patch, extract_patch, trained_in_place, unlearned_copy
 from .unlearn import UnlearnResult, attach_reference, unlearn
+from .until import ForgetCheck, parse_target
 
 METRIC_NAMES = ("rougeL_recall", "keyword_accuracy", "probability", "truth_ratio")
 
@@ -52,6 +53,7 @@ class RunResult:
     patch: WeightPatch | GrunState | None = field(default=None, repr=False)  # base + patch = the unlearned model
     unlearned_model: object = field(default=None, repr=False)  # the trained copy, when run(keep_model=True)
     gates: dict | None = None  # GRUN: {"forget"|"retain": gate value per item} after training
+    until: dict | None = None  # cfg.until: the target, its checks and the step where it held (until.ForgetCheck)
 
     def to_report(self) -> dict:
         """The report JSON (a contract: the CLI writes it, the app offers it for download, other tools read it)."""
@@ -59,7 +61,7 @@ class RunResult:
             "config": self.config, "model": self.model, "selection": self.selection, "metrics": self.metrics,
             "metrics_per_item": self.metrics_per_item, "forget_quality": self.forget_quality,
             "generations": self.generations, "losses": self.losses, "timings": self.timings, "stopped": self.stopped,
-            "gates": self.gates,
+            "gates": self.gates, "until": self.until,
         }
 
 
@@ -92,7 +94,7 @@ def select(influence: Influence, p: float) -> tuple[Selection, dict]:
 
 def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                      names: list[str], masks: dict[str, torch.Tensor] | None, on_step=None,
-                     should_stop=None) -> UnlearnResult:
+                     should_stop=None, until=None) -> UnlearnResult:
     """Noise on the selected weights, then masked fine-tuning (masks=None: every weight in `names` trains, no noise)."""
     params = dict(model.named_parameters())
     f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed, cfg.label_layout)
@@ -103,7 +105,15 @@ def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem
         inject_noise(params, masks, cfg.sigma2, cfg.seed)
     if not cfg.ref_before_noise:
         attach_reference(model, f_batches)  # ours: pi_ref = the model right before fine-tuning (after the noise)
-    return unlearn(model, f_batches, r_batches, cfg, names, masks, on_step, should_stop)
+    return unlearn(model, f_batches, r_batches, cfg, names, masks, on_step, should_stop, until=until)
+
+
+def until_check(work: LoadedModel, forget: list[QAItem], cfg: GrinConfig) -> ForgetCheck | None:
+    """The until-check of cfg.until on the model being trained (None when no target is set)."""
+    if cfg.until is None:
+        return None
+    return ForgetCheck(parse_target(cfg.until), work.model, work.tokenizer, forget, cfg.max_new_tokens,
+                       cfg.max_length, cfg.until_every)
 
 
 def evaluate_both(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
@@ -222,7 +232,9 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         restoring = trained_in_place(work.model, list(candidates), masks) if in_place else contextlib.nullcontext()
         with restoring:  # in place: the base gets its original values back on leaving, however this block ends
             start = time.perf_counter()
-            unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, list(candidates), masks, on_step)
+            check = until_check(work, forget, cfg)
+            unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, list(candidates), masks, on_step,
+                             until=check)
             timings["unlearn_s"] = time.perf_counter() - start
 
             after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
@@ -238,7 +250,8 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         forget_quality = metrics.forget_quality(after["forget"]["truth_ratios"], ref_eval["truth_ratios"])
     kept = (apply_patch(base, patch) if in_place else work) if keep_model else None
     return _finished(base, cfg, summary, before, after, forget, retain, losses, timings,
-                     forget_quality=forget_quality, patch=patch, unlearned_model=kept)
+                     forget_quality=forget_quality, patch=patch, unlearned_model=kept,
+                     until=check.report() if check else None)
 
 
 def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, on_progress=None,
@@ -275,7 +288,8 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
             say("unlearn", step, steps, loss)
 
         start = time.perf_counter()
-        train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, on_step)
+        check = until_check(work, forget, cfg)
+        train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, on_step, until=check)
         timings["unlearn_s"] = time.perf_counter() - start
         after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
         gates = {split: gate_values(work.model, work.tokenizer, grun, [it.question for it in items])
@@ -289,7 +303,7 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
     state = export_state(grun)
     kept = (unlearned_copy(base, state) if in_place else work) if keep_model else None
     return _finished(base, cfg, summary, before, after, forget, retain, losses, timings, patch=state, gates=gates,
-                     unlearned_model=kept)
+                     unlearned_model=kept, until=check.report() if check else None)
 
 
 # A retain metric that falls below this share of its value before unlearning means the model lost what it should

@@ -66,6 +66,7 @@ class UnlearnResult:
     steps_done: int = 0
     stopped: bool = False  # True when the cancel flag stopped the run early
     trainable: int = 0  # number of weights that could move
+    until_step: int | None = None  # the step after which the until-check said the target holds (None: it never did)
 
 
 def attach_reference(model, forget_batches: list[dict]) -> None:
@@ -86,7 +87,7 @@ def move_batch(batch: dict, device) -> dict:
 
 def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float, on_step=None,
                should_stop=None, after_backward=None, after_update=None, what: str = "unlearning",
-               hint: str = "a smaller learning rate") -> UnlearnResult:
+               hint: str = "a smaller learning rate", until=None) -> UnlearnResult:
     """The one optimisation loop of the engine (masked unlearning here, GRUN in grun.py), `steps` steps of:
 
         should_stop()? -> loss = step_loss(step) -> finite? -> backward -> after_backward() -> clip the gradient
@@ -117,17 +118,21 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
         result.steps_done = step + 1
         if on_step is not None:
             on_step(step + 1, steps, value)
+        if until is not None and until(step + 1):  # the until-check (until.ForgetCheck): the target holds, stop
+            result.until_step = step + 1
+            break
     optimizer.zero_grad(set_to_none=True)
     return result
 
 
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
-            masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None) -> UnlearnResult:
+            masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None, until=None) -> UnlearnResult:
     """Run cfg.steps optimiser steps of cfg.method on the weights in `names` (only the masked entries if masks).
 
     Batches cycle in order: step t uses forget batch t mod F and retain batch t mod R. `on_step(step, steps, loss)`
     is called after each step; `should_stop()` is checked before each step, so a cancel takes effect within one step.
     A loss that is nan or inf stops the run with a GrinError (the model is then left as after the last good step).
+    `until(step) -> bool` (until.ForgetCheck) is asked after each step; True ends training there (result.until_step).
     """
     loss_fn = get_loss(cfg.method)
     device = input_device(model)
@@ -157,7 +162,7 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
     try:
         return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, on_step, should_stop,
                           after_backward=load_gradients, after_update=write_back,
-                          hint="a smaller learning rate or sigma2")
+                          hint="a smaller learning rate or sigma2", until=until)
     finally:
         for param in model.parameters():
             param.requires_grad_(False)

@@ -7,7 +7,7 @@ import functools
 import gradio as gr
 
 from . import callbacks as cb
-from . import layout, tofu_view
+from . import layout, sweep_view, tofu_view
 from .public import caps
 from .slots import HEAVY, LIGHT, FairBlocks
 from .state import delete_session
@@ -47,6 +47,7 @@ def build_app() -> gr.Blocks:
             u = layout.unlearn_tab()
             c = layout.compare_tab()
             m = layout.methods_tab()
+            w = sweep_view.sweep_tab()
             t = tofu_view.tofu_tab()
             layout.learn_tab()
 
@@ -103,4 +104,5 @@ def build_app() -> gr.Blocks:
                                   api_name="methods_answers", api_visibility="undocumented", queue=False)
         m["compare_report_btn"].click(cb.compare_report, session, m["compare_report"], api_name="compare_report")
         tofu_view.wire(t, session, MODEL)
+        sweep_view.wire(w, s, u, session, MODEL)
     return demo

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 
-from grin_engine import compare, pipeline, score_summary
+from grin_engine import compare, pipeline, score_summary, sweep
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem
 from grin_engine.evaluate import generate_answers
@@ -87,6 +87,12 @@ def compare_seconds(model_name, forget, retain, cfg, methods, stop) -> int:
     items, runs = len(forget) + len(retain), len(methods)
     return gpu_seconds(model_name, answers=items * (1 + runs) * cfg.max_new_tokens / 48, gradient_items=items,
                        steps=runs * max(cfg.steps, cfg.grun_steps))
+
+
+def sweep_seconds(model_name, forget, retain, cfg, grid, out, stop) -> int:
+    items, points = len(forget) + len(retain), len(grid.points())
+    return gpu_seconds(model_name, answers=items * (1 + points) * cfg.max_new_tokens / 48, gradient_items=items,
+                       steps=points * max(max(grid.steps), max(grid.grun_steps)))
 
 
 def generate_seconds(model_name, prompt, patch, max_new_tokens) -> int:
@@ -174,6 +180,18 @@ def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
         for result in comparison.results.values():
             result.patch = None
         return comparison
+
+    yield from _stream(work, stop)
+
+
+@gpu(duration=sweep_seconds)
+def sweep_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid, out: str,
+               stop: StopFlag):
+    """A grid of runs (grin_engine.sweep), each finished point appended to the JSON-lines file `out` as it
+    finishes (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data)."""
+    def work(report):
+        return sweep.sweep(STORE.get(model_name), forget, retain, cfg, grid, out, on_progress=report,
+                           should_stop=stop.is_set)
 
     yield from _stream(work, stop)
 

@@ -117,3 +117,19 @@ def tiny_app():
     finally:
         demo.close()
         STORE._current = saved
+
+
+@pytest.fixture
+def tiny_model_files(tmp_path, tokenizer):
+    """A tiny Llama saved as a local model folder (safetensors) and the test items as forget.jsonl / retain.jsonl,
+    for the CLI's real loading code: (folder, forget file, retain file)."""
+    import json
+
+    folder = tmp_path / "tiny"
+    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for name, items in (("forget", FORGET), ("retain", RETAIN)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for it in items:
+                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+    return folder, tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"

@@ -89,7 +89,7 @@ def _selected(text: str) -> int:
 def test_full_flow_in_a_browser(page):
     expect(page.get_by_role("heading", name="GRIN Studio")).to_be_visible(timeout=60 * SECOND)
     assert [t.inner_text().strip() for t in page.get_by_role("tab").all()] == \
-        ["Setup", "Influence", "Unlearn", "Compare", "Compare methods", "Learn"]
+        ["Setup", "Influence", "Unlearn", "Compare", "Compare methods", "Sweep", "Learn"]
 
     # Setup: few items, Load, the model's facts appear
     _number(page, "number input for max items per set", 4)
@@ -181,9 +181,35 @@ def test_full_flow_in_a_browser(page):
     expect(answers).to_contain_text("Hogwarts")
     _shot(page, "5_compare_methods")
 
+    # Sweep: grin and random at two p, one seed (4 points, 2 steps each); Stop after the first point keeps it,
+    # Run again continues; a point's answers beside the base model's
+    _tab(page, "Sweep")
+    sweep_figure_and_answers(page)
+
     # Learn: the explanations
     _tab(page, "Learn")
     expect(page.get_by_role("heading", name="How GRIN unlearning works")).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile("Influence score"))).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile("GRUN: unlearning without changing a weight"))).to_be_visible()
-    _shot(page, "6_learn")
+    _shot(page, "7_learn")
+
+
+def sweep_figure_and_answers(page) -> None:
+    """The Sweep tab as a person uses it (items and the Unlearn tab's 2 steps already set)."""
+    page.locator("#sweep_p textarea").fill("1, 5")
+    page.locator("#sweep_seeds textarea").fill("0")
+    page.get_by_role("button", name="Run sweep", exact=True).click()
+    status = page.locator("#sweep_status")
+    expect(status).to_contain_text("1 of 4 points finished", timeout=900 * SECOND)
+    expect(status).to_contain_text("min for the remaining 3")  # the estimate from the first point
+    page.locator("#sweep_stop").click()
+    expect(status).to_contain_text("Stopped", timeout=600 * SECOND)
+    expect(status).to_contain_text("points kept")
+    page.get_by_role("button", name="Run sweep", exact=True).click()
+    expect(status).to_contain_text("Done: 4 points", timeout=900 * SECOND)
+    plot = page.locator("#sweep_plot .js-plotly-plot")
+    expect(plot).to_contain_text("Forget vs retain after unlearning")
+    expect(plot).to_contain_text("ideal")
+    expect(page.locator("#sweep_areas")).to_contain_text("auto-p")
+    expect(page.locator("#sweep_answers")).to_contain_text("Hogwarts", timeout=60 * SECOND)
+    _shot(page, "6_sweep")

@@ -38,6 +38,10 @@ BAD_INPUTS = {
     # uploads (files written by the fixture into {data})
     "nested_json": (["run", "--forget", "{data}/nested.json"], "nested too deeply"),
     "keywords_int": (["run", "--forget", "{data}/keywords.jsonl"], "'keywords' must be a list of texts"),
+    "bad_until": (["run", "--until", "forget_accuracy<0.2"], "unknown metric"),
+    "sweep_out_not_jsonl": (["sweep", "--out", "sweep.json"], "ending in .jsonl"),
+    "sweep_bad_target": (["sweep", "--target", "forget_keyword_accuracy=1"], "METRIC<=NUMBER"),
+    "sweep_unknown_method": (["sweep", "--methods", "grin,nope"], "unknown nope"),
     "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
     "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
 }
@@ -127,19 +131,11 @@ def test_run_on_the_default_model_writes_the_report(tmp_path):
     assert (tmp_path / "unlearned" / "model.safetensors").stat().st_size > 100_000_000
 
 
-def test_score_on_a_local_model_folder(tmp_path, tokenizer):
+def test_score_on_a_local_model_folder(tmp_path, tiny_model_files):
     """`score` through the real loading code on a local folder (a tiny Llama saved as safetensors)."""
     import json
 
-    from conftest import FORGET, RETAIN, tiny_llama
-
-    folder = tmp_path / "tiny"
-    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for name, items in (("forget", FORGET), ("retain", RETAIN)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for it in items:
-                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+    folder = tiny_model_files[0]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "selection.json"

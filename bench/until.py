@@ -1,0 +1,69 @@
+"""Unlearn until forgotten vs a fixed step count, on the same items from the same base evaluation.
+
+    python bench/until.py --max-items 13 --until "forget_keyword_accuracy<=0.25" --out until.json
+
+Runs GRIN twice with the same settings: once for --steps steps, once with --until (--steps is then the most),
+and prints forget / retain metrics of both and the step where the until-run stopped. One model load and one base
+evaluation serve both runs. The numbers are measured, not asserted: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+from grin_engine import data, models
+from grin_engine.config import GrinConfig, ModelSpec
+from grin_engine.pipeline import evaluate_both, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--forget", default="harry_potter")
+    parser.add_argument("--retain", default="general_knowledge")
+    parser.add_argument("--max-items", type=int, default=13)
+    parser.add_argument("--steps", type=int, default=GrinConfig.steps)
+    parser.add_argument("--p", type=float, default=GrinConfig.p)
+    parser.add_argument("--until", default="forget_keyword_accuracy<=0.25")
+    parser.add_argument("--until-every", type=int, default=GrinConfig.until_every)
+    parser.add_argument("--out", default=None, help="write both runs' metrics here (JSON)")
+    args = parser.parse_args()
+
+    forget = data.load_items(args.forget, args.max_items)
+    retain = data.load_items(args.retain, args.max_items)
+    base = models.load_model(ModelSpec("default"))
+    fixed_cfg = GrinConfig(steps=args.steps, p=args.p)
+    until_cfg = replace(fixed_cfg, until=args.until, until_every=args.until_every)
+    GrinConfig(**until_cfg.to_dict())  # validated like any config
+    start = time.perf_counter()
+    before = evaluate_both(base.model, base.tokenizer, forget, retain, fixed_cfg)
+    print(f"base evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    rows = {}
+    for name, cfg in (("fixed", fixed_cfg), ("until", until_cfg)):
+        start = time.perf_counter()
+        result = run(base, forget, retain, cfg, before=before)
+        rows[name] = {"steps": len(result.losses), "seconds": time.perf_counter() - start,
+                      "until": result.until, "before": result.metrics["before"], "after": result.metrics["after"]}
+        print(f"{name}: done in {rows[name]['seconds']:.0f} s", flush=True)
+    metrics = ("keyword_accuracy", "rougeL_recall", "probability")
+    print(f"{len(forget)} forget + {len(retain)} retain items, p = {args.p}, up to {args.steps} steps; until "
+          f"{args.until} checked every {args.until_every} steps")
+    print(f"{'':<8}{'steps':>6}" + "".join(f"{s[0]}:{m[:8]:>10}" for s in ("forget", "retain") for m in metrics))
+    b = rows["fixed"]["before"]
+    print(f"{'base':<8}{'':>6}" + "".join(f"{b[s][m]:>12.3f}" for s in ("forget", "retain") for m in metrics))
+    for name, row in rows.items():
+        a = row["after"]
+        print(f"{name:<8}{row['steps']:>6}" + "".join(f"{a[s][m]:>12.3f}" for s in ("forget", "retain")
+                                                       for m in metrics))
+    if rows["until"]["until"]:
+        print("until checks (step: value):", ", ".join(f"{c['step']}: {c['value']:.3f}"
+                                                      for c in rows["until"]["until"]["checks"]))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"args": vars(args), "runs": rows}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
