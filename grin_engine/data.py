@@ -34,6 +34,7 @@ class QAItem:
     keywords: list[str] = field(default_factory=list)
     paraphrased_answer: str | None = None
     perturbed_answers: list[str] = field(default_factory=list)
+    paraphrased_questions: list[str] = field(default_factory=list)  # the same question reworded (attacks.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +129,13 @@ def items_from_records(records: list, name: str = "data") -> list[QAItem]:
         perturbed = rec.get("perturbed_answers", rec.get("perturbed_answer")) or []
         if isinstance(perturbed, str):
             perturbed = [perturbed]
+        paraphrases = rec.get("paraphrased_questions") or []
+        if isinstance(paraphrases, str):
+            paraphrases = [q.strip() for q in paraphrases.split(";") if q.strip()]
         items.append(QAItem(
             question=question.strip(), answer=answer.strip(), keywords=[str(k) for k in keywords],
             paraphrased_answer=rec.get("paraphrased_answer") or None, perturbed_answers=[str(p) for p in perturbed],
+            paraphrased_questions=[str(q).strip() for q in paraphrases if str(q).strip()],
         ))
     return items
 
