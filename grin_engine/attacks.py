@@ -446,14 +446,7 @@ def paraphrase(ctx: Context) -> AttackResult:
     if not items:
         return AttackResult("paraphrase", ctx.target.method,
                             skipped="the forget items carry no paraphrased_questions")
-    evaluation = ctx.evaluate(ctx.unlearned(), items, "forget")
-    result = AttackResult("paraphrase", ctx.target.method, details={"paraphrases": len(items), "origin": origin})
-    result.metrics["forget"] = _values(evaluation)
-    # Baseline: the original questions, each counted once per paraphrase of it (the same weights as the metric).
-    result.baseline["forget"] = _baseline(ctx.target, "forget", origin)
-    unlearned = ctx.target.answers("forget")
-    result.answers = _answers([it.question for it in items], [unlearned[i] for i in origin], evaluation["generations"])
-    return result
+    return _reworded(ctx, "paraphrase", items, origin, {"paraphrases": len(items), "origin": origin})
 
 
 def one_shot(ctx: Context) -> AttackResult:
@@ -461,8 +454,14 @@ def one_shot(ctx: Context) -> AttackResult:
     items, origin, context = one_shot_items(ctx.forget, ctx.cfg.seed)
     if not items:
         return AttackResult("oneshot", ctx.target.method, skipped="no forget item has a related fact to show")
+    return _reworded(ctx, "oneshot", items, origin, {"origin": origin, "context": context})
+
+
+def _reworded(ctx: Context, name: str, items: list[QAItem], origin: list[int], details: dict) -> AttackResult:
+    """The unlearned model on new questions for the forget items; item k stands for forget item origin[k], whose
+    before / unlearned values are the baseline (an item counted once per new question of it)."""
     evaluation = ctx.evaluate(ctx.unlearned(), items, "forget")
-    result = AttackResult("oneshot", ctx.target.method, details={"origin": origin, "context": context})
+    result = AttackResult(name, ctx.target.method, details=details)
     result.metrics["forget"] = _values(evaluation)
     result.baseline["forget"] = _baseline(ctx.target, "forget", origin)
     unlearned = ctx.target.answers("forget")

@@ -176,6 +176,9 @@ Uploaded items may carry their own `paraphrased_questions`.
 contain this item's answer ("Here is a related fact: The Harry Potter books were written by J.K. Rowling."). In-context
 reminders of the topic can reactivate associations that unlearning suppressed.
 
+Unlearning trained on the bare questions; a longer prompt with the topic's names in it is a different input, on
+which a gate or a suppressed association may not fire. The related fact is chosen with the run's seed.
+
 **Sampling** (arXiv 2410.19482). Greedy decoding shows the single most likely answer; sampling shows what else the
 model would say. For each forget question 8 answers are drawn at temperature 1 (seeded), and the leak is the share of
 questions with at least one answer holding a keyword, before and after unlearning. A fact that is still among the

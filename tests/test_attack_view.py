@@ -9,24 +9,11 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from test_app import _checksum, _data, _finish, _free_port  # noqa: E402
+from test_app import _checksum, _data, _finish, client  # noqa: E402,F401  (client: the app, launched)
 
 from grin_ui import attack_view  # noqa: E402
 
 LAST_RUN, COMPARISON = attack_view.TARGETS
-
-
-@pytest.fixture(scope="module")
-def client():
-    from grin_ui import build_app
-
-    demo = build_app()
-    port = _free_port()
-    demo.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    try:
-        yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
 
 
 def test_attack_endpoints_are_named(client):

@@ -105,17 +105,7 @@ def test_score_on_a_local_model_folder(tmp_path, tokenizer):
     """`score` through the real loading code on a local folder (a tiny Llama saved as safetensors)."""
     import json
 
-    from conftest import FORGET, RETAIN, tiny_llama
-
-    folder = tmp_path / "tiny"
-    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for name, items in (("forget", FORGET), ("retain", RETAIN)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for it in items:
-                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    folder, env = _tiny_folder(tmp_path, tokenizer, lambda it: {"question": it.question, "answer": it.answer})
     out = tmp_path / "selection.json"
     proc = subprocess.run([sys.executable, "-m", "grin_engine", "score", "--model", str(folder), "--forget",
                            str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"),
@@ -134,18 +124,9 @@ def test_run_save_patch_then_attack_a_local_model(tmp_path, tokenizer):
     """run --save-patch --attacks, then `attack` on the saved report: both write the attacks section."""
     import json
 
-    from conftest import FORGET, RETAIN, tiny_llama
-
-    folder = tmp_path / "tiny"
-    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for name, items in (("forget", FORGET), ("retain", RETAIN)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for it in items:
-                f.write(json.dumps({"question": it.question, "answer": it.answer, "keywords": it.keywords,
-                                    "paraphrased_questions": [f"Say: {it.question}"]}) + "\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    folder, env = _tiny_folder(tmp_path, tokenizer, lambda it: {
+        "question": it.question, "answer": it.answer, "keywords": it.keywords,
+        "paraphrased_questions": [f"Say: {it.question}"]})
     common = ["--model", str(folder), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
               str(tmp_path / "retain.jsonl")]
     proc = subprocess.run([sys.executable, "-m", "grin_engine", "run", *common, "--steps", "2", "--p", "0.05",
@@ -166,3 +147,22 @@ def test_run_save_patch_then_attack_a_local_model(tmp_path, tokenizer):
     # the same patch, the same quantisation: the same numbers as the run's own attack
     assert attacked["attacks"]["grin"]["quant4"]["metrics"] == report["attacks"]["grin"]["quant4"]["metrics"]
     assert attacked["attacks"]["grin"]["quant4"]["details"] == report["attacks"]["grin"]["quant4"]["details"]
+
+
+def _tiny_folder(tmp_path, tokenizer, record):
+    """A tiny Llama saved as a local model folder, forget.jsonl / retain.jsonl of the test items (record(item) ->
+    the JSON object of one), and the environment to run the CLI in: (folder, env)."""
+    import json
+
+    from conftest import FORGET, RETAIN, tiny_llama
+
+    folder = tmp_path / "tiny"
+    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for name, items in (("forget", FORGET), ("retain", RETAIN)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for it in items:
+                f.write(json.dumps(record(it)) + "\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return folder, env
