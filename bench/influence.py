@@ -7,20 +7,22 @@ Prints three ratios (targets in brackets):
    (forward, backward, AdamW on all candidate weights) over the same batches          [>= 0.9x]
 2. threshold selection time / scoring time                                              [<= 5%]
 3. time of one masked unlearning step / one plain (unmasked) unlearning step            [<= 1.1x]
-Each timing is the median of --repeats runs after one warm-up run.
+Each timing is the median of --repeats runs after one warm-up run. The device and the peak memory of each part
+(torch.cuda.max_memory_allocated on a GPU; the process's peak RSS on a CPU) are printed with the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import device_name, median_time, peak_memory, reset_peak  # noqa: E402
 
 from grin_engine.config import GrinConfig, ModelSpec  # noqa: E402
 from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
@@ -28,23 +30,6 @@ from grin_engine.influence import candidate_parameters, compute_influence, selec
 from grin_engine.losses import mean_nll  # noqa: E402
 from grin_engine.models import copy_model, load_model  # noqa: E402
 from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, kernels, caches
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def tokens_in(batches) -> int:
@@ -76,7 +61,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--p", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=4, help="unlearning steps per timed run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     base = load_model(ModelSpec(args.model, device=args.device))
     work = copy_model(base)  # the plain training pass changes weights: never on the base
@@ -88,6 +77,7 @@ def main() -> None:
     candidates = candidate_parameters(model)
     names = list(candidates)
     tokens = tokens_in(f_batches) + tokens_in(r_batches)
+    print(f"device: {device_name(base.device)}")
     print(f"model {base.name} on {base.device} ({base.dtype}); {len(names)} candidate weights "
           f"({sum(c.numel for c in candidates.values()):,} numbers); {tokens} tokens in "
           f"{len(f_batches) + len(r_batches)} batches")
@@ -97,15 +87,22 @@ def main() -> None:
     def score():
         scores_holder["scores"] = compute_influence(model, f_batches, r_batches, candidates, cfg.eps)
 
+    peaks = {}
+    reset_peak(base.device)
     t_score = median_time(score, args.repeats)
+    peaks["scoring"] = peak_memory(base.device)
+    reset_peak(base.device)
     t_train = median_time(lambda: plain_training_pass(model, f_batches + r_batches, names), args.repeats)
+    peaks["plain training"] = peak_memory(base.device)
     t_select = median_time(lambda: select_top_fraction(scores_holder["scores"], args.p), args.repeats)
     masks = select_top_fraction(scores_holder["scores"], args.p).masks
     scores_holder.clear()  # the scores are model-sized: free them before the unlearning timings
 
     fb = forget_batches(tok, forget, cfg.batch_size, cfg.max_length, cfg.seed)
     attach_reference(model, fb)
+    reset_peak(base.device)
     t_masked = median_time(lambda: unlearn(model, fb, r_batches, cfg, names, masks), args.repeats) / cfg.steps
+    peaks["masked unlearning"] = peak_memory(base.device)
     t_plain = median_time(lambda: unlearn(model, fb, r_batches, cfg, names, None), args.repeats) / cfg.steps
 
     score_tps, train_tps = tokens / t_score, tokens / t_train
@@ -120,6 +117,7 @@ def main() -> None:
     for name, ratio, target, detail, ok in rows:
         shown = f"{100 * ratio:.1f}%" if target.endswith("%") else f"{ratio:.2f}x"
         print(f"{name:<48} {shown:>8}  target {target:<8} {'ok' if ok else 'MISSED'}  ({detail})")
+    print("peak memory: " + "; ".join(f"{part} {value}" for part, value in peaks.items()))
 
 
 if __name__ == "__main__":

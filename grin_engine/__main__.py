@@ -33,6 +33,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-items", type=int, default=None, help="use at most this many items of each set")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device-map", default=None,
+                        help="spread the model over several GPUs with accelerate: auto, balanced, sequential")
+    parser.add_argument("--max-memory", default=None,
+                        help="with --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--eps", type=float, default=DEFAULTS.eps, help="eps in |G_f| / (|G_r| + eps)")
     parser.add_argument("--include-embeddings", action="store_true", help="let embeddings be selected too")
@@ -164,7 +168,7 @@ def _load(args):
     """Validate everything cheap first, so a typo fails in a second, not after loading a model."""
     from . import data, models
 
-    model_spec = ModelSpec(args.model, args.device, args.dtype)
+    model_spec = ModelSpec(args.model, args.device, args.dtype, args.device_map, _memory_map(args.max_memory))
     data_spec = DataSpec(args.forget, args.retain, args.max_items)
     forget = data.load_items(data_spec.forget, data_spec.max_items)
     retain = data.load_items(data_spec.retain, data_spec.max_items)
@@ -172,6 +176,19 @@ def _load(args):
     print(f"loading model {model_spec.name!r} ...", flush=True)
     base = models.load_model(model_spec)
     return base, forget, retain, time.perf_counter() - start
+
+
+def _memory_map(text: str | None) -> dict | None:
+    """'0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'} (accelerate's max_memory)."""
+    if text is None:
+        return None
+    memory = {}
+    for part in text.split(","):
+        device, _, size = part.strip().partition("=")
+        if not device or not size:
+            raise GrinError(f"--max-memory: give device=size pairs such as 0=70GiB,cpu=200GiB; got {text!r}")
+        memory[int(device) if device.isdigit() else device] = size
+    return memory
 
 
 def _check_out(path: str) -> Path:
@@ -191,9 +208,11 @@ def command_run(args) -> None:
     if args.save_patch:
         _check_out(args.save_patch)
     base, forget, retain, load_s = _load(args)
-    reference = load_model(ModelSpec(args.reference, args.device, args.dtype)) if args.reference else None
+    reference = (load_model(ModelSpec(args.reference, args.device, args.dtype, args.device_map,
+                                      _memory_map(args.max_memory))) if args.reference else None)
+    # in place: this process is the base's only user, so the run trains it and restores it (no model copy)
     result = pipeline.run(base, forget, retain, cfg, on_progress=_progress_bars(), reference=reference,
-                          keep_model=bool(args.save_model))
+                          keep_model=bool(args.save_model), in_place=True)
     result.timings["load_s"] = load_s
     report = result.to_report()
     report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
@@ -261,7 +280,6 @@ def format_summary(report: dict) -> str:
 
 def command_score(args) -> None:
     from . import pipeline
-    from .models import copy_model
 
     cfg = GrinConfig(p=args.p[0], batch_size=args.batch_size, eps=args.eps, include_embeddings=args.include_embeddings,
                      seed=args.seed)
@@ -269,8 +287,8 @@ def command_score(args) -> None:
         GrinConfig(p=p)
     out = _check_out(args.out)
     base, forget, retain, load_s = _load(args)
-    work = copy_model(base)
-    influence = pipeline.compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg)
+    # gradients change no weight, and nobody else uses this base: no copy
+    influence = pipeline.compute_influence_scores(base.model, base.tokenizer, forget, retain, cfg)
     summaries = []
     for p in args.p:
         start = time.perf_counter()
@@ -311,7 +329,7 @@ def command_compare(args) -> None:
     acfg, attack_names = _attack_config(args)
     base, forget, retain, load_s = _load(args)
     start = time.perf_counter()
-    comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars())
+    comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars(), in_place=True)
     comparison.timings.update(load_s=load_s, total_s=time.perf_counter() - start)
     report = comparison.to_report()
     report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}

@@ -94,13 +94,14 @@ class Comparison:
 
 
 def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                methods: list[str], say) -> dict[str, Selection]:
-    """The masks of the masked methods, from one pair of gradients on a copy of the base."""
+                methods: list[str], say, in_place: bool = False) -> dict[str, Selection]:
+    """The masks of the masked methods, from one pair of gradients on a copy of the base (in place: on the base,
+    whose weights gradients do not change)."""
     selections = {}
     params = dict(base.model.named_parameters())
     candidates = candidate_parameters(base.model, cfg.include_embeddings, cfg.include_lm_head)
     if {"grin", "grin-nonoise", "forget-grad"} & set(methods):
-        work = copy_model(base)
+        work = base if in_place else copy_model(base)
         grad_forget, grad_retain = gradient_pair(
             work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
             qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length), list(candidates),
@@ -119,8 +120,9 @@ def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
 
 
 def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-            on_progress=None, should_stop=None) -> Comparison:
+            on_progress=None, should_stop=None, in_place: bool = False) -> Comparison:
     """Run each method on a private copy of `base` with the same data, steps and seed; evaluate each the same way.
+    (in_place=True: each method trains `base` itself and restores it exactly, see pipeline.run.)
 
     on_progress(stage, done, total, *extra): stage is "before", "gradients", or "<method>/<stage>" for a run's own
     stages ("grin/unlearn", "grun/after" ...). should_stop() ends the comparison at the next check; the methods
@@ -145,18 +147,18 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
                                on_item=lambda done, total: say("before", done, total))
         timings["eval_before_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        selections = _selections(base, forget, retain, cfg, methods, say)
+        selections = _selections(base, forget, retain, cfg, methods, say, in_place)
         timings["gradients_s"] = time.perf_counter() - start
         for name in methods:
             def report(stage, done, total, *extra, _name=name):
                 say(f"{_name}/{stage}", done, total, *extra)
             if name == "grun":
                 result = run_grun(base, forget, retain, cfg, on_progress=report, should_stop=should_stop,
-                                  before=before)
+                                  before=before, in_place=in_place)
             else:
                 method_cfg = replace(cfg, use_mask=name != "full", sigma2=0.0 if name == "grin-nonoise" else cfg.sigma2)
                 result = run(base, forget, retain, method_cfg, on_progress=report, should_stop=should_stop,
-                             before=before, selection=selections.get(name))
+                             before=before, selection=selections.get(name), in_place=in_place)
             results[name] = result
             if result.stopped:
                 stopped = True

@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-
-class GrinError(ValueError):
-    """A mistake in what the user asked for. The message is shown to them as it is."""
+from .errors import GrinError  # noqa: F401  (defined apart so that losses/data raise it without importing config)
 
 
 @dataclass
@@ -19,6 +17,10 @@ class ModelSpec:
     name: str = "default"  # "default" (packaged SmolLM2-135M-Instruct), a Hub id, or a local folder
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    # Spread the model over several devices with accelerate (README "Beyond one GPU"): None (all on `device`),
+    # "auto" | "balanced" | "balanced_low_0" | "sequential", or an explicit {module name: device} map
+    device_map: str | dict | None = None
+    max_memory: dict | None = None  # with device_map: {device index or "cpu": "70GiB" or bytes}
 
     def __post_init__(self):
         self.name = (self.name or "").strip()
@@ -30,6 +32,15 @@ class ModelSpec:
         self.device = device
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise GrinError(f"dtype: unknown dtype {self.dtype!r}; use auto, float32, bfloat16 or float16")
+        if isinstance(self.device_map, str) and self.device_map not in DEVICE_MAPS:
+            raise GrinError(f"device map: unknown {self.device_map!r}; use {', '.join(DEVICE_MAPS)} or a dict")
+        if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
+            raise GrinError(f"device map: give {', '.join(DEVICE_MAPS)} or a dict, got {self.device_map!r}")
+        if self.max_memory is not None and (not isinstance(self.max_memory, dict) or self.device_map is None):
+            raise GrinError("max memory: give a {device: size} map, together with a device map (e.g. auto)")
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
 
 
 @dataclass
@@ -83,7 +94,8 @@ class GrinConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .losses import get_loss  # late import: losses imports torch, config should stay light
+        from .losses import get_loss  # late import: losses imports torch, config should stay light (losses does
+        #                               not import config: the registry checks the name, nothing imports back)
 
         get_loss(self.method)  # the one check of a method name (raises GrinError listing the valid ones)
         get_loss(self.grun_method)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import GrinError
+from .errors import GrinError
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "datasets"
 TOFU_HUB_ID = "locuslab/TOFU"

@@ -9,47 +9,118 @@ from __future__ import annotations
 import torch
 
 from . import metrics
-from .data import QAItem, format_prompt, make_batches
+from .data import QAItem, collate, encode_pair, format_prompt
 from .losses import answer_nll
+from .models import input_device
+
+
+# Batching (DESIGN.md §4.1): items sorted by length, so a batch holds similar lengths and little padding, and
+# batches sized by a budget of tokens (rows x padded length) instead of a fixed number of rows. On a GPU the budget
+# comes from the free memory and what one token costs there; on a CPU it is a constant that measured fastest.
+CPU_GENERATION_TOKENS = 2048  # rows x (prompt + new tokens) per generate() call on a CPU
+CPU_SCORING_TOKENS = 2048  # rows x (prompt + answer) per forward pass of pair_nlls on a CPU
+MAX_ROWS = 512  # one batch never holds more rows: a batch runs until its slowest row ends
+
+
+def length_batches(lengths: list[int], budget: int, max_rows: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, shortest first, each with rows x (its longest length) <= budget (at least one
+    row per batch) and at most max_rows rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:  # ascending lengths: the newest index is the batch's longest
+        rows = len(current) + 1
+        if current and (rows * lengths[i] > budget or (max_rows is not None and rows > max_rows)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _free_accelerator_bytes(model) -> int | None:
+    """Free memory on the (least free) CUDA device holding the model; None on a CPU (or MPS)."""
+    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    if not devices:
+        return None
+    return min(torch.cuda.mem_get_info(d)[0] for d in devices)
+
+
+def token_budget(model, per_token_bytes: int, cpu_tokens: int) -> int:
+    """Tokens per batch: half the free accelerator memory over what one token costs, or the CPU constant."""
+    free = _free_accelerator_bytes(model)
+    if free is None:
+        return cpu_tokens
+    return max(256, int(0.5 * free / max(1, per_token_bytes)))
+
+
+def generation_token_bytes(model) -> int:
+    """What one token of a generation batch holds on the device: its KV cache over all layers (2 x layers x
+    kv heads x head dim) plus working activations (a few hidden and FFN vectors), in the model's dtype."""
+    cfg = model.config
+    element = next(model.parameters()).element_size()
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    ffn = getattr(cfg, "intermediate_size", None) or 4 * hidden
+    return element * (2 * layers * kv_heads * head_dim + 4 * (hidden + ffn))
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
-                     batch_size: int = 16, on_batch=None) -> list[str]:
+                     batch_size: int | None = None, on_batch=None) -> list[str]:
     """Greedy answers: chat template with generation prompt, left padding, cut at EOS, special tokens dropped.
 
+    Prompts are sorted by length and batched by a token budget (`length_batches`; `batch_size`, if given, caps
+    the rows); generate() ends a batch once every row has produced EOS. Answers come back in the questions' order.
     on_batch(done, total) is called after each batch of questions."""
-    device = next(model.parameters()).device
+    device = input_device(model)
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    budget = token_budget(model, generation_token_bytes(model), CPU_GENERATION_TOKENS)
+    batches = length_batches([len(ids) + max_new_tokens for ids in prompt_ids], budget, batch_size or MAX_ROWS)
     was_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
-    answers = []
+    answers: list[str | None] = [None] * len(questions)
+    done = 0
     try:
-        for start in range(0, len(questions), batch_size):
-            prompts = [format_prompt(tokenizer, q) for q in questions[start: start + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        for rows in batches:
+            enc = tokenizer.pad({"input_ids": [prompt_ids[i] for i in rows]}, return_tensors="pt").to(device)
             out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
             new_tokens = out[:, enc["input_ids"].shape[1]:]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = text.strip()
+            done += len(rows)
             if on_batch is not None:
-                on_batch(len(answers), len(questions))
+                on_batch(done, len(questions))
     finally:
         tokenizer.padding_side = was_side
     return answers
 
 
 @torch.no_grad()
-def pair_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
+def pair_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int | None = None,
               max_length: int = 256) -> tuple[list[float], list[int]]:
-    """Per (question, answer): the summed answer-token NLL and the number of answer tokens."""
-    device = next(model.parameters()).device
-    sums, counts = [], []
-    for batch in make_batches(tokenizer, pairs, batch_size, max_length):
+    """Per (question, answer): the summed answer-token NLL and the number of answer tokens.
+
+    Pairs are sorted by length and batched by a token budget (the logits of a batch, rows x length x vocabulary
+    floats, are its largest tensor); `batch_size`, if given, caps the rows. Results come back in the pairs' order."""
+    device = input_device(model)
+    encoded = [encode_pair(tokenizer, q, a, max_length) for q, a in pairs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1 << 16
+    budget = token_budget(model, 3 * 4 * vocab, CPU_SCORING_TOKENS)  # logits, their float copy, the log-softmax
+    sums, counts = [0.0] * len(pairs), [0] * len(pairs)
+    for rows in length_batches([len(ids) for ids, _ in encoded], budget, batch_size or MAX_ROWS):
+        batch = collate([encoded[i] for i in rows], pad_id)
         nll_sum, n_tokens = answer_nll(model, {k: v.to(device) for k, v in batch.items()})
-        sums += nll_sum.tolist()
-        counts += n_tokens.tolist()
+        for i, s, c in zip(rows, nll_sum.tolist(), n_tokens.tolist()):
+            sums[i], counts[i] = s, c
     return sums, counts
 
 

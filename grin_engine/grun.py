@@ -32,7 +32,8 @@ from torch import nn
 from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, format_prompt, qa_batches
 from .losses import get_loss
-from .unlearn import UnlearnResult, attach_reference, move_batch
+from .models import input_device
+from .unlearn import UnlearnResult, attach_reference, move_batch, train_loop
 
 
 @dataclass
@@ -127,8 +128,12 @@ class Grun(nn.Module):
         super().__init__()
         self.spec = spec
         generator = torch.Generator().manual_seed(seed)
-        self.edits = nn.ModuleList([GatedLoReFT(spec.hidden_size, spec.rank, spec.gate, generator)
-                                    for _ in spec.layers])
+        # nn.Linear draws its initial weights from the global generator: seed it here too (same seed, same GRUN),
+        # without disturbing the caller's random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.edits = nn.ModuleList([GatedLoReFT(spec.hidden_size, spec.rank, spec.gate, generator)
+                                        for _ in spec.layers])
         self.enabled = True
         self._handles: list = []
         self._where: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, positions) of the current forward
@@ -144,7 +149,8 @@ class Grun(nn.Module):
         blocks = decoder_layers(model)
         if max(self.spec.layers) >= len(blocks) or min(self.spec.layers) < 0:
             raise GrinError(f"grun: layers {self.spec.layers} do not exist in a model with {len(blocks)} layers")
-        self.to(next(model.parameters()).device)
+        for edit, layer in zip(self.edits, self.spec.layers):  # each edit lives where its layer's weights live
+            edit.to(next(blocks[layer].parameters()).device)
         self._end_ids = prompt_end_ids(tokenizer)
         self._handles.append(model.register_forward_pre_hook(self._find_positions, with_kwargs=True))
         for i, layer in enumerate(self.spec.layers):
@@ -179,7 +185,7 @@ class Grun(nn.Module):
             if not self.enabled or self._where is None or self._where[0].numel() == 0:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            rows, positions = self._where
+            rows, positions = (t.to(hidden.device) for t in self._where)  # layers may sit on different devices
             edited, gate = self.edits[i](hidden[rows, positions].float())
             hidden = hidden.index_put((rows, positions), edited.to(hidden.dtype))  # out of place: autograd-safe
             if self.recording:
@@ -192,7 +198,7 @@ class Grun(nn.Module):
         """The gates recorded while the model ran on exactly this input_ids tensor: [layers, rows], or None."""
         for ids, _rows, gates in self.records:
             if ids is input_ids and gates:
-                return torch.stack(gates)
+                return torch.stack([g.to(gates[0].device) for g in gates])
         return None
 
 
@@ -207,7 +213,7 @@ def gate_loss(grun: Grun, forget: dict, retain: dict) -> torch.Tensor:
         gates = grun.gates_of(part["input_ids"]) if part is not None else None
         if gates is not None:
             terms.append(F.binary_cross_entropy(gates.clamp(1e-6, 1 - 1e-6), torch.full_like(gates, target)))
-    return torch.stack(terms).mean()
+    return torch.stack([t.to(terms[0].device) for t in terms]).mean()
 
 
 def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
@@ -224,7 +230,7 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
     0.70 against 0.81 with idk, same steps; see the issue notes).
     """
     loss_fn = get_loss(cfg.grun_method)
-    device = next(model.parameters()).device
+    device = input_device(model)
     f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed)
     r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length)
     with grun.off():
@@ -233,41 +239,30 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
         param.requires_grad_(False)
     params = list(grun.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.grun_lr, weight_decay=0.0)
-    result = UnlearnResult(trainable=sum(p.numel() for p in params))
+
+    def step_loss(step):
+        forget_batch = move_batch(f_batches[step % len(f_batches)], device)
+        retain_batch = move_batch(r_batches[step % len(r_batches)], device)
+        grun.records, grun.recording = [], True
+        try:
+            loss = loss_fn(model, forget_batch, retain_batch, cfg)
+            return loss + cfg.grun_gate_weight * gate_loss(grun, forget_batch, retain_batch).to(loss.device)
+        finally:
+            grun.records, grun.recording = [], False
+
     grun.train()
     try:
-        for step in range(cfg.grun_steps):
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                break
-            forget_batch = move_batch(f_batches[step % len(f_batches)], device)
-            retain_batch = move_batch(r_batches[step % len(r_batches)], device)
-            grun.records, grun.recording = [], True
-            loss = loss_fn(model, forget_batch, retain_batch, cfg)
-            loss = loss + cfg.grun_gate_weight * gate_loss(grun, forget_batch, retain_batch)
-            grun.records, grun.recording = [], False
-            if not torch.isfinite(loss):
-                raise GrinError(f"GRUN training stopped at step {step + 1}: the loss became {loss.item()} "
-                                f"(try a smaller learning rate)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            result.losses.append(loss.item())
-            result.steps_done = step + 1
-            if on_step is not None:
-                on_step(step + 1, cfg.grun_steps, loss.item())
+        return train_loop(step_loss, params, optimizer, cfg.grun_steps, cfg.max_grad_norm, on_step, should_stop,
+                          what="GRUN training")
     finally:
         grun.recording, grun.records = False, []
         grun.eval()
-    return result
 
 
 @torch.no_grad()
 def gate_values(model, tokenizer, grun: Grun, questions: list[str], batch_size: int = 16) -> list[float]:
     """The gate of each question (mean over the edited layers), from a forward pass on its prompt."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     values = []
     grun.records, grun.recording = [], True
     try:

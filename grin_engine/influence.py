@@ -8,7 +8,6 @@ DESIGN.md §2.1-2.5:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import torch
 from .config import GrinError
 from .data import IGNORE_INDEX
 from .losses import answer_nll
+from .models import input_device
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Candidates: which weights may be selected, and what each one is (layer, module, kind)
@@ -94,7 +94,7 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
         params[name].requires_grad_(True)
     total_tokens = max(1, count_answer_tokens(batches))
     grads: dict[str, torch.Tensor] = {}
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -154,116 +154,77 @@ def compute_influence(model, forget_batches, retain_batches, candidates: dict[st
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Selection: one global threshold, found without sorting all the weights
+# Selection: one global threshold, exact, found without sorting: a radix select on the scores' bit patterns
 
-_BINS = 4096  # buckets per histogram pass; each pass narrows the search by about this factor
-_GATHER_AT_MOST = 1 << 20  # once the k-th value's bucket holds this few values, gather them and pick it exactly
-_CHUNK = 1 << 22  # values handled at once, so the extra memory is bounded whatever the model size
+_DIGIT = 16  # bits of the key settled per pass: a histogram of 65,536 buckets (float32 scores: two passes)
+_PIECE = 1 << 26  # a tensor larger than this is read in pieces of this many values, so the extra memory stays bounded
 
 
-def _chunks(scores: dict[str, torch.Tensor]):
+def _pieces(scores: dict[str, torch.Tensor], wide: bool):
+    """Every score as flat float32 (float64 when `wide`) pieces, each on its own tensor's device."""
     for tensor in scores.values():
-        flat = tensor.reshape(-1)
-        for start in range(0, flat.numel(), _CHUNK):
-            yield flat[start: start + _CHUNK]
+        flat = tensor.detach().reshape(-1)
+        for start in range(0, flat.numel(), _PIECE):
+            piece = flat[start: start + _PIECE]
+            yield piece.to(torch.float64 if wide else torch.float32)  # bf16 / fp16 / fp32 widen exactly; no copy if same
 
 
-def _in_range(chunk: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """The values v with low < v <= high."""
-    return chunk[(chunk > low) & (chunk <= high)]
+def _ordered_keys(values: torch.Tensor) -> torch.Tensor:
+    """Integers that sort exactly like the floats: the IEEE bit pattern read as a signed integer, with the magnitude
+    bits of negative numbers flipped (a more negative float has larger magnitude bits). For positive floats the key
+    is the bit pattern itself, no copy: sign, exponent (the octave, floor(log2 v)), then the mantissa, so the top 16
+    bits bucket the scores by log2, 128 buckets per octave."""
+    bits = values.view(torch.int64 if values.dtype == torch.float64 else torch.int32)
+    if bool(values.min() > 0):  # the usual case (scores); min() is a cheap reduction, unlike a sign test per value
+        return bits
+    width = 8 * bits.element_size()
+    keys = bits ^ ((bits >> (width - 1)) & ((1 << (width - 1)) - 1))
+    return keys.masked_fill_(keys == -1, 0)  # -0.0 (key -1) is +0.0 (key 0): equal floats get one key
+
+
+def _key_value(key: int, wide: bool) -> float:
+    """The float whose ordered key is `key` (the inverse of _ordered_keys)."""
+    width = 64 if wide else 32
+    if key < 0:
+        key ^= (1 << (width - 1)) - 1
+    bits = torch.tensor([key], dtype=torch.int64 if wide else torch.int32)
+    return bits.view(torch.float64 if wide else torch.float32).item()
 
 
 def kth_largest(scores: dict[str, torch.Tensor], k: int) -> float:
-    """The k-th largest value over all tensors (1 <= k <= n, finite values), in O(n) time and bounded extra memory.
+    """The k-th largest value over all tensors (1 <= k <= n), exact, with no sort and on the scores' own devices.
 
-    1. Guess a narrow interval (low, high] that holds it, from a random sample of the scores.
-    2. One counting pass checks the guess: fewer than k values above `high`, at least k above `low`.
-    3. Search inside the interval (`_kth_in_interval`); if the guess was wrong, search everything instead.
-    The answer is exact either way; the sample only makes the usual case fast (a few cheap passes, no sort).
-    """
-    low, high = _sample_bracket(scores, k)
-    above, inside = 0, []
-    for chunk in _chunks(scores):
-        above += int((chunk > high).sum())
-        if sum(v.numel() for v in inside) <= _GATHER_AT_MOST:  # keep memory bounded if the guess was poor
-            inside.append(_in_range(chunk, low, high))
-    inside = torch.cat(inside)
-    if above < k <= above + inside.numel() and inside.numel() <= _GATHER_AT_MOST:
-        return inside.topk(k - above).values[-1].item()
-    return _kth_in_interval(scores, k, -math.inf, math.inf, 0)
-
-
-def _sample_bracket(scores: dict[str, torch.Tensor], k: int, sample_size: int = 1 << 20) -> tuple[float, float]:
-    """An interval (low, high] that very likely holds the k-th largest score, read off a uniform random sample.
-
-    The sample's rank of the k-th value is about k * m / n, with a standard deviation below sqrt(k * m / n); six
-    of those on each side make a miss rare (a miss costs only time, not correctness).
+    Radix select (DESIGN.md §2.4): the floats are mapped to integer keys of the same order (`_ordered_keys`); one
+    pass per 16 bits of the key counts, in one vectorised bincount per tensor, how many keys share each value of
+    those bits among the keys whose higher bits equal the ones already settled; walking that histogram from the top
+    settles the next 16 bits. float32 scores need two passes, float64 four. The key settled last is exactly the
+    k-th largest key, so the value is exact, ties included. Extra memory: one key and one digit per value of the
+    piece being counted (`_PIECE`), plus the histograms; the only host syncs are one per tensor and pass.
     """
     n = sum(t.numel() for t in scores.values())
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.cat([
-        t.reshape(-1)[torch.randint(t.numel(), (max(1, round(sample_size * t.numel() / n)),), generator=generator)
-                      .to(t.device)].cpu()
-        for t in scores.values()
-    ])
-    m = sample.numel()
-    expected = k * m / n
-    margin = 6 * math.sqrt(expected + 1) + 8
-    ranked = sample.sort(descending=True).values  # the sample is small (about a million values)
-    high_rank, low_rank = int(expected - margin), int(expected + margin)
-    high = ranked[high_rank].item() if high_rank >= 0 else math.inf
-    low = ranked[low_rank].item() if low_rank < m else -math.inf
-    if low == high:  # ties in the sample: widen so that the tied value is inside (low, high]
-        # in the scores' own precision: a float64 step below a float32 value rounds back to it
-        low = torch.nextafter(sample.new_tensor(low), sample.new_tensor(-math.inf)).item()
-    return low, high
-
-
-def _kth_in_interval(scores: dict[str, torch.Tensor], k: int, low: float, high: float, above: int) -> float:
-    """The k-th largest value, known to lie in (low, high] with `above` values greater than high.
-
-    Histogram search: each pass buckets the values inside the interval (geometric buckets for positive values, since
-    scores span many orders of magnitude) and keeps the bucket where the running count from the top reaches k. When
-    the interval holds few enough values they are gathered and the exact k-th is picked with topk.
-    """
-    for _ in range(16):
-        inside = 0
-        v_min, v_max = math.inf, -math.inf
-        for chunk in _chunks(scores):
-            values = _in_range(chunk, low, high)
-            if values.numel():
-                inside += values.numel()
-                v_min = min(v_min, values.min().item())
-                v_max = max(v_max, values.max().item())
-        rank = k - above  # the wanted value is the rank-th largest inside (low, high]
-        if v_min == v_max:  # all values inside are equal (ties, e.g. many zero scores)
-            return v_min
-        if inside <= _GATHER_AT_MOST:
-            gathered = torch.cat([_in_range(chunk, low, high) for chunk in _chunks(scores)])
-            return gathered.topk(rank).values[-1].item()
-        if v_min > 0:
-            edges = torch.logspace(math.log10(v_min), math.log10(v_max), _BINS + 1, dtype=torch.float64)
-        else:
-            edges = torch.linspace(v_min, v_max, _BINS + 1, dtype=torch.float64)
-        edges[0], edges[-1] = v_min, v_max
-        inner = edges[1:-1].float()
-        counts = torch.zeros(_BINS, dtype=torch.long)
-        for chunk in _chunks(scores):
-            values = _in_range(chunk, low, high)
-            if values.numel():
-                # bucket j holds inner[j-1] < v <= inner[j] (bucket 0: v <= inner[0]; last: v > inner[-1])
-                buckets = torch.bucketize(values, inner.to(values.device))
-                counts += torch.bincount(buckets, minlength=_BINS).cpu()
-        from_top = counts.flip(0).cumsum(0)
-        j = _BINS - 1 - int(torch.searchsorted(from_top, torch.tensor(rank)).item())  # bucket holding the rank-th
-        new_above = above + int(counts[j + 1:].sum())
-        new_low = inner[j - 1].item() if j > 0 else low
-        new_high = inner[j].item() if j < _BINS - 1 else high
-        if (new_low, new_high) == (low, high):  # no progress (float resolution): gather what is left
-            break
-        low, high, above = new_low, new_high, new_above
-    gathered = torch.cat([_in_range(chunk, low, high) for chunk in _chunks(scores)])
-    return gathered.topk(k - above).values[-1].item()
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    wide = any(t.dtype == torch.float64 for t in scores.values())
+    width, buckets = (64 if wide else 32), 1 << _DIGIT
+    prefix, above = None, 0  # the key's top bits settled so far (a signed number); keys greater than that prefix
+    for shift in range(width - _DIGIT, -1, -_DIGIT):
+        counts: dict[torch.device, torch.Tensor] = {}
+        for values in _pieces(scores, wide):
+            keys = _ordered_keys(values)
+            if prefix is None:  # the top bits, as a signed number in [-2^15, 2^15): shifted to a bucket index
+                digits = (keys >> shift).add_(buckets // 2)
+            else:  # only the keys that share the settled prefix, and their next 16 bits
+                keys = keys[(keys >> (shift + _DIGIT)) == prefix]
+                digits = (keys >> shift).bitwise_and_(buckets - 1)
+            count = torch.bincount(digits, minlength=buckets)
+            counts[count.device] = counts[count.device] + count if count.device in counts else count
+        total = sum(c.cpu() for c in counts.values())
+        from_top = total.flip(0).cumsum(0)  # from_top[j]: keys in the top j + 1 buckets
+        j = int(torch.searchsorted(from_top, torch.tensor([k - above])))  # the first with at least k - above
+        digit = buckets - 1 - j
+        above += int(from_top[j]) - int(total[digit])
+        prefix = digit - buckets // 2 if prefix is None else (prefix << _DIGIT) | digit
+    return _key_value(prefix, wide)
 
 
 @dataclass

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE_INDEX
+from .errors import GrinError
 
 
 def answer_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item: (sum of answer-token NLLs, number of answer tokens). Shapes [B], [B]."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]  # the token at t+1 is predicted from position t
+    labels = batch["labels"][:, 1:].to(logits.device)  # the token at t+1 is predicted from position t
     logits = logits[:, :-1].float()
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                           reduction="none").view(labels.shape)
@@ -120,8 +121,7 @@ def describe_losses() -> dict[str, str]:
 
 
 def get_loss(name: str):
-    from .config import GrinError
-
+    """The loss function registered under `name` (GrinError listing the valid names otherwise)."""
     if name not in LOSSES:
         raise GrinError(f"method: unknown method {name!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]

@@ -48,9 +48,19 @@ class LoadedModel:
             "layers": getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None),
             "hidden_size": getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None),
             "device": str(self.device),
+            "devices": sorted({str(p.device) for p in self.model.parameters()}),  # several with a device map
             "dtype": str(self.dtype).replace("torch.", ""),
             "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
         }
+
+
+def input_device(model) -> torch.device:
+    """Where a batch goes: the device of the input embeddings. With one device that is the model's device; with a
+    model spread over several (accelerate's device_map) the dispatch hooks move activations on from there."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -115,6 +125,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     source, where, extra = _where_to_load(spec.name)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    placement = {"device_map": spec.device_map or str(device)}  # one device, or accelerate's big-model placement
+    if spec.max_memory:
+        placement["max_memory"] = dict(spec.max_memory)  # a copy: transformers rewrites it in place
     try:
         config = AutoConfig.from_pretrained(where, **extra)
     except Exception as exc:  # OSError (not found, offline), ValueError (bad config) ...
@@ -123,15 +136,50 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise GrinError(f"model: {spec.name!r} is a {config.model_type!r} model, not a causal language model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
+        if source == "gguf":
+            # GGUF de-quantises fastest to float32 (transformers warns about other dtypes: 35 s instead of a few
+            # on a GPU in bf16): de-quantise on the CPU in float32, then cast, then move or place
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra).to(dtype)
+            model = place_model(model, spec.device_map, spec.max_memory) if spec.device_map else model.to(device)
+        else:  # Hub ids and folders load straight onto their device(s) in their dtype: no CPU round trip
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **placement, **extra)
     except Exception as exc:
         raise GrinError(f"model: could not load {spec.name!r}: {_first_line(exc)}") from exc
+    require_resident(model, spec.name)
     if tokenizer.pad_token is None:  # needed for batching; the pad positions are masked out everywhere
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    model.eval()
     for param in model.parameters():
         param.requires_grad_(False)  # the base never trains; runs switch gradients on for the weights they need
-    return LoadedModel(model=model, tokenizer=tokenizer, name=spec.name, source=source, device=device, dtype=dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=spec.name, source=source, device=input_device(model),
+                       dtype=dtype)
+
+
+def place_model(model, device_map, max_memory: dict | None = None):
+    """Spread a loaded model over devices with accelerate: a strategy name ("auto" ...) is turned into a
+    {module: device} map that keeps each decoder layer whole, then the model is dispatched (weights moved, hooks
+    that carry activations from device to device). Modules mapped to "cpu" run on the CPU, not offloaded."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    # main_device="cpu": accelerate would otherwise offload the "cpu" part (weights on "meta", fetched per call),
+    # and GRIN needs every weight resident to take its gradient and write it in place
+    return dispatch_model(model, device_map, main_device="cpu", force_hooks=True)
+
+
+def require_resident(model, name: str) -> None:
+    """Every weight must be a real tensor on a device: an offloaded weight (accelerate's "disk", or "cpu" next to a
+    GPU in a Hub device_map) has no gradient to score and cannot be trained in place."""
+    offloaded = sum(p.numel() for p in model.parameters() if p.device.type == "meta")
+    if offloaded:
+        raise GrinError(f"model: {offloaded:,} weights of {name!r} were offloaded (not resident on any device); "
+                        "give --max-memory room for the whole model on GPUs and CPU")
 
 
 def is_causal_lm(config, causal_mapping: dict) -> bool:

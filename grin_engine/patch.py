@@ -3,10 +3,14 @@
 A masked run changes only the selected entries (p of the candidates), so keeping just those entries and their
 positions costs about 12 bytes per selected weight (12 MB at p = 1% of SmolLM2-135M) instead of a whole model copy.
 That is what a web app keeps per visitor, and what a ZeroGPU worker process returns: CPU data, not a model.
+
+The same object taken *before* a run (the original values of the entries the run will change) is what lets a run
+train the base model in place and put it back exactly afterwards (`trained_in_place`, DESIGN.md §2.10).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +43,9 @@ def extract_patch(model, names: list[str], masks: dict[str, torch.Tensor] | None
     return WeightPatch(entries)
 
 
-def apply_patch(base: LoadedModel, patch: WeightPatch) -> LoadedModel:
-    """A copy of the base with the patch written in; the base itself is not touched."""
-    work = copy_model(base)
-    params = dict(work.model.named_parameters())
+def write_patch(model, patch: WeightPatch) -> None:
+    """Write the patch's values into `model` itself, in place (each weight on its own device)."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, (index, values) in patch.entries.items():
             flat = params[name].view(-1)
@@ -51,7 +54,30 @@ def apply_patch(base: LoadedModel, patch: WeightPatch) -> LoadedModel:
                 flat.copy_(values)
             else:
                 flat.index_copy_(0, index.to(flat.device), values)
+
+
+def apply_patch(base: LoadedModel, patch: WeightPatch) -> LoadedModel:
+    """A copy of the base with the patch written in; the base itself is not touched."""
+    work = copy_model(base)
+    write_patch(work.model, patch)
     return work
+
+
+@contextlib.contextmanager
+def trained_in_place(model, names: list[str], masks: dict[str, torch.Tensor] | None):
+    """Inside this block the named weights (only their masked entries, if masks) may be changed in place; on leaving
+    it, however it is left (normal end, Stop, a NaN loss, any exception), they get their original values back, bit
+    for bit. The originals are kept as a WeightPatch on the CPU: p of the candidates for a masked run, the
+    candidates themselves for an unmasked one (still no second model on the accelerator).
+
+    This replaces a deep copy of the whole model for a run. Only use it where nobody else reads `model` meanwhile
+    (the CLI; the app keeps copying, see grin_ui/gpu.py).
+    """
+    originals = extract_patch(model, names, masks)
+    try:
+        yield originals
+    finally:
+        write_patch(model, originals)
 
 
 def unlearned_copy(base: LoadedModel, patch) -> LoadedModel:

@@ -1,12 +1,14 @@
 """One GRIN run end to end: data -> scores -> selection -> noise -> masked unlearning -> metrics (DESIGN.md §2).
 
 `run()` is what the CLI calls; the pieces (`compute_influence_scores`, `select`, `unlearn_selected`) are public so
-the web app can cache scores and re-select without new gradients. The base model is never changed: scores and
-training happen on a private copy.
+the web app can cache scores and re-select without new gradients. The base model is never changed: by default
+training happens on a private copy; with `in_place=True` (the CLI) it happens on the base itself, whose changed
+entries are written back from their saved original values when the run ends, however it ends (DESIGN.md §2.10).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ from .influence import (Candidate, Selection, candidate_parameters, compute_infl
                         summarize_counts, summarize_selection)
 from .models import LoadedModel, copy_model
 from .noise import inject_noise
-from .patch import WeightPatch, extract_patch
+from .patch import WeightPatch, apply_patch, extract_patch, trained_in_place, unlearned_copy
 from .unlearn import UnlearnResult, attach_reference, unlearn
 
 METRIC_NAMES = ("rougeL_recall", "keyword_accuracy", "probability", "truth_ratio")
@@ -166,8 +168,8 @@ def _finished(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict, a
 
 def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, on_progress=None,
         should_stop=None, reference: LoadedModel | None = None, keep_model: bool = False,
-        before: dict | None = None, selection: Selection | None = None) -> RunResult:
-    """The whole pipeline on a private copy of `base`.
+        before: dict | None = None, selection: Selection | None = None, in_place: bool = False) -> RunResult:
+    """The whole pipeline on a private copy of `base` (or, with in_place=True, on `base` itself, restored exactly).
 
     on_progress(stage, done, total) with stage in "before", "influence", "unlearn", "after" (for unlearn, the loss
     of the step is passed as a fourth argument). should_stop() is checked at each of those reports (each batch or
@@ -176,6 +178,9 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
     only on the data, max_new_tokens and max_length), to save time.
     `reference`: a model never trained on the forget set, for TOFU's forget quality (KS test on truth ratios).
     `selection`: a ready mask (the comparison's baselines: random, |G_f| only); no influence scores are computed.
+    `in_place`: train the selected entries of `base` itself instead of a deep copy, and write their original values
+    back when the run ends (finished, stopped or failed): bit-identical, no second model in memory. Only for a base
+    that nobody else uses meanwhile (the CLI); `keep_model` then gets base + patch as a new copy.
     """
     require_items(forget, retain)
     say = _reporter(on_progress, should_stop)
@@ -186,7 +191,7 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         else:
             timings["eval_before_s"] = 0.0  # evaluated earlier, by the caller
 
-        work = copy_model(base)
+        work = base if in_place else copy_model(base)
         candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
         if selection is not None:
             timings["scores_s"] = timings["select_s"] = 0.0
@@ -210,12 +215,15 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
             losses.append(loss)  # kept here, so a stopped run still reports the steps it made
             say("unlearn", step, steps, loss)
 
-        start = time.perf_counter()
-        unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, list(candidates), masks, on_step)
-        timings["unlearn_s"] = time.perf_counter() - start
+        restoring = trained_in_place(work.model, list(candidates), masks) if in_place else contextlib.nullcontext()
+        with restoring:  # in place: the base gets its original values back on leaving, however this block ends
+            start = time.perf_counter()
+            unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, list(candidates), masks, on_step)
+            timings["unlearn_s"] = time.perf_counter() - start
 
-        after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
-        timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
+            after, timings["eval_after_s"] = _timed_evaluation(work, forget, retain, cfg, say, "after")
+            timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
+            patch = extract_patch(work.model, list(candidates), masks)
     except RunStopped:
         return _stopped(base, cfg, summary, before, losses, timings)
 
@@ -224,35 +232,39 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
         ref_eval = evaluate_split(reference.model, reference.tokenizer, forget, "forget", cfg.max_new_tokens,
                                   cfg.max_length)
         forget_quality = metrics.forget_quality(after["forget"]["truth_ratios"], ref_eval["truth_ratios"])
+    kept = (apply_patch(base, patch) if in_place else work) if keep_model else None
     return _finished(base, cfg, summary, before, after, forget, retain, losses, timings,
-                     forget_quality=forget_quality, patch=extract_patch(work.model, list(candidates), masks),
-                     unlearned_model=work if keep_model else None)
+                     forget_quality=forget_quality, patch=patch, unlearned_model=kept)
 
 
 def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, on_progress=None,
-             should_stop=None, before: dict | None = None, keep_model: bool = False) -> RunResult:
+             should_stop=None, before: dict | None = None, keep_model: bool = False,
+             in_place: bool = False) -> RunResult:
     """GRUN end to end (DESIGN.md §2.9) on a private copy of `base`: gated edits trained, weights untouched.
 
     Same stages, callbacks and result as run(), without "influence". The result's `patch` is the trained GRUN as
     CPU data (a GrunState; `patch.unlearned_copy(base, state)` attaches it to a copy of the base), and `gates` holds each
-    item's gate value after training.
+    item's gate value after training. `in_place`: hook the edits into `base` itself (no copy) and remove them when
+    the run ends, however it ends; as for run(), only where nobody else uses `base` meanwhile.
     """
     require_items(forget, retain)
     say = _reporter(on_progress, should_stop)
     timings, losses = {}, []
-    work = copy_model(base)  # hooks on the shared base would change it for everybody else while we train
+    # hooks on a shared base would change it for everybody else while we train: a copy unless told otherwise
+    work = base if in_place else copy_model(base)
     config = work.model.config
     layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
     grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
-                         gate=cfg.grun_gate), seed=cfg.seed).attach(work.model, work.tokenizer)
+                         gate=cfg.grun_gate), seed=cfg.seed)
     summary = {"kind": "grun", "layers": list(layers), "rank": int(cfg.grun_rank), "gate": cfg.grun_gate,
                "trainable": sum(p.numel() for p in grun.parameters()),
                "candidates": sum(c.numel for c in candidate_parameters(work.model).values()), "selected": 0}
     try:
-        if before is None:
+        if before is None:  # before the edits are attached (in place, `work` is `base`)
             before, timings["eval_before_s"] = _timed_evaluation(base, forget, retain, cfg, say, "before")
         else:
             timings["eval_before_s"] = 0.0  # evaluated earlier, by the caller
+        grun.attach(work.model, work.tokenizer)
 
         def on_step(step, steps, loss):
             losses.append(loss)
@@ -266,10 +278,11 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
                  for split, items in (("forget", forget), ("retain", retain))}
         timings["eval_s"] = timings["eval_before_s"] + timings["eval_after_s"]
     except RunStopped:
-        grun.detach()
         return _stopped(base, cfg, summary, before, losses, timings)
+    finally:
+        if in_place or not keep_model:
+            grun.detach()  # in place: the base is the original model again, whatever happened above
     state = export_state(grun)
-    if not keep_model:
-        grun.detach()
+    kept = (unlearned_copy(base, state) if in_place else work) if keep_model else None
     return _finished(base, cfg, summary, before, after, forget, retain, losses, timings, patch=state, gates=gates,
-                     unlearned_model=work if keep_model else None)
+                     unlearned_model=kept)

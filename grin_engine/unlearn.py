@@ -18,6 +18,7 @@ import torch
 
 from .config import GrinConfig, GrinError
 from .losses import answer_logprob, get_loss
+from .models import input_device
 
 
 @dataclass
@@ -69,7 +70,7 @@ class UnlearnResult:
 
 def attach_reference(model, forget_batches: list[dict]) -> None:
     """Cache log pi_ref(y|x) of the current (pre-unlearning) model on each forget batch and its refusal sub-batch."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     with torch.no_grad():
         for batch in forget_batches:
             for part in (batch, batch.get("idk")):
@@ -83,6 +84,43 @@ def move_batch(batch: dict, device) -> dict:
     return {k: (move_batch(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
 
 
+def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float, on_step=None,
+               should_stop=None, after_backward=None, after_update=None, what: str = "unlearning",
+               hint: str = "a smaller learning rate") -> UnlearnResult:
+    """The one optimisation loop of the engine (masked unlearning here, GRUN in grun.py), `steps` steps of:
+
+        should_stop()? -> loss = step_loss(step) -> finite? -> backward -> after_backward() -> clip the gradient
+        norm of `leaves` to max_grad_norm (0: no clipping) -> optimizer step -> after_update() -> on_step(...)
+
+    `should_stop()` is checked before each step, so a cancel takes effect within one step. A loss that is nan or
+    inf ends the loop with a GrinError before it is applied (the model is left as after the last good step).
+    """
+    result = UnlearnResult(trainable=sum(leaf.numel() for leaf in leaves))
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            result.stopped = True
+            break
+        loss = step_loss(step)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise GrinError(f"{what} stopped at step {step + 1}: the loss became {value} (try {hint})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm)
+        optimizer.step()
+        if after_update is not None:
+            after_update()
+        result.losses.append(value)
+        result.steps_done = step + 1
+        if on_step is not None:
+            on_step(step + 1, steps, value)
+    optimizer.zero_grad(set_to_none=True)
+    return result
+
+
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
             masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None) -> UnlearnResult:
     """Run cfg.steps optimiser steps of cfg.method on the weights in `names` (only the masked entries if masks).
@@ -92,43 +130,35 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
     A loss that is nan or inf stops the run with a GrinError (the model is then left as after the last good step).
     """
     loss_fn = get_loss(cfg.method)
-    device = next(model.parameters()).device
+    device = input_device(model)
     params = dict(model.named_parameters())
     for param in model.parameters():
         param.requires_grad_(False)
     slices = trainable_slices(params, names, masks)
-    result = UnlearnResult(trainable=sum(s.values.numel() for s in slices))
     if not slices:
-        return result
+        return UnlearnResult()
     leaves = [s.values for s in slices]
     optimizer = torch.optim.AdamW(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step_loss(step):
+        forget = move_batch(forget_batches[step % len(forget_batches)], device)
+        retain = move_batch(retain_batches[step % len(retain_batches)], device)
+        return loss_fn(model, forget, retain, cfg)
+
+    def load_gradients():  # the selected entries' gradients onto the optimiser's leaves
+        for s in slices:
+            s.load_gradient()
+
+    @torch.no_grad()
+    def write_back():  # the updated entries into the weights; nothing else in them is written
+        for s in slices:
+            s.write_back()
+
     try:
-        for step in range(cfg.steps):
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                break
-            forget = move_batch(forget_batches[step % len(forget_batches)], device)
-            retain = move_batch(retain_batches[step % len(retain_batches)], device)
-            loss = loss_fn(model, forget, retain, cfg)
-            if not math.isfinite(loss.item()):
-                raise GrinError(f"unlearning stopped at step {step + 1}: the loss became {loss.item()} "
-                                f"(try a smaller learning rate or sigma2)")
-            loss.backward()
-            for s in slices:
-                s.load_gradient()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(leaves, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for s in slices:
-                    s.write_back()
-            result.losses.append(loss.item())
-            result.steps_done = step + 1
-            if on_step is not None:
-                on_step(step + 1, cfg.steps, loss.item())
+        return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, on_step, should_stop,
+                          after_backward=load_gradients, after_update=write_back,
+                          hint="a smaller learning rate or sigma2")
     finally:
         for param in model.parameters():
             param.requires_grad_(False)
             param.grad = None
-    return result

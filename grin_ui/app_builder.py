@@ -43,11 +43,13 @@ def build_app() -> gr.Blocks:
         s["load_btn"].click(
             cb.load, [s["model_source"], s["model_name"], s["forget_builtin"], s["forget_tofu"], s["forget_file"],
                       s["retain_builtin"], s["retain_tofu"], s["retain_file"], session],
-            [s["facts"], s["preview"], s["load_status"], session], api_name="load", **MODEL)
+            [s["facts"], s["preview"], s["load_status"], session], api_name="load", show_progress_on=s["load_status"],
+            **MODEL)
 
         figures = [i["selection_md"], i["heatmap"], i["layer_bars"], i["score_hist"]]
         i["influence_btn"].click(cb.influence, [s["max_items"], i["p_percent"], session],
-                                 [i["influence_status"], session] + figures, api_name="influence", **MODEL)
+                                 [i["influence_status"], session] + figures, api_name="influence",
+                                 show_progress_on=i["influence_status"], **MODEL)
         select_outputs = figures + [u["u_p_percent"]]
         i["p_percent"].submit(cb.select, [i["p_percent"], session], select_outputs, api_name="select",
                               concurrency_limit=4)
@@ -68,7 +70,7 @@ def build_app() -> gr.Blocks:
         u["run_btn"].click(
             cb.unlearn, controls + [s["max_items"], session],
             [u["run_status"], u["loss_plot"], session, c["forget_gen"], c["retain_gen"], c["metrics"]],
-            api_name="unlearn", **MODEL)
+            api_name="unlearn", show_progress_on=u["run_status"], **MODEL)
         u["stop_btn"].click(cb.stop, None, u["run_status"], api_name="stop", concurrency_id="stop",
                             concurrency_limit=None)
 
@@ -84,7 +86,7 @@ def build_app() -> gr.Blocks:
                                  m["grun_steps"]] + controls
             + [s["max_items"], m["answers_split"], session],
             [m["compare_status"], session, m["methods_table"], m["methods_scatter"], m["overlap"],
-             m["methods_answers"]], api_name="compare", **MODEL)
+             m["methods_answers"]], api_name="compare", show_progress_on=m["compare_status"], **MODEL)
         m["compare_stop_btn"].click(cb.stop, None, m["compare_status"], api_name="stop_compare",
                                     api_visibility="undocumented", concurrency_id="stop", concurrency_limit=None)
         m["answers_split"].change(cb.methods_answers, [m["answers_split"], session], m["methods_answers"],

@@ -7,6 +7,13 @@ a GrinConfig, a StopFlag whose state is a file, which the worker process sees to
 ZeroGPU provides, is only read. Locally `spaces` is absent and `gpu()` is a no-op: the same code runs in-process,
 on a GPU when there is one.
 
+The shared base is never trained in place here (the engine's `in_place=True`, which the CLI uses, would let another
+visitor's generation see a half-trained model): every run and every score computation works on a private copy.
+
+The GPU time each call asks ZeroGPU for is computed from its arguments (`spaces.GPU(duration=callable)`): items,
+steps and the model's size, from per-item and per-step costs measured on an H100 with the default model (issue 8),
+scaled by the parameter count; a shorter request gets a visitor through ZeroGPU's queue sooner.
+
 The long ones are generators of messages:
     ("progress", {stage: latest event}, unlearning losses so far)   while working
     ("done", result) | ("stopped", None) | ("error", GrinError)      once, at the end
@@ -38,9 +45,52 @@ except ImportError:
     spaces = None
 
 
-def gpu(duration: int):
-    """spaces.GPU(duration=...) on a ZeroGPU Space, else a no-op decorator."""
+def gpu(duration):
+    """spaces.GPU(duration=...) on a ZeroGPU Space, else a no-op decorator. `duration`: seconds, or a function of
+    the decorated function's arguments that returns them."""
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
+
+
+# Seconds per unit of work for the default 135M model on one H100 (issue 8's measurements, rounded up): one answer
+# generated in a memory-sized batch, one item's gradients, one unlearning step; plus a fixed start-up allowance.
+GPU_SECONDS = {"answer": 0.05, "gradient_item": 0.08, "step": 0.4, "start": 30.0}
+MAX_GPU_SECONDS = 1200
+DEFAULT_PARAMETERS = 135e6
+
+
+def _model_scale(model_name: str) -> float:
+    """How much bigger than the default the named model is (1 when it is not loaded in this process yet)."""
+    loaded = getattr(STORE, "_current", None)  # read only: the duration must not load a model
+    if loaded is None or loaded.name != model_name:
+        return 1.0
+    return max(1.0, sum(p.numel() for p in loaded.model.parameters()) / DEFAULT_PARAMETERS)
+
+
+def gpu_seconds(model_name: str, answers: int = 0, gradient_items: int = 0, steps: int = 0) -> int:
+    """The GPU time to ask for: start-up + the work's units at the default model's rates, times the model's scale."""
+    work = (answers * GPU_SECONDS["answer"] + gradient_items * GPU_SECONDS["gradient_item"]
+            + steps * GPU_SECONDS["step"])
+    return int(min(MAX_GPU_SECONDS, GPU_SECONDS["start"] + work * _model_scale(model_name)))
+
+
+def influence_seconds(model_name, forget, retain, stop) -> int:
+    return gpu_seconds(model_name, gradient_items=len(forget) + len(retain))
+
+
+def unlearn_seconds(model_name, forget, retain, cfg, before, stop) -> int:
+    items = len(forget) + len(retain)
+    answers = items * (1 if before else 2) * cfg.max_new_tokens / 48  # the base's answers may come cached
+    return gpu_seconds(model_name, answers=answers, gradient_items=items, steps=cfg.steps)
+
+
+def compare_seconds(model_name, forget, retain, cfg, methods, stop) -> int:
+    items, runs = len(forget) + len(retain), len(methods)
+    return gpu_seconds(model_name, answers=items * (1 + runs) * cfg.max_new_tokens / 48, gradient_items=items,
+                       steps=runs * max(cfg.steps, cfg.grun_steps))
+
+
+def generate_seconds(model_name, prompt, patch, max_new_tokens) -> int:
+    return gpu_seconds(model_name, answers=2 * max_new_tokens / 48) + 30  # + building base + patch
 
 
 def _as_user_error(exc: BaseException) -> GrinError:
@@ -73,7 +123,7 @@ def stoppable(report, stage: str, stop: StopFlag):
     return on_item
 
 
-@gpu(duration=300)
+@gpu(duration=influence_seconds)
 def influence_work(model_name: str, forget: list[QAItem], retain: list[QAItem], stop: StopFlag):
     """Influence scores on a copy of the base, summarised as per-matrix histograms: done -> (histograms, seconds)."""
     cfg = GrinConfig()
@@ -89,7 +139,7 @@ def influence_work(model_name: str, forget: list[QAItem], retain: list[QAItem], 
     yield from _stream(work, stop)
 
 
-@gpu(duration=600)
+@gpu(duration=unlearn_seconds)
 def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                  before: dict | None, stop: StopFlag):
     """One GRIN run on a copy of the base: done -> (base evaluation, RunResult), or (None, None) when stopped
@@ -113,7 +163,7 @@ def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
     yield from _stream(work, stop)
 
 
-@gpu(duration=1200)
+@gpu(duration=compare_seconds)
 def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
                  stop: StopFlag):
     """Several methods on the same data (grin_engine.compare): done -> Comparison, with the patches of the masked
@@ -129,7 +179,7 @@ def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
     yield from _stream(work, stop)
 
 
-@gpu(duration=120)
+@gpu(duration=generate_seconds)
 def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_new_tokens: int):
     """The prompt answered by the base model and, when there is a patch, by base + patch: (before, after | None)."""
     try:

@@ -32,7 +32,8 @@ def _data_inputs(which: str, default: str) -> dict:
                     "answer[, keywords]")
         builtin = gr.Dropdown(names, value=default if default in names else (names[0] if names else None),
                               label="built-in set")
-        tofu = gr.Textbox(label="or TOFU from the Hub", placeholder="tofu:forget01_perturbed")
+        example = "tofu:forget01_perturbed" if which == "forget" else "tofu:retain_perturbed"
+        tofu = gr.Textbox(label="or TOFU from the Hub", placeholder=example)
         upload = gr.File(label="or upload JSONL / JSON / CSV", file_types=[".jsonl", ".json", ".csv"],
                          type="filepath", height=170)
     return {f"{which}_builtin": builtin, f"{which}_tofu": tofu, f"{which}_file": upload}
@@ -98,17 +99,20 @@ def unlearn_tab() -> dict:
     with gr.Tab("Unlearn", id="unlearn"):
         with gr.Row():
             for name in PRESETS:
-                c[f"preset::{name}"] = gr.Button(name, size="sm")
+                c[f"preset::{name}"] = gr.Button(f"Preset: {name}", variant="secondary", size="md")
         gr.Markdown(PRESET_NOTE)
         with gr.Row():
             c["method"] = gr.Dropdown(list(LOSSES), value=DEFAULTS.method, label="method",
                                       info="what each does: open “What the methods do” below")
             c["u_p_percent"] = gr.Number(100 * DEFAULTS.p, label="p (%) of weights to train",
-                                         minimum=0.0001, maximum=100)
+                                         minimum=0.0001, maximum=100,
+                                         info="follows the Influence tab's p; type here to use another")
             c["sigma2"] = gr.Dropdown(SIGMA2_CHOICES, value=_sigma2_choice(DEFAULTS.sigma2), label="noise σ²")
             c["use_mask"] = gr.Checkbox(True, label="mask (GRIN)", info="off: plain baseline, all weights, no noise")
         with gr.Accordion("What the methods do", open=False):
-            gr.Markdown("\n".join(f"- **{k}**: {v}" for k, v in methods.items()))
+            gr.Markdown("\n".join(f"- **{k}**: {v}" for k, v in methods.items())
+                        + f"\n\ngamma and delta have no control here: the app uses their defaults, gamma = {DEFAULTS.gamma:g} "
+                          f"and delta = {DEFAULTS.delta:g}.")
         with gr.Row():
             c["lr"] = gr.Number(DEFAULTS.lr, label="learning rate", minimum=0)
             c["steps"] = gr.Slider(1, 200, value=DEFAULTS.steps, step=1, label="steps")
@@ -186,7 +190,7 @@ def methods_tab() -> dict:
             c["compare_stop_btn"] = gr.Button("Stop", variant="stop")
         c["compare_status"] = gr.Markdown(elem_id="compare_status")
         c["methods_table"] = gr.Dataframe(tables.methods_table(None), label="metrics after unlearning, per method",
-                                          interactive=False, elem_id="methods_table")
+                                          interactive=False, wrap=True, elem_id="methods_table")
         with gr.Row():
             c["methods_scatter"] = gr.Plot(plots.methods_scatter(None), label="forget vs retain", scale=3,
                                            elem_id="methods_scatter")

@@ -120,8 +120,8 @@ def score_histogram(hist, summary: dict | None, display_bins: int = 128) -> go.F
                              width=float(highs[0] - lows[0]) if len(lows) else None,
                              hovertemplate="log10 score %{x:.2f}: %{y:,} weights<extra></extra>"))
     if cut is not None:
-        fig.add_vline(x=cut, line_dash="dash", line_color="#c53030",
-                      annotation_text=f"threshold 10^{cut:.2f} (top {100 * summary['p']:g}%)")
+        fig.add_vline(x=cut, line_dash="dash", line_color="#c53030",  # the same number the selection text gives
+                      annotation_text=f"threshold S = {threshold:.3g} (top {100 * summary['p']:g}%)")
     fig.update_layout(title="Influence scores S = |G_f| / (|G_r| + eps), all candidate weights", barmode="overlay",
                       xaxis={"title": "log10 S"}, yaxis={"title": "weights", "type": "log"}, height=360,
                       legend={"orientation": "h", "y": 1.12})
@@ -133,6 +133,9 @@ def loss_curve(losses: list[float], steps: int | None = None) -> go.Figure:
     fig = go.Figure()
     if losses:
         fig.add_trace(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines+markers", name="loss"))
+    else:  # empty axes alone look broken: say what will appear here
+        fig.add_annotation(text="press Run: the loss of each training step appears here", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14, "color": "#718096"})
     fig.update_layout(title="Unlearning loss per step", xaxis={"title": "step", "range": [0.5, (steps or 1) + 0.5],
                                                                    "dtick": max(1, math.ceil((steps or 1) / 10))},
                       yaxis={"title": "loss"}, height=320)
@@ -150,8 +153,9 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
         return _empty("Forget vs retain", "run a comparison first")
     fig = go.Figure()
     base_f, base_r = rows[0]["forget_keyword_accuracy_before"], rows[0]["retain_keyword_accuracy_before"]
+    # the ideal label sits above the star: a method that reaches the corner is drawn on the star itself
     fig.add_trace(go.Scatter(x=[0], y=[base_r], mode="markers+text", name="ideal", text=["ideal"],
-                             textposition="middle left", marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             textposition="top left", marker={"symbol": "star", "size": 18, "color": "#38a169"},
                              hovertemplate="ideal: forgets all, keeps all the base knew<extra></extra>"))
     fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["before"],
                              textposition="middle left", marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
@@ -168,6 +172,6 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
             hovertemplate=f"<b>{r['method']}</b><br>forget KA %{{x:.3f}}<br>retain KA %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title="Forget vs retain (keyword accuracy after unlearning)",
                       xaxis={"title": "forget keyword accuracy (lower = forgot more)", "range": [-0.15, 1.1]},
-                      yaxis={"title": "retain keyword accuracy (higher = kept more)", "range": [-0.05, 1.1]},
+                      yaxis={"title": "retain keyword accuracy (higher = kept more)", "range": [-0.05, 1.18]},
                       height=420, showlegend=False)
     return fig

@@ -102,7 +102,7 @@ def selection_text(summary: dict | None, seconds: float | None = None) -> str:
     threshold = summary.get("threshold")
     lines = [
         f"**p = {100 * summary['p']:g}%**: {summary['selected']:,} of {summary['candidates']:,} candidate weights "
-        f"selected ({100 * summary['fraction']:.4f}%)" + (f", score threshold {threshold:.3g}" if threshold else ""),
+        f"selected ({100 * summary['fraction']:.4f}%)" + (f", threshold S = {threshold:.3g}" if threshold else ""),
         f"- attention: {att['selected']:,} of {att['total']:,} ({100 * att['selected'] / max(1, att['total']):.4f}%)",
         f"- feed-forward: {ffn['selected']:,} of {ffn['total']:,} ({100 * ffn['selected'] / max(1, ffn['total']):.4f}%)",
     ]
@@ -168,7 +168,8 @@ def overlap_text(overlap: dict, masks_selected: dict, p: float | None) -> str:
     chance = p / (2 - p) if p else None  # Jaccard of two independent random masks of the same size
     lines = ["**Overlap of the GRIN mask with the other masks** (Jaccard |A∩B| / |A∪B|: 1 = the same weights, "
              "0 = none shared)"]
-    names = {"random": "random mask", "forget-grad": "|G_f|-only mask"}
+    names = {"random": "a random mask of the same size (drawn for this comparison; trained only if `random` is ticked)",
+             "forget-grad": "|G_f|-only mask"}
     for name, value in overlap.items():
         lines.append(f"- {names.get(name, name)}: **{value:.4f}**")
     if chance is not None:

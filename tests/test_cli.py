@@ -20,6 +20,8 @@ BAD_INPUTS = {
     "unknown_set": (["run", "--forget", "no_such_set"], "no_such_set"),
     "missing_file": (["run", "--forget", "/tmp/does/not/exist.jsonl"], "/tmp/does/not/exist.jsonl"),
     "unknown_model": (["run", "--model", "no-such-org/xyz"], "no-such-org/xyz"),
+    "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
+    "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
     "unknown_attack": (["run", "--attacks", "relearn,nope"], "unknown nope"),
     "attack_missing_report": (["attack", "/tmp/no/such/report.json"], "/tmp/no/such/report.json"),
     "attack_bad_steps": (["run", "--attacks", "relearn", "--relearn-steps", "0"], "relearn steps"),

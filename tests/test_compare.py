@@ -102,3 +102,19 @@ def test_stop_keeps_the_methods_already_finished(tiny, forget_items, retain_item
     assert comparison.stopped
     assert not comparison.results["full"].stopped and comparison.results["grun"].stopped
     assert "before" in seen and "full/unlearn" in seen
+
+
+def test_compare_in_place_equals_compare_on_copies_and_restores_the_base(tiny, forget_items, retain_items):
+    """The CLI's compare trains the base itself, method after method: same results, base bit-identical after."""
+    saved = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    methods = ["grin", "grun", "full", "random"]
+    on_copies = compare(tiny, forget_items, retain_items, _cfg(), methods)
+    in_place = compare(tiny, forget_items, retain_items, _cfg(), methods, in_place=True)
+    def without_time(table):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in table]
+
+    assert without_time(in_place.table()) == without_time(on_copies.table())
+    assert in_place.generations() == on_copies.generations()
+    assert in_place.overlap == on_copies.overlap
+    for name, value in tiny.model.state_dict().items():
+        assert torch.equal(value, saved[name]), name

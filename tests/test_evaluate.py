@@ -43,3 +43,68 @@ def test_mcq_accuracy_is_argmax_of_choice_loglikelihoods(tiny):
     result = evaluate.mcq_accuracy(tiny.model, tiny.tokenizer, [question, question], [choices, choices],
                                    [best, (best + 1) % 3])
     assert result.per_item == [1.0, 0.0] and result.value == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batching: sorted by length, sized by a token budget; the same answers and NLLs as one item at a time
+
+
+def test_length_batches_sorted_within_budget_every_index_once():
+    lengths = [5, 40, 7, 7, 3, 90, 12, 40, 1]
+    for budget, max_rows in ((50, None), (100, 2), (1, None), (10_000, 3)):
+        batches = evaluate.length_batches(lengths, budget, max_rows)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        flat = [lengths[i] for b in batches for i in b]
+        assert flat == sorted(flat)  # shortest first
+        for b in batches:
+            assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+            assert max_rows is None or len(b) <= max_rows
+    assert evaluate.length_batches([], 100) == []
+
+
+def _questions():
+    from conftest import FORGET, RETAIN
+
+    extra = ["Tell me, in a few words, which house Harry is in and who the headmaster of Hogwarts is?", "Owl?"]
+    return [it.question for it in FORGET + RETAIN] + extra
+
+
+def _sharp_tiny(tokenizer, seed=1):
+    """A tiny random Llama whose weights (norms aside) are scaled up: its greedy answers are long and differ between
+    questions (the plain tiny model answers only newlines, which would make the comparison below empty)."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(len(tokenizer), seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.mul_(10)
+    return model
+
+
+def test_batched_generation_equals_one_question_at_a_time(tokenizer, monkeypatch):
+    model, questions = _sharp_tiny(tokenizer), _questions()
+    one_by_one = [evaluate.generate_answers(model, tokenizer, [q], max_new_tokens=12)[0] for q in questions]
+    assert len(set(one_by_one)) == len(questions) and all(one_by_one)
+    for budget in (60, 200, 100_000):  # a few rows per batch ... everything in one batch
+        monkeypatch.setattr(evaluate, "CPU_GENERATION_TOKENS", budget)
+        seen = []
+        answers = evaluate.generate_answers(model, tokenizer, questions, max_new_tokens=12,
+                                            on_batch=lambda done, total: seen.append((done, total)))
+        assert answers == one_by_one, budget
+        assert seen[-1] == (len(questions), len(questions)) and len(seen) >= 1
+    assert len(seen) == 1
+
+
+def test_batched_nlls_equal_one_pair_at_a_time(tokenizer, monkeypatch):
+    from conftest import FORGET, RETAIN
+
+    model = _sharp_tiny(tokenizer)
+    pairs = [(it.question, it.answer) for it in FORGET + RETAIN] + [("Owl?", "Hedwig, a snowy owl, " * 5)]
+    singles = [evaluate.pair_nlls(model, tokenizer, [pair]) for pair in pairs]
+    for budget in (50, 400, 100_000):
+        monkeypatch.setattr(evaluate, "CPU_SCORING_TOKENS", budget)
+        sums, counts = evaluate.pair_nlls(model, tokenizer, pairs)
+        for (one_sums, one_counts), s, c in zip(singles, sums, counts):
+            assert c == one_counts[0]
+            assert math.isclose(s, one_sums[0], rel_tol=1e-5, abs_tol=1e-5), budget

@@ -117,3 +117,28 @@ def test_errors_come_back_as_user_errors(stored_tiny, tmp_path):
     final = list(gpu.influence_work("tiny", [], [], stop))[-1]  # no items: the engine refuses
     assert final[0] == "error" and isinstance(final[1], GrinError)
     pickle.dumps(final)
+
+
+def test_gpu_durations_follow_items_steps_and_model_size(stored_tiny, forget_items, retain_items, monkeypatch):
+    """spaces.GPU(duration=callable): the callable takes the work function's own arguments, and the time asked
+    for grows with the items, the steps and the model's size, within ZeroGPU's bounds."""
+    import inspect
+
+    pairs = [(gpu.influence_seconds, gpu.influence_work), (gpu.unlearn_seconds, gpu.unlearn_work),
+             (gpu.compare_seconds, gpu.compare_work), (gpu.generate_seconds, gpu.generate_work)]
+    for duration, work in pairs:
+        assert list(inspect.signature(duration).parameters) == list(inspect.signature(work).parameters)
+    cfg, stop = GrinConfig(steps=20), None
+    few = gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, stop)
+    many = gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, None, stop)
+    more_steps = gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], GrinConfig(steps=200), None, stop)
+    cached = gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, {"forget": {}}, stop)
+    assert 30 <= few < cached < many <= gpu.MAX_GPU_SECONDS and few < more_steps
+    assert gpu.influence_seconds("tiny", forget_items, retain_items, stop) < \
+        gpu.influence_seconds("tiny", forget_items * 50, retain_items * 50, stop)
+    small = gpu.compare_seconds("tiny", forget_items, retain_items, cfg, ["grin"], stop)
+    assert small < gpu.compare_seconds("tiny", forget_items, retain_items, cfg, ["grin", "grun", "full"], stop)
+    monkeypatch.setattr(gpu, "DEFAULT_PARAMETERS", 1e3)  # the tiny model now counts as a much bigger one
+    assert gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, stop) > few
+    assert gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, None, stop) == gpu.MAX_GPU_SECONDS
+    assert gpu.unlearn_seconds("not-loaded", forget_items[:1], retain_items[:1], cfg, None, stop) == few

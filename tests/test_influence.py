@@ -251,19 +251,122 @@ def test_candidates_recognise_every_block_weight(arch_models, arch):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# kth_largest: exact, whatever path it takes
+# kth_largest: exact; the same tau as topk and as the previous algorithm (kept below as the reference)
+
+# The previous algorithm of influence.kth_largest (sampled bracket, histogram passes over 4M-value chunks, topk at
+# the end), kept verbatim as the reference the radix select must agree with.
+_BINS = 4096  # buckets per histogram pass; each pass narrows the search by about this factor
+_GATHER_AT_MOST = 1 << 20  # once the k-th value's bucket holds this few values, gather them and pick it exactly
+_CHUNK = 1 << 22  # values handled at once, so the extra memory is bounded whatever the model size
 
 
-@pytest.fixture
-def small_sample(monkeypatch):
-    """The sample that guesses the bracket is a million values by default (0.2 s a call); a few thousand keep these
-    tests fast and make a missed guess (the fallback path) more likely, which is what they are about."""
-    original = influence._sample_bracket
-    monkeypatch.setattr(influence, "_sample_bracket", lambda scores, k: original(scores, k, sample_size=2048))
+def _chunks(scores: dict[str, torch.Tensor]):
+    for tensor in scores.values():
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), _CHUNK):
+            yield flat[start: start + _CHUNK]
+
+
+def _in_range(chunk: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """The values v with low < v <= high."""
+    return chunk[(chunk > low) & (chunk <= high)]
+
+
+def _old_kth_largest(scores: dict[str, torch.Tensor], k: int, sample_size: int = 1 << 20) -> float:
+    """The k-th largest value over all tensors (1 <= k <= n, finite values), in O(n) time and bounded extra memory.
+
+    1. Guess a narrow interval (low, high] that holds it, from a random sample of the scores.
+    2. One counting pass checks the guess: fewer than k values above `high`, at least k above `low`.
+    3. Search inside the interval (`_kth_in_interval`); if the guess was wrong, search everything instead.
+    The answer is exact either way; the sample only makes the usual case fast (a few cheap passes, no sort).
+    """
+    low, high = _sample_bracket(scores, k, sample_size)
+    above, inside = 0, []
+    for chunk in _chunks(scores):
+        above += int((chunk > high).sum())
+        if sum(v.numel() for v in inside) <= _GATHER_AT_MOST:  # keep memory bounded if the guess was poor
+            inside.append(_in_range(chunk, low, high))
+    inside = torch.cat(inside)
+    if above < k <= above + inside.numel() and inside.numel() <= _GATHER_AT_MOST:
+        return inside.topk(k - above).values[-1].item()
+    return _kth_in_interval(scores, k, -math.inf, math.inf, 0)
+
+
+def _sample_bracket(scores: dict[str, torch.Tensor], k: int, sample_size: int = 1 << 20) -> tuple[float, float]:
+    """An interval (low, high] that very likely holds the k-th largest score, read off a uniform random sample.
+
+    The sample's rank of the k-th value is about k * m / n, with a standard deviation below sqrt(k * m / n); six
+    of those on each side make a miss rare (a miss costs only time, not correctness).
+    """
+    n = sum(t.numel() for t in scores.values())
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.cat([
+        t.reshape(-1)[torch.randint(t.numel(), (max(1, round(sample_size * t.numel() / n)),), generator=generator)
+                      .to(t.device)].cpu()
+        for t in scores.values()
+    ])
+    m = sample.numel()
+    expected = k * m / n
+    margin = 6 * math.sqrt(expected + 1) + 8
+    ranked = sample.sort(descending=True).values  # the sample is small (about a million values)
+    high_rank, low_rank = int(expected - margin), int(expected + margin)
+    high = ranked[high_rank].item() if high_rank >= 0 else math.inf
+    low = ranked[low_rank].item() if low_rank < m else -math.inf
+    if low == high:  # ties in the sample: widen so that the tied value is inside (low, high]
+        # in the scores' own precision: a float64 step below a float32 value rounds back to it
+        low = torch.nextafter(sample.new_tensor(low), sample.new_tensor(-math.inf)).item()
+    return low, high
+
+
+def _kth_in_interval(scores: dict[str, torch.Tensor], k: int, low: float, high: float, above: int) -> float:
+    """The k-th largest value, known to lie in (low, high] with `above` values greater than high.
+
+    Histogram search: each pass buckets the values inside the interval (geometric buckets for positive values, since
+    scores span many orders of magnitude) and keeps the bucket where the running count from the top reaches k. When
+    the interval holds few enough values they are gathered and the exact k-th is picked with topk.
+    """
+    for _ in range(16):
+        inside = 0
+        v_min, v_max = math.inf, -math.inf
+        for chunk in _chunks(scores):
+            values = _in_range(chunk, low, high)
+            if values.numel():
+                inside += values.numel()
+                v_min = min(v_min, values.min().item())
+                v_max = max(v_max, values.max().item())
+        rank = k - above  # the wanted value is the rank-th largest inside (low, high]
+        if v_min == v_max:  # all values inside are equal (ties, e.g. many zero scores)
+            return v_min
+        if inside <= _GATHER_AT_MOST:
+            gathered = torch.cat([_in_range(chunk, low, high) for chunk in _chunks(scores)])
+            return gathered.topk(rank).values[-1].item()
+        if v_min > 0:
+            edges = torch.logspace(math.log10(v_min), math.log10(v_max), _BINS + 1, dtype=torch.float64)
+        else:
+            edges = torch.linspace(v_min, v_max, _BINS + 1, dtype=torch.float64)
+        edges[0], edges[-1] = v_min, v_max
+        inner = edges[1:-1].float()
+        counts = torch.zeros(_BINS, dtype=torch.long)
+        for chunk in _chunks(scores):
+            values = _in_range(chunk, low, high)
+            if values.numel():
+                # bucket j holds inner[j-1] < v <= inner[j] (bucket 0: v <= inner[0]; last: v > inner[-1])
+                buckets = torch.bucketize(values, inner.to(values.device))
+                counts += torch.bincount(buckets, minlength=_BINS).cpu()
+        from_top = counts.flip(0).cumsum(0)
+        j = _BINS - 1 - int(torch.searchsorted(from_top, torch.tensor(rank)).item())  # bucket holding the rank-th
+        new_above = above + int(counts[j + 1:].sum())
+        new_low = inner[j - 1].item() if j > 0 else low
+        new_high = inner[j].item() if j < _BINS - 1 else high
+        if (new_low, new_high) == (low, high):  # no progress (float resolution): gather what is left
+            break
+        low, high, above = new_low, new_high, new_above
+    gathered = torch.cat([_in_range(chunk, low, high) for chunk in _chunks(scores)])
+    return gathered.topk(k - above).values[-1].item()
 
 
 def _reference_kth(scores: dict[str, torch.Tensor], k: int) -> float:
-    flat = torch.cat([t.reshape(-1) for t in scores.values()])
+    flat = torch.cat([t.reshape(-1).double() for t in scores.values()])
     return torch.topk(flat, k).values[-1].item()
 
 
@@ -280,6 +383,19 @@ def _score_sets():
         "few_values": {"a": torch.randint(0, 4, (3000,), generator=g).float(),
                        "b": torch.randint(0, 4, (60, 30), generator=g).float()},
         "tiny_spread": {"a": 1.0 + torch.arange(5000, dtype=torch.float32) * 1e-7},
+        # scores over 60 orders of magnitude, as |G_f| / (|G_r| + eps) gives
+        "many_magnitudes": {"a": 10.0 ** (torch.rand(4000, generator=g) * 60 - 30),
+                            "b": 10.0 ** (torch.rand(50, 30, generator=g) * 60 - 30)},
+        # the ends of float32: the largest finite, subnormals, signed zeros, values one ulp apart
+        "extreme": {"a": torch.tensor([3.4028235e38, -3.4028235e38, 1e-45, -1e-45, 1.17549435e-38, 0.0, -0.0,
+                                       1.0, 1.0000001, 0.99999994, 1e-45, 3.4028235e38] * 40),
+                    "b": torch.rand(100, generator=g) * 1e-40},
+        "neighbours": {"a": torch.nextafter(torch.full((600,), 2.0), torch.tensor(3.0)),
+                       "b": torch.full((900,), 2.0), "c": torch.nextafter(torch.full((333,), 2.0), torch.tensor(1.0))},
+        "bfloat16": {"a": torch.randn(2000, generator=g).exp().bfloat16(),
+                     "b": torch.rand(40, 40, generator=g).bfloat16()},
+        "float64_mixed": {"a": torch.randn(1500, generator=g, dtype=torch.float64),
+                          "b": torch.randn(900, generator=g).exp()},
     }
     return sets
 
@@ -288,52 +404,30 @@ def _ks(n: int) -> list[int]:
     return sorted({1, 2, n // 1000 + 1, n // 10 + 1, n // 2, n - 1, n} & set(range(1, n + 1)))
 
 
-@pytest.mark.parametrize("name", ["small", "many_zeros", "all_equal"])
-def test_kth_largest_matches_topk_default_settings(name):
+@pytest.mark.parametrize("name", list(_score_sets()))
+def test_kth_largest_matches_topk_and_the_previous_algorithm(name):
     scores = _score_sets()[name]
     n = sum(t.numel() for t in scores.values())
-    for k in (1, n // 3 + 1, n):
-        assert kth_largest(scores, k) == _reference_kth(scores, k), (name, k)
+    for k in _ks(n):
+        tau = kth_largest(scores, k)
+        assert tau == _reference_kth(scores, k), (name, k)
+        if all(t.dtype == torch.float32 for t in scores.values()):  # what the previous algorithm was written for
+            assert tau == _old_kth_largest(scores, k, sample_size=2048), (name, k)
 
 
 @pytest.mark.parametrize("name", list(_score_sets()))
-def test_kth_largest_matches_topk(small_sample, name):
+def test_kth_largest_reading_tensors_in_pieces(monkeypatch, name):
+    """Tiny pieces: tensors are split at odd places and the histograms are summed over many pieces."""
+    monkeypatch.setattr(influence, "_PIECE", 97)
     scores = _score_sets()[name]
     n = sum(t.numel() for t in scores.values())
     for k in _ks(n):
         assert kth_largest(scores, k) == _reference_kth(scores, k), (name, k)
 
 
-@pytest.mark.parametrize("name", list(_score_sets()))
-def test_kth_largest_histogram_path_matches_topk(monkeypatch, small_sample, name):
-    """A tiny gather limit, tiny chunks and few buckets force several histogram passes over chunked values."""
-    monkeypatch.setattr(influence, "_GATHER_AT_MOST", 16)
-    monkeypatch.setattr(influence, "_CHUNK", 97)
-    monkeypatch.setattr(influence, "_BINS", 8)
-    scores = _score_sets()[name]
-    n = sum(t.numel() for t in scores.values())
-    for k in _ks(n):
-        assert kth_largest(scores, k) == _reference_kth(scores, k), (name, k)
-
-
-@pytest.mark.parametrize("name", list(_score_sets()))
-def test_kth_largest_fallback_when_the_sample_guess_misses(monkeypatch, name):
-    """A wrong bracket from the sample must not change the answer (the code falls back to a full search)."""
-    monkeypatch.setattr(influence, "_GATHER_AT_MOST", 16)
-    monkeypatch.setattr(influence, "_CHUNK", 97)
-    scores = _score_sets()[name]
-    n = sum(t.numel() for t in scores.values())
-    for bracket in ((1e30, 2e30), (-2e30, -1e30), (0.5, 0.5000001)):
-        monkeypatch.setattr(influence, "_sample_bracket", lambda s, k, _b=bracket: _b)
-        for k in _ks(n):
-            assert kth_largest(scores, k) == _reference_kth(scores, k), (name, k, bracket)
-
-
-def test_kth_largest_histogram_path_on_random_sizes(monkeypatch, small_sample):
-    monkeypatch.setattr(influence, "_GATHER_AT_MOST", 64)
-    monkeypatch.setattr(influence, "_CHUNK", 1000)
+def test_kth_largest_on_random_sizes_against_the_previous_algorithm():
     g = torch.Generator().manual_seed(7)
-    for trial in range(4):
+    for trial in range(6):
         sizes = torch.randint(1, 3000, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
         scores = {f"t{i}": torch.randn(s, generator=g).exp() for i, s in enumerate(sizes)}
         if trial % 2:  # half the values zero: heavy ties at the bottom
@@ -341,7 +435,15 @@ def test_kth_largest_histogram_path_on_random_sizes(monkeypatch, small_sample):
                 t[torch.rand(t.shape, generator=g) < 0.5] = 0.0
         n = sum(sizes)
         for k in (1, n // 7 + 1, n // 2, n, int(torch.randint(1, n + 1, (1,), generator=g))):
-            assert kth_largest(scores, k) == _reference_kth(scores, k), (sizes, k)
+            assert kth_largest(scores, k) == _old_kth_largest(scores, k, sample_size=2048) == \
+                _reference_kth(scores, k), (sizes, k)
+
+
+def test_kth_largest_refuses_k_out_of_range():
+    with pytest.raises(ValueError):
+        kth_largest({"a": torch.rand(5)}, 0)
+    with pytest.raises(ValueError):
+        kth_largest({"a": torch.rand(5)}, 6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -362,7 +464,7 @@ def _distinct_scores(model) -> dict[str, torch.Tensor]:
     return scores
 
 
-def test_select_top_fraction_counts(tokenizer, small_sample):
+def test_select_top_fraction_counts(tokenizer):
     model = tiny_llama(len(tokenizer))
     scores = _distinct_scores(model)
     n = sum(t.numel() for t in scores.values())
@@ -380,7 +482,7 @@ def test_select_top_fraction_counts(tokenizer, small_sample):
             assert torch.equal(mask, scores[name] >= n - k + 1)
 
 
-def test_select_top_fraction_real_scores_close_to_p(tokenizer, forget_items, retain_items, small_sample):
+def test_select_top_fraction_real_scores_close_to_p(tokenizer, forget_items, retain_items):
     model = tiny_llama(len(tokenizer))
     candidates = candidate_parameters(model)
     scores = compute_influence(model, qa_batches(tokenizer, forget_items, 4, MAX_LENGTH),
@@ -471,17 +573,3 @@ def test_non_finite_scores_are_refused_before_selection(monkeypatch, tiny):
     monkeypatch.setattr(influence, "accumulate_gradients", overflowing)
     with pytest.raises(GrinError, match="overflowed"):
         influence.compute_influence(tiny.model, [], [], candidates, eps=1e-8)
-
-
-def test_sample_bracket_holds_a_tied_kth_value():
-    """When the sample's k-th value is tied (many zero scores, a large p), `_sample_bracket` widens `low` so that the
-    tied value lies inside (low, high] - its own comment. Widening in float64 (math.nextafter) is not enough for
-    float32 scores: the comparison runs in float32, `low` rounds back to the tied value and the value is excluded,
-    so every such selection falls back to the full histogram search. The bracket must hold the value in float32."""
-    torch.manual_seed(0)
-    scores = {"a": torch.cat([torch.zeros(90_000), torch.rand(10_000) + 1.0])}
-    k = 50_000  # the k-th largest is 0.0, tied with 90% of the values
-    low, high = influence._sample_bracket(scores, k, sample_size=4096)
-    flat = scores["a"]
-    above, inside = int((flat > high).sum()), int(((flat > low) & (flat <= high)).sum())
-    assert above < k <= above + inside, (low, high, above, inside)

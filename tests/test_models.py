@@ -186,3 +186,85 @@ def test_save_model_folder_loads_back_with_the_same_outputs(tmp_path, tiny):
     with torch.no_grad():
         assert torch.equal(loaded.model(x).logits, tiny.model(x).logits)
     assert not list(tmp_path.glob("saved/*.bin")) and (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading straight to the device(s), and accelerate's placement (as far as a CPU-only machine allows)
+
+_LAYER_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu", "model.norm": "cpu",
+              "model.rotary_emb": "cpu", "lm_head": "cpu"}
+
+
+def _saved(tmp_path, tokenizer, seed=4):
+    original = tiny_llama(len(tokenizer), seed=seed)
+    original.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return original
+
+
+def test_local_folder_loads_straight_through_from_pretrained_device_map(tmp_path, tokenizer, monkeypatch):
+    """No CPU round trip: the device goes to from_pretrained (device_map), the model is not moved afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    _saved(tmp_path, tokenizer)
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append(dict(kwargs, max_memory=dict(kwargs.get("max_memory") or {})))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(ModelSpec(str(tmp_path), device="cpu", dtype="bfloat16"))
+    assert calls[-1]["device_map"] == "cpu" and calls[-1]["dtype"] == torch.bfloat16
+    load_model(ModelSpec(str(tmp_path), device="cpu", device_map="auto", max_memory={"cpu": "1GiB"}))
+    assert calls[-1]["device_map"] == "auto" and calls[-1]["max_memory"] == {"cpu": "1GiB"}
+
+
+@pytest.mark.parametrize("device_map", ["auto", "sequential", _LAYER_MAP])
+def test_device_map_loads_a_folder_with_the_same_outputs(tmp_path, tokenizer, device_map):
+    original = _saved(tmp_path, tokenizer)
+    loaded = load_model(ModelSpec(str(tmp_path), device="cpu", device_map=device_map))
+    assert loaded.facts()["devices"] == ["cpu"] and loaded.device == torch.device("cpu")
+    ids = torch.tensor([tokenizer("Who is Harry's enemy?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, original(ids).logits)
+
+
+def test_device_map_refuses_a_bad_value():
+    for bad in ("everywhere", 3):
+        with pytest.raises(GrinError, match="device map"):
+            ModelSpec("default", device_map=bad)
+    with pytest.raises(GrinError, match="max memory"):
+        ModelSpec("default", max_memory={"cpu": "1GiB"})  # without a device map
+
+
+def test_offloaded_weights_are_refused_with_a_clear_message(tiny):
+    with torch.device("meta"):
+        tiny.model.model.layers[1].mlp.down_proj.weight = torch.nn.Parameter(torch.empty(32, 64))
+    with pytest.raises(GrinError, match="offloaded"):
+        models.require_resident(tiny.model, "tiny")
+
+
+@pytest.mark.parametrize("device_map", [_LAYER_MAP, "auto"])
+def test_every_stage_runs_on_an_accelerate_dispatched_model(tokenizer, forget_items, retain_items, device_map):
+    """Scores, selection, noise, masked unlearning, GRUN and evaluation through accelerate's dispatch hooks (forced
+    on: on a CPU-only machine every module maps to the CPU) give exactly what the plain model gives."""
+    from grin_engine import pipeline
+
+    def loaded(model):
+        return LoadedModel(model=model, tokenizer=tokenizer, name="tiny", source="local",
+                           device=models.input_device(model), dtype=torch.float32)
+
+    plain = loaded(tiny_llama(len(tokenizer), seed=2))
+    placed = loaded(models.place_model(tiny_llama(len(tokenizer), seed=2), device_map,
+                                       {"cpu": "1GiB"} if device_map == "auto" else None))
+    assert any(hasattr(m, "_hf_hook") for m in placed.model.modules())  # the hooks are on
+    saved = {k: v.clone() for k, v in placed.model.state_dict().items()}
+    cfg = GrinConfig(p=0.1, steps=2, lr=1e-2, sigma2=1e-4, batch_size=2, max_length=64, max_new_tokens=4,
+                     grun_steps=2)
+    for run in (pipeline.run, pipeline.run_grun):
+        a = run(plain, forget_items, retain_items, cfg, in_place=True)
+        b = run(placed, forget_items, retain_items, cfg, in_place=True)
+        assert a.losses == b.losses and a.metrics == b.metrics and a.selection == b.selection, run.__name__
+    assert all(torch.equal(v, saved[k]) for k, v in placed.model.state_dict().items())

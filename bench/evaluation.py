@@ -1,0 +1,102 @@
+"""Benchmark: evaluation batching. Greedy answers and answer NLLs with today's batching (length-sorted batches sized
+by a token budget, evaluate.py) against the previous one (16 rows in question order), on one machine in one run.
+
+    python bench/evaluation.py [--model default] [--device auto] [--items 32] [--max-new-tokens 48]
+
+Prints the time of each (one pass each, after a warm-up pass of the first), the ratio new / previous [<= 1.0x],
+whether the answers are the same (they must be), the largest NLL difference, the device and the peak memory.
+The previous batching is reproduced exactly by handing generate_answers / pair_nlls 16 items at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import device_name, peak_memory, reset_peak, sync  # noqa: E402
+from grin_engine import evaluate  # noqa: E402
+from grin_engine.config import ModelSpec  # noqa: E402
+from grin_engine.data import load_items  # noqa: E402
+from grin_engine.models import load_model  # noqa: E402
+
+PREVIOUS_ROWS = 16
+
+
+class unlimited_budget:
+    """Within this block a CPU token budget never splits a group of 16 (the previous batching had no budget)."""
+
+    def __enter__(self):
+        self.saved = evaluate.CPU_GENERATION_TOKENS, evaluate.CPU_SCORING_TOKENS
+        evaluate.CPU_GENERATION_TOKENS = evaluate.CPU_SCORING_TOKENS = 1 << 40
+
+    def __exit__(self, *exc):
+        evaluate.CPU_GENERATION_TOKENS, evaluate.CPU_SCORING_TOKENS = self.saved
+
+
+def previous_answers(model, tok, questions, max_new_tokens):
+    """The previous batching: 16 questions per generate() call, in the questions' order."""
+    with unlimited_budget():
+        return [a for i in range(0, len(questions), PREVIOUS_ROWS)
+                for a in evaluate.generate_answers(model, tok, questions[i: i + PREVIOUS_ROWS], max_new_tokens,
+                                                   batch_size=PREVIOUS_ROWS)]
+
+
+def previous_nlls(model, tok, pairs):
+    sums = []
+    with unlimited_budget():
+        for i in range(0, len(pairs), PREVIOUS_ROWS):
+            sums += evaluate.pair_nlls(model, tok, pairs[i: i + PREVIOUS_ROWS], batch_size=PREVIOUS_ROWS)[0]
+    return sums
+
+
+def timed(fn):
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--items", type=int, default=32, help="items of each built-in set")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    base = load_model(ModelSpec(args.model, device=args.device))
+    model, tok = base.model, base.tokenizer
+    items = load_items("harry_potter", args.items) + load_items("general_knowledge", args.items)
+    questions, pairs = [it.question for it in items], [(it.question, it.answer) for it in items]
+    print(f"device: {device_name(base.device)}")
+    print(f"model {base.name} on {base.device} ({base.dtype}); {len(items)} questions, {args.max_new_tokens} new tokens")
+    evaluate.generate_answers(model, tok, questions[:4], 4)  # warm-up
+
+    reset_peak(base.device)
+    old, t_old = timed(lambda: previous_answers(model, tok, questions, args.max_new_tokens))
+    new, t_new = timed(lambda: evaluate.generate_answers(model, tok, questions, args.max_new_tokens))
+    old_nll, t_old_nll = timed(lambda: previous_nlls(model, tok, pairs))
+    (new_nll, _), t_new_nll = timed(lambda: evaluate.pair_nlls(model, tok, pairs))
+    differ = sum(a != b for a, b in zip(old, new))
+    print(f"{'greedy answers, sorted + budget / 16 in order':<48} {t_new / t_old:>6.2f}x  target <= 1.0x  "
+          f"({t_new:.1f} s vs {t_old:.1f} s; {differ} of {len(questions)} answers differ)")
+    print(f"{'answer NLLs, sorted + budget / 16 in order':<48} {t_new_nll / t_old_nll:>6.2f}x  target <= 1.0x  "
+          f"({t_new_nll:.2f} s vs {t_old_nll:.2f} s; largest NLL difference "
+          f"{max(abs(a - b) for a, b in zip(old_nll, new_nll)):.2e})")
+    print(f"peak memory: {peak_memory(base.device)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Tests for space/build.py: the files a ZeroGPU Space would use (front matter + requirements) are a combination
+ZeroGPU supports, and the app imports `spaces` before anything can touch CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ZeroGPU's supported versions (Hugging Face hub docs, spaces-zerogpu.md, as quoted in issue 8). Written here, apart
+# from space/build.py, so that a wrong choice in the build fails this test.
+ZEROGPU_PYTHON = {"3.10.13", "3.12.12"}
+ZEROGPU_TORCH = {"2.8.0", "2.9.1", "2.10.0", "2.11.0"}
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("space_build", ROOT / "space" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def front_matter(readme: str) -> dict:
+    match = re.match(r"^---\n(.*?)\n---\n", readme, flags=re.S)
+    assert match, "no front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def pins(requirements: str) -> dict[str, str]:
+    found = {}
+    for line in requirements.splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name, _, version = line.partition("==")
+            found[name.strip().lower()] = version.strip()
+    return found
+
+
+def zerogpu_problems(meta: dict, requirements: str) -> list[str]:
+    """What keeps this front matter + requirements from starting on ZeroGPU (empty: nothing)."""
+    problems = []
+    if meta.get("sdk") != "gradio":
+        problems.append(f"sdk {meta.get('sdk')!r}: ZeroGPU runs Gradio Spaces only")
+    if str(meta.get("python_version")) not in ZEROGPU_PYTHON:
+        problems.append(f"python_version {meta.get('python_version')!r} not in {sorted(ZEROGPU_PYTHON)}")
+    pinned = pins(requirements)
+    if pinned.get("torch") not in ZEROGPU_TORCH:
+        problems.append(f"torch {pinned.get('torch')!r} not in {sorted(ZEROGPU_TORCH)}")
+    if "spaces" not in pinned:
+        problems.append("no `spaces` package")
+    return problems
+
+
+def test_the_check_fails_on_an_unsupported_combination():
+    """Today's repository front matter (Python 3.11) with a CPU torch pin is what this test must catch."""
+    problems = zerogpu_problems({"sdk": "gradio", "python_version": "3.11"}, "torch==2.13.0\ngradio==6.31.0\n")
+    assert len(problems) == 3, problems
+
+
+def test_built_space_is_a_supported_zerogpu_combination(tmp_path):
+    out = _builder().build(tmp_path / "space")
+    readme = (out / "README.md").read_text()
+    requirements = (out / "requirements.txt").read_text()
+    meta = front_matter(readme)
+    assert zerogpu_problems(meta, requirements) == []
+    # the rest of the front matter and every other pin are the repository's own
+    repo_meta = front_matter((ROOT / "README.md").read_text())
+    assert {k: v for k, v in meta.items() if k not in ("python_version", "suggested_hardware")} == \
+        {k: v for k, v in repo_meta.items() if k != "python_version"}
+    repo_pins = pins((ROOT / "requirements.txt").read_text())
+    assert {k: v for k, v in pins(requirements).items() if k not in ("torch", "spaces")} == \
+        {k: v for k, v in repo_pins.items() if k != "torch"}
+    assert (out / "app.py").is_file() and (out / "grin_engine" / "pipeline.py").is_file()
+    assert (out / "grin_ui" / "gpu.py").is_file() and (out / "assets").is_dir()
+    assert not list(out.rglob("__pycache__"))
+
+
+def test_app_imports_spaces_before_anything_that_can_touch_cuda():
+    lines = [line.strip() for line in (ROOT / "app.py").read_text().splitlines()]
+    first_spaces = next(i for i, line in enumerate(lines) if line.startswith("import spaces"))
+    first_project = next(i for i, line in enumerate(lines) if re.match(r"(from|import) (grin_|torch|transformers)", line))
+    assert first_spaces < first_project
