@@ -28,15 +28,16 @@ def test_attack_the_last_run_in_a_browser(page):  # noqa: F811
     _tab(page, "Attack")
     for name in ("relearn", "quant4", "gguf_q4_1", "prefix"):  # the default choice
         expect(page.get_by_role("checkbox", name=re.compile(f"^{name} — "))).to_be_checked()
-    page.get_by_role("checkbox", name=re.compile("^relearn — ")).uncheck()  # the slowest; tested in test_attack_view
+    for name in ("relearn", "gguf_q4_1"):  # the slowest two (relearning is tested through the API in test_attack_view)
+        page.get_by_role("checkbox", name=re.compile(f"^{name} — ")).uncheck()
     page.get_by_role("button", name="Attack", exact=True).click()
-    expect(page.locator("#attack_status")).to_contain_text("Done: 3 attack(s) on grin", timeout=900 * SECOND)
+    expect(page.locator("#attack_status")).to_contain_text("Done: 2 attack(s) on grin", timeout=1800 * SECOND)
     bars = page.locator("#attack_bars .js-plotly-plot")
     expect(bars).to_contain_text("before, after unlearning, after the attack")
     expect(bars).to_contain_text("recovery")
     expect(bars.locator("g.barlayer .trace")).to_have_count(3)  # before, unlearned, attacked
     table = page.locator("#attack_table")
-    for name in ("quant4", "gguf_q4_1", "prefix"):
+    for name in ("quant4", "prefix"):
         expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible()
     answers = page.locator("#attack_answers")
     for column in ("question", "unlearned answer", "attacked answer"):
