@@ -26,6 +26,8 @@ DEFAULT_ATTACKS = ["relearn", "quant4", "gguf_q4_1", "prefix"]
 METRICS = {"keyword accuracy": "keyword_accuracy", "ROUGE-L recall": "rougeL_recall",
            "answer probability": "probability"}
 BAR_COLOURS = {"before": "#a0aec0", "unlearned": "#2b6cb0", "attacked": "#c53030"}
+ANSWER_WIDTHS = ["30%", "35%", "35%"]  # question, unlearned answer, attacked answer
+NOT_FORGOTTEN = "n/a: nothing forgotten"  # recovery is undefined when unlearning did not change the metric
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -66,7 +68,8 @@ def attack_tab() -> dict:
                                          interactive=False, elem_id="attack_table")
         c["answers_of"] = gr.Dropdown([], label="answers under the attack", allow_custom_value=False)
         c["attack_answers"] = gr.Dataframe(answers_frame(None, None), interactive=False, wrap=True, max_height=480,
-                                           elem_id="attack_answers", label="unlearned vs attacked answers")
+                                           elem_id="attack_answers", label="unlearned vs attacked answers",
+                                           column_widths=ANSWER_WIDTHS)
         with gr.Row():
             c["attack_report_btn"] = gr.Button("Prepare attacks JSON")
             c["attack_report"] = gr.File(label="attacks JSON", interactive=False, elem_classes="download")
@@ -161,7 +164,7 @@ def attack(target, names, relearn_steps, relearn_lr, samples, metric, session, r
               + ("\n\nSkipped: " + "; ".join(skipped) if skipped else ""))
     yield (status, state, recovery_bars(state["table"], METRICS.get(metric, "keyword_accuracy"), state["results"]),
            recovery_frame(state["table"]), gr.Dropdown(keys, value=keys[0] if keys else None),
-           answers_frame(state, keys[0] if keys else None))
+           answers(keys[0] if keys else None, state))
 
 
 @user_errors
@@ -173,7 +176,7 @@ def bars(metric, state):
 
 @user_errors
 def answers(key, state):
-    return answers_frame(state, key)
+    return gr.Dataframe(answers_frame(state, key), column_widths=ANSWER_WIDTHS)
 
 
 @user_errors
@@ -218,7 +221,7 @@ def recovery_bars(rows: list[dict] | None, metric: str, results: list[dict] | No
         values["unlearned"].append(base.get("unlearned", {}).get(metric))
         values["attacked"].append(attacked)
         rec = r["recovery"].get(group, {}).get(metric)
-        texts.append("recovery n/a" if rec is None else f"recovery {rec:.2f}")
+        texts.append(f"recovery {NOT_FORGOTTEN}" if rec is None else f"recovery {rec:.2f}")
     for when in ("before", "unlearned", "attacked"):
         fig.add_trace(go.Bar(x=labels, y=values[when], name=when, marker_color=BAR_COLOURS[when],
                              text=texts if when == "attacked" else None, textposition="outside",
@@ -243,7 +246,8 @@ def recovery_frame(rows: list[dict] | None) -> pd.DataFrame:
         out.append({"method": r["method"], "attack": r["attack"],
                     "items": "forget half B" if r["group"] == "forget_B" else "forget",
                     "before": fmt(r["before"]), "unlearned": fmt(r["unlearned"]), "attacked": fmt(r["attacked"]),
-                    "recovery": fmt(r["recovery"]), "retain (unlearned)": fmt(r["retain_unlearned"]),
+                    "recovery": NOT_FORGOTTEN if r["recovery"] is None else fmt(r["recovery"]),
+                    "retain (unlearned)": fmt(r["retain_unlearned"]),
                     "retain (attacked)": fmt(r["retain_attacked"]), "seconds": f"{r['seconds']:.0f}"})
     return pd.DataFrame(out, columns=columns)
 

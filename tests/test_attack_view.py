@@ -48,6 +48,8 @@ def test_figures_and_tables_from_plain_results():
     assert list(fig.data[2].text) == ["recovery 0.50"] and list(fig.data[0].x) == ["grin · relearn (half B)"]
     frame = attack_view.recovery_frame(rows)
     assert frame.iloc[0]["recovery"] == "0.500" and "skipped" in frame.iloc[1]["items"]
+    rows[0]["recovery"] = None  # before == unlearned: said in words, not as a number
+    assert attack_view.recovery_frame(rows).iloc[0]["recovery"] == "n/a: nothing forgotten"
     answers = attack_view.answers_frame({"results": results}, "grin · relearn")
     assert answers.iloc[0]["attacked answer"] == "Hogwarts"
 
