@@ -68,7 +68,7 @@ def test_attack_the_last_run_and_the_comparison_base_unchanged(client):
     outputs = _finish(client.submit(LAST_RUN, ["relearn", "quant8", "prefix", "sample"], 1, 5e-5, 2,
                                     "keyword accuracy", api_name="/attack"))
     status, bars, table, answers_of, answers = outputs[-1]
-    assert "Done: 4 attack(s) on grin" in status, status
+    assert "Done**: 4 attack(s) on grin" in status, status
     assert _checksum(STORE.get("default").model) == base_checksum
     rows = _data(table)
     assert [row[1] for row in rows] == ["relearn", "quant8", "prefix", "sample"]
