@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import outputs
 from .config import DataSpec, GrinConfig, GrinError, ModelSpec
 from .losses import describe_losses
 
@@ -191,50 +192,59 @@ def _memory_map(text: str | None) -> dict | None:
     return memory
 
 
-def _check_out(path: str) -> Path:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        raise GrinError(f"--out: folder {str(out.parent)!r} does not exist")
-    return out
+def _check_out(path: str, flag: str = "--out") -> Path:
+    return outputs.check_file(path, flag)
 
 
 def command_run(args) -> None:
     from . import pipeline
-    from .models import load_model
+    from .models import check_source, load_model, save_model_folder
 
     cfg = _unlearning_config(args, use_mask=not args.no_mask)
     out = _check_out(args.out)
+    save_to = outputs.check_folder(args.save_model, "--save-model") if args.save_model is not None else None
+    if args.reference is not None:
+        check_source(ModelSpec(args.reference, args.device, args.dtype).name)  # before the slow loads
     acfg, attack_names = _attack_config(args)
-    if args.save_patch:
-        _check_out(args.save_patch)
+    patch_to = _check_out(args.save_patch, "--save-patch") if args.save_patch is not None else None
     base, forget, retain, load_s = _load(args)
     reference = (load_model(ModelSpec(args.reference, args.device, args.dtype, args.device_map,
                                       _memory_map(args.max_memory))) if args.reference else None)
     # in place: this process is the base's only user, so the run trains it and restores it (no model copy)
     result = pipeline.run(base, forget, retain, cfg, on_progress=_progress_bars(), reference=reference,
-                          keep_model=bool(args.save_model), in_place=True)
+                          keep_model=save_to is not None, in_place=True)
     result.timings["load_s"] = load_s
     report = result.to_report()
     report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
-    if args.save_patch and result.patch is not None:
-        from .patch import save_patch
-
-        report["patch_file"] = save_patch(result.patch, args.save_patch, base.name)
-        print(f"patch written to {args.save_patch} (safetensors)")
+    if patch_to is not None and result.patch is not None:
+        report["patch_file"] = str(patch_to)
     if attack_names and not result.stopped:
         from .attacks import Target
 
         method = "grin" if cfg.use_mask else "full"
         report.update(_run_attacks(base, [Target.of(method, result)], forget, retain, cfg, attack_names, acfg))
-    out.write_text(json.dumps(report, indent=2))
-    if args.save_model:
-        from .models import save_model_folder
+    staged = outputs.Outputs()  # every output appears at once, or none
+    try:
+        staged.text(out, json.dumps(report, indent=2))
+        if save_to is not None:
+            save_model_folder(result.unlearned_model, staged.folder(save_to))
+        if "patch_file" in report:
+            from .patch import save_patch
 
-        save_model_folder(result.unlearned_model, args.save_model)
-        print(f"unlearned model written to {args.save_model} (safetensors)")
+            save_patch(result.patch, str(staged.file(patch_to)), base.name)
+        staged.commit()
+    finally:
+        staged.discard()
+    if save_to is not None:
+        print(f"unlearned model written to {save_to} (safetensors)")
+    if "patch_file" in report:
+        print(f"patch written to {patch_to} (safetensors)")
     print(format_summary(report))
     if "attack_table" in report:
         print(format_attacks(report["attack_table"]))
+    warning = pipeline.retain_collapse(report["metrics"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report written to {out}")
 
 
@@ -297,8 +307,14 @@ def command_score(args) -> None:
         summaries.append(summary)
         print(f"p={p:g}: selected {summary['selected']:,} of {summary['candidates']:,} "
               f"(attention {summary['by_kind']['attention']['selected']:,}, ffn {summary['by_kind']['ffn']['selected']:,})")
-    out.write_text(json.dumps({"model": base.facts(), "timings": {"load_s": load_s, "scores_s": influence.seconds},
-                               "selections": summaries}, indent=2))
+    staged = outputs.Outputs()
+    try:
+        staged.text(out, json.dumps({"model": base.facts(), "timings": {"load_s": load_s,
+                                                                       "scores_s": influence.seconds},
+                                     "selections": summaries}, indent=2))
+        staged.commit()
+    finally:
+        staged.discard()
     print(f"selection written to {out}")
 
 
@@ -320,11 +336,10 @@ def command_compare(args) -> None:
                              grun_steps=args.grun_steps, grun_rank=args.grun_rank,
                              grun_gate=args.grun_gate, grun_gate_weight=args.grun_gate_weight, grun_lr=args.grun_lr)
     out = _check_out(args.out)
-    if args.save_grun and "grun" not in methods:
+    if args.save_grun is not None and "grun" not in methods:
         raise GrinError("--save-grun needs grun among --methods")
-    if args.save_grun:
-        _check_out(args.save_grun)
-    if args.save_patch and not Path(args.save_patch).is_dir():
+    save_grun_to = _check_out(args.save_grun, "--save-grun") if args.save_grun is not None else None
+    if args.save_patch is not None and not Path(args.save_patch).is_dir():
         raise GrinError(f"--save-patch: folder {args.save_patch!r} does not exist")
     acfg, attack_names = _attack_config(args)
     base, forget, retain, load_s = _load(args)
@@ -334,21 +349,32 @@ def command_compare(args) -> None:
     report = comparison.to_report()
     report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
     finished = {name: r for name, r in comparison.results.items() if not r.stopped and r.patch is not None}
-    if args.save_patch:
-        from .patch import save_patch
-
-        report["patch_files"] = {name: save_patch(r.patch, str(Path(args.save_patch) / f"{name}.safetensors"),
-                                                  base.name) for name, r in finished.items()}
-        print(f"patches written to {args.save_patch}/ (safetensors)")
+    if args.save_patch is not None:
+        report["patch_files"] = {name: str(Path(args.save_patch) / f"{name}.safetensors") for name in finished}
     if attack_names and finished:
         from .attacks import Target
 
         targets = [Target.of(name, r) for name, r in finished.items()]
         report.update(_run_attacks(base, targets, forget, retain, cfg, attack_names, acfg))
-    out.write_text(json.dumps(report, indent=2))
-    if args.save_grun:
-        save_grun(comparison.results["grun"].patch, args.save_grun, base.name)
-        print(f"GRUN edits written to {args.save_grun} (safetensors)")
+    grun = comparison.results.get("grun")
+    staged = outputs.Outputs()
+    try:
+        staged.text(out, json.dumps(report, indent=2))
+        if save_grun_to is not None and grun is not None and grun.patch is not None:
+            save_grun(grun.patch, str(staged.file(save_grun_to)), base.name)
+        if args.save_patch is not None:
+            from .patch import save_patch
+
+            for name, path in report["patch_files"].items():
+                save_patch(finished[name].patch, str(staged.file(Path(path))), base.name)
+        staged.commit()
+    finally:
+        staged.discard()
+    if save_grun_to is not None:
+        print(f"GRUN edits written to {save_grun_to} (safetensors)" if grun is not None and grun.patch is not None
+              else "GRUN did not finish (stopped): no edits written")
+    if args.save_patch is not None:
+        print(f"patches written to {args.save_patch}/ (safetensors)")
     print(format_comparison(report))
     if "attack_table" in report:
         print(format_attacks(report["attack_table"]))

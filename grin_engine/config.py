@@ -10,6 +10,53 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import GrinError  # noqa: F401  (defined apart so that losses/data raise it without importing config)
+from .limits import MAX_MODEL_NAME_CHARS
+
+
+# The widest ranges any run accepts (CLI and app; the public Space narrows them, grin_ui/public.py). Past these a
+# value is a typo or an attack, not an experiment: float32 overflows beyond ~3e38, torch seeds are 64-bit, and a
+# million steps on the smallest model take weeks.
+RANGES = {
+    "p": (0.0, 1.0), "sigma2": (0.0, 1.0), "lr": (0.0, 10.0), "steps": (1, 1_000_000), "batch_size": (1, 4096),
+    "max_length": (8, 32_768), "max_new_tokens": (1, 4096), "alpha": (0.0, 1e6), "gamma": (0.0, 1e6),
+    "weight_decay": (0.0, 1e3), "eps": (0.0, 1.0), "max_grad_norm": (0.0, 1e6), "delta": (-1e6, 1e6),
+    "seed": (0, 2**32 - 1), "grun_rank": (1, 1024), "grun_gate_weight": (0.0, 1e6), "grun_lr": (0.0, 10.0),
+    "grun_steps": (1, 1_000_000), "beta": (0.0, 1e6), "max_items": (1, 1_000_000),
+}
+LABELS = {"lr": "learning rate", "grun_lr": "grun learning rate"}  # how a message names a field, where not as is
+INTEGERS = {"steps", "batch_size", "max_length", "max_new_tokens", "seed", "grun_rank", "grun_steps", "max_items"}
+
+
+def as_number(value, name: str, integer: bool | None = None):
+    """`value` (a number, or text holding one, as a web form or a script may send) as an int or float, checked
+    for type, finiteness and RANGES[name]; else GrinError naming the field. Shared by the CLI and the app."""
+    integer = name in INTEGERS if integer is None else integer
+    label = LABELS.get(name, name)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text) if len(text) <= 64 else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise GrinError(f"{label} must be a number, got {text[:40]!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GrinError(f"{label} must be a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GrinError(f"{label} must be a finite number, got {value}")
+    if integer:
+        if value != int(value):
+            raise GrinError(f"{label} must be a whole number, got {value}")
+        value = int(value)
+    low, high = RANGES.get(name, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise GrinError(f"{label} must be between {_show(low)} and {_show(high)}, got {_show(value)}")
+    return value
+
+
+def _show(x) -> str:
+    """A number as a person reads it: 4,294,967,295 (int), 1e+30 (float)."""
+    return f"{x:,}" if isinstance(x, int) and abs(x) < 10**15 else f"{x:g}"
 
 
 @dataclass
@@ -23,10 +70,17 @@ class ModelSpec:
     max_memory: dict | None = None  # with device_map: {device index or "cpu": "70GiB" or bytes}
 
     def __post_init__(self):
+        if self.name is not None and not isinstance(self.name, str):
+            raise GrinError(f"model: the name must be text, got {type(self.name).__name__}")
         self.name = (self.name or "").strip()
         if not self.name:
             raise GrinError("model: give 'default', a Hugging Face Hub id or a local folder")
-        device = self.device.strip().lower()
+        if len(self.name) > MAX_MODEL_NAME_CHARS:
+            raise GrinError(f"model: a name of {len(self.name):,} characters is neither a Hub id nor a folder "
+                            f"(at most {MAX_MODEL_NAME_CHARS})")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.name):
+            raise GrinError("model: the name holds control characters (a line break?)")
+        device = str(self.device).strip().lower()
         if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise GrinError(f"device: unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps")
         self.device = device
@@ -54,8 +108,8 @@ class DataSpec:
             raise GrinError("forget set: give a built-in name, a file or tofu:<config>")
         if not str(self.retain).strip():
             raise GrinError("retain set: give a built-in name, a file or tofu:<config>")
-        if self.max_items is not None and self.max_items < 1:
-            raise GrinError(f"max_items must be at least 1, got {self.max_items}")
+        if self.max_items is not None:
+            self.max_items = as_number(self.max_items, "max_items")
 
 
 @dataclass
@@ -105,6 +159,14 @@ class GrinConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise GrinError(f"{name} must be a number, got {value!r}")
+            label = LABELS.get(name, name)
+            if not math.isfinite(value):
+                raise GrinError(f"{label} must be a finite number, got {value!r}")
+            low, high = RANGES[name]
+            if value > high:
+                raise GrinError(f"{label} must be at most {_show(high)}, got {_show(value)}")
+            if name == "seed" and value < low:
+                raise GrinError(f"seed must be between 0 and {_show(high)}, got {_show(value)}")
         if not (math.isfinite(self.p) and 0 < self.p <= 1):
             raise GrinError(f"p must be a fraction in (0, 1], got {self.p!r} (1% is 0.01)")
         if not (math.isfinite(self.sigma2) and self.sigma2 >= 0):
@@ -131,8 +193,12 @@ class GrinConfig:
                 isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.grun_layers)):
             raise GrinError(f"grun layers must be a list of layer numbers (0, 1, ...), got {self.grun_layers!r}")
         if self.beta is not None and not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
-                                          and self.beta > 0):
-            raise GrinError(f"beta must be > 0, got {self.beta!r}")
+                                          and 0 < self.beta <= RANGES["beta"][1]):
+            raise GrinError(f"beta must be > 0 and at most {RANGES['beta'][1]:g}, got {self.beta!r}")
+        if isinstance(self.seed, float):
+            if self.seed != int(self.seed):
+                raise GrinError(f"seed must be a whole number, got {self.seed!r}")
+            self.seed = int(self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)

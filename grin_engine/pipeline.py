@@ -286,3 +286,22 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
     kept = (unlearned_copy(base, state) if in_place else work) if keep_model else None
     return _finished(base, cfg, summary, before, after, forget, retain, losses, timings, patch=state, gates=gates,
                      unlearned_model=kept)
+
+
+# A retain metric that falls below this share of its value before unlearning means the model lost what it should
+# keep (lr = 10 took retain keyword accuracy from 1.0 to 0.0 and answered gibberish, and the run said "Done").
+COLLAPSE_SHARE = 0.5
+
+
+def retain_collapse(metrics_: dict) -> str | None:
+    """A one-line warning when a finished run's retain keyword accuracy or ROUGE-L recall fell below
+    COLLAPSE_SHARE of its value before, with the numbers; None when the retain set held (or nothing to compare)."""
+    before = (metrics_.get("before") or {}).get("retain") or {}
+    after = (metrics_.get("after") or {}).get("retain") or {}
+    fallen = [f"{name.replace('_', ' ')} {before[name]:.2f} -> {after[name]:.2f}"
+              for name in ("keyword_accuracy", "rougeL_recall")
+              if before.get(name) and after.get(name) is not None and after[name] < COLLAPSE_SHARE * before[name]]
+    if not fallen:
+        return None
+    return ("the retain set collapsed (" + ", ".join(fallen) + "): the model lost what it should keep; "
+            "try a smaller learning rate or fewer steps")

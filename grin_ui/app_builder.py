@@ -9,8 +9,15 @@ import gradio as gr
 from . import attack_view
 from . import callbacks as cb
 from . import layout
+from .public import caps
+from .slots import HEAVY, LIGHT, FairBlocks
+from .state import delete_session
 
-MODEL = {"concurrency_id": "model", "concurrency_limit": 1}  # every event that uses the model: one shared queue
+# The budget for model-sized work (slots.py): long jobs share HEAVY, short ones that copy the model share LIGHT,
+# loading a model has its own line; so a short action never waits behind a long one.
+MODEL = {"concurrency_id": HEAVY, "concurrency_limit": caps().heavy_jobs}
+SHORT_MODEL = {"concurrency_id": LIGHT, "concurrency_limit": 1}
+LOAD = {"concurrency_id": "load", "concurrency_limit": 1}
 
 THEME = gr.themes.Soft(primary_hue="blue", secondary_hue="orange")
 CSS = (".gradio-container {max-width: 1400px !important}\n"
@@ -21,15 +28,19 @@ CSS = (".gradio-container {max-width: 1400px !important}\n"
 
 
 def launch_kwargs() -> dict:
-    """What launch() needs besides the port (Gradio 6: theme and css go to launch, not Blocks)."""
-    return {"theme": THEME, "css": CSS}
+    """What launch() needs besides the port (Gradio 6: theme and css go to launch, not Blocks); in public mode the
+    upload cap, enforced by Gradio before a byte is stored."""
+    limits = caps()
+    return {"theme": THEME, "css": CSS, **({"max_file_size": limits.upload_bytes} if limits.public else {})}
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="GRIN Studio") as demo:
-        # A visitor's Session (CPU data only). Gradio drops it when the tab closes or reloads; the time to live also
-        # frees sessions of tabs left open, 6 hours after their last change.
-        session = gr.State(None, time_to_live=6 * 3600)
+    # delete_cache: uploads and Gradio's copies of downloads older than an hour go, checked every 10 minutes
+    with FairBlocks(title="GRIN Studio", delete_cache=(600, 3600)) as demo:
+        # A visitor's Session (CPU data only). Gradio drops it an hour after the tab closes or reloads; the time to
+        # live also frees sessions of tabs left open (6 h locally, 30 min on a public server). Its download folder
+        # goes with it (delete_session).
+        session = gr.State(None, time_to_live=caps().session_ttl_s, delete_callback=delete_session)
         layout.header()
         with gr.Tabs():
             s = layout.setup_tab()
@@ -44,7 +55,7 @@ def build_app() -> gr.Blocks:
             cb.load, [s["model_source"], s["model_name"], s["forget_builtin"], s["forget_tofu"], s["forget_file"],
                       s["retain_builtin"], s["retain_tofu"], s["retain_file"], session],
             [s["facts"], s["preview"], s["load_status"], session], api_name="load", show_progress_on=s["load_status"],
-            **MODEL)
+            **LOAD)
 
         figures = [i["selection_md"], i["heatmap"], i["layer_bars"], i["score_hist"]]
         i["influence_btn"].click(cb.influence, [s["max_items"], i["p_percent"], session],
@@ -75,11 +86,11 @@ def build_app() -> gr.Blocks:
                             concurrency_limit=None)
 
         c["generate_btn"].click(cb.generate, [c["prompt"], session], [c["answer_before"], c["answer_after"]],
-                                api_name="generate", **MODEL)
+                                api_name="generate", **SHORT_MODEL)
         c["prompt"].submit(cb.generate, [c["prompt"], session], [c["answer_before"], c["answer_after"]],
-                           api_name="generate_submit", api_visibility="undocumented", **MODEL)
+                           api_name="generate_submit", api_visibility="undocumented", **SHORT_MODEL)
         c["report_btn"].click(cb.report, session, [c["report_json"], c["report_csv"]], api_name="report")
-        c["weights_btn"].click(cb.weights, session, c["weights_file"], api_name="weights", **MODEL)
+        c["weights_btn"].click(cb.weights, session, c["weights_file"], api_name="weights", **SHORT_MODEL)
 
         m["compare_btn"].click(
             cb.compare_methods, [m["methods"], m["grun_method"], m["grun_gate"], m["grun_lr"], m["grun_gate_weight"],

@@ -18,7 +18,7 @@ from grin_engine.attacks import ATTACKS, AttackConfig, Target, attacks_report, r
 from grin_engine.config import GrinError
 
 from . import gpu
-from .callbacks import _out_dir, stop, user_errors
+from .callbacks import _replace, _visitor_file, stop, user_errors
 from .state import session_of, stop_flag
 
 TARGETS = ["last run (Unlearn)", "each method of the last comparison"]
@@ -89,7 +89,8 @@ def wire(c: dict, session, model_queue: dict) -> None:
                        queue=False)
     c["answers_of"].change(answers, [c["answers_of"], c["attack_state"]], c["attack_answers"],
                            api_name="attack_answers", queue=False)
-    c["attack_report_btn"].click(attack_report, c["attack_state"], c["attack_report"], api_name="attack_report")
+    c["attack_report_btn"].click(attack_report, [c["attack_state"], session], c["attack_report"],
+                                 api_name="attack_report")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,12 +181,13 @@ def answers(key, state):
 
 
 @user_errors
-def attack_report(state):
+def attack_report(state, session, request: gr.Request = None):
     """The attack results as JSON: the same `attacks` / `attack_table` sections as the CLI's report."""
     if not state:
         raise GrinError("no attack yet: press Attack first")
-    path = _out_dir() / "grin_attacks.json"
-    path.write_text(json.dumps({"attacks": state["report"], "attack_table": state["table"]}, indent=2))
+    path = _visitor_file(session_of(session), request, "grin_attacks.json")
+    text = json.dumps({"attacks": state["report"], "attack_table": state["table"]}, indent=2)
+    _replace(path, lambda tmp: tmp.write_text(text))
     return str(path)
 
 

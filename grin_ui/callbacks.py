@@ -9,24 +9,27 @@ page; Stop sets a flag the engine checks.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from grin_engine import score_summary
 from grin_engine.compare import parse_methods
-from grin_engine.config import GrinConfig, GrinError
+from grin_engine.config import GrinConfig, GrinError, as_number
 from grin_engine.data import builtin_names, load_items
+from grin_engine.pipeline import retain_collapse
 
-from . import gpu, plots, tables
+from . import gpu, plots, public, tables
 from .presets import PRESETS
+from .slots import release_memory
 from .state import STORE, Session, check_model_name, local_models_allowed, session_of, stop_flag
 
 log = logging.getLogger("grin_ui")
@@ -71,17 +74,29 @@ def user_errors(fn):
 # Setup
 
 
+def _text(value, what: str) -> str:
+    """A text box's value: text (None is empty); anything else a script sent is refused with our message."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise GrinError(f"{what}: give text, got {type(value).__name__}")
+    if len(value) > 4096:
+        raise GrinError(f"{what}: {len(value):,} characters is not a name")
+    return value
+
+
 def _data_source(which: str, builtin: str | None, tofu: str | None, upload: str | None) -> str:
     """What to load a set from: an uploaded file, else a tofu:<config>, else a built-in set."""
     if upload:
+        public.check_upload(str(upload), public.caps())
         return str(upload)
-    tofu = (tofu or "").strip()
+    tofu = _text(tofu, f"{which} set").strip()
     if tofu:
         if not tofu.startswith("tofu:"):
             raise GrinError(f"{which} set: the text box takes a TOFU config such as tofu:forget01_perturbed "
                             f"(files: use the upload box)")
         return tofu
-    if builtin not in builtin_names():
+    if not isinstance(builtin, str) or builtin not in builtin_names():
         raise GrinError(f"{which} set: choose a built-in set ({', '.join(builtin_names())}), a tofu:<config> "
                         f"or upload a file")
     return builtin
@@ -90,13 +105,15 @@ def _data_source(which: str, builtin: str | None, tofu: str | None, upload: str 
 def _model_name(source: str, name: str | None) -> str:
     if source == "default":
         return "default"
+    name = _text(name, "model")
     if source == "local folder":
         if not local_models_allowed():
             raise GrinError("model: local folders are disabled on this server")
-        if not name or not Path(name.strip()).expanduser().is_dir():
+        name = check_model_name(name)
+        if not Path(name).expanduser().is_dir():
             raise GrinError(f"model: folder {name!r} not found")
-        return name.strip()
-    return check_model_name(name or "")
+        return name
+    return check_model_name(name)
 
 
 @user_errors
@@ -107,7 +124,12 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
     name = _model_name(model_source, model_name)
     sources = (_data_source("forget", forget_builtin, forget_tofu, forget_file),
                _data_source("retain", retain_builtin, retain_tofu, retain_file))
+    limits = public.caps()
+    public.check_model(name, limits)
     forget, retain = load_items(sources[0]), load_items(sources[1])  # cheap checks before the slow load
+    for which, upload, items in (("forget", forget_file, forget), ("retain", retain_file, retain)):
+        if upload:  # built-in and Hub sets are known; an upload is whatever a visitor sent
+            public.check_item_count(len(items), which, limits)
     progress(0.1, desc=f"loading model {name!r} ...")
     start = time.perf_counter()
     base = STORE.get(name)
@@ -135,10 +157,7 @@ def _influence_outputs(session: Session, p_percent: float):
 
 
 def _fraction(p_percent) -> float:
-    try:
-        p = float(p_percent) / 100
-    except (TypeError, ValueError):
-        raise GrinError(f"p must be a number of percent, got {p_percent!r}") from None
+    p = as_number(p_percent, "p (%)", integer=False) / 100
     if not (math.isfinite(p) and 0 < p <= 1):
         raise GrinError(f"p must be between 0 and 100 percent (exclusive of 0), got {p_percent!r}%")
     return p
@@ -147,14 +166,27 @@ def _fraction(p_percent) -> float:
 @user_errors
 def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Progress()):
     """Influence scores of every candidate weight, on a copy of the base; kept only as small histograms."""
+    _fraction(p_percent)
     session = session_of(session)
     session.require_loaded()
-    _fraction(p_percent)
     forget, retain = session.items(max_items)
+    public.check_run(GrinConfig(), len(forget), public.caps())
     stop = stop_flag(request.session_hash if request else None)
-    stop.clear()
-    session.hist = None
     nothing = (gr.skip(),) * 4
+    if stop.is_set():  # Stop was pressed while this job waited in the queue
+        stop.clear()
+        yield ("Stopped while waiting in the queue; the previous scores are kept.", session) + nothing
+        return
+    try:
+        yield from _influence_job(session, forget, retain, p_percent, stop, progress)
+    finally:
+        stop.clear()
+        release_memory()
+
+
+def _influence_job(session, forget, retain, p_percent, stop, progress):
+    nothing = (gr.skip(),) * 4
+    hist = None
     for kind, *payload in gpu.influence_work(session.model_name, forget, retain, stop):
         if kind == "progress":
             latest = payload[0]
@@ -163,12 +195,13 @@ def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Pr
             progress((done, total) if stage == "influence" else None, desc=text)
             yield (f"Computing influence scores: {text}", session) + nothing
         elif kind == "stopped":
-            yield ("Influence computation stopped.", session) + nothing
+            yield ("Influence computation stopped; the previous scores (if any) are kept.", session) + nothing
             return
         elif kind == "error":
             raise payload[0]
         else:
-            session.hist, session.influence_s = payload[0]
+            hist = payload[0]
+    session.hist, session.influence_s = hist  # only a finished computation replaces the visitor's scores
     session.hist_key = (session.model_name, len(forget), len(retain))
     yield (f"Influence computed on {len(forget)} forget and {len(retain)} retain items.", session) + \
         _influence_outputs(session, p_percent)
@@ -196,7 +229,7 @@ def select_quiet(p_percent, session):
 @user_errors
 def select_index(index, session):
     """The log-step slider: its p% (shown in the number box) and the selection there."""
-    p_percent = P_STEPS[min(len(P_STEPS) - 1, max(0, int(index)))]
+    p_percent = P_STEPS[min(len(P_STEPS) - 1, max(0, int(as_number(index, "p slider", integer=False))))]
     return (p_percent,) + select_quiet(p_percent, session)
 
 
@@ -216,13 +249,20 @@ def slider_index(p_percent):
 
 
 def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -> GrinConfig:
-    try:
-        sigma2 = float(sigma2)
-    except (TypeError, ValueError):
-        raise GrinError(f"sigma2 must be one of {', '.join(SIGMA2_CHOICES)}, got {sigma2!r}") from None
-    beta = float(beta) if beta not in (None, "") and float(beta) > 0 else None  # empty or 0: the method's default
-    return GrinConfig(method=method, p=_fraction(p_percent), sigma2=sigma2, lr=float(lr), steps=int(steps),
-                      alpha=float(alpha), beta=beta, seed=int(seed), use_mask=bool(use_mask))
+    """The Unlearn tab's values as a GrinConfig: each number checked (type, finiteness, range) by the engine's
+    shared check, so a script sending text or NaN gets the same message as the CLI."""
+    if not isinstance(method, str):
+        raise GrinError(f"method: give a method name, got {type(method).__name__}")
+    if isinstance(sigma2, (str, int, float)) and not isinstance(sigma2, bool):
+        sigma2 = as_number(sigma2, "sigma2")
+    else:
+        raise GrinError(f"sigma2 must be one of {', '.join(SIGMA2_CHOICES)}, got {sigma2!r}")
+    beta = as_number(beta, "beta") if beta not in (None, "") else None
+    if not isinstance(use_mask, bool):
+        raise GrinError(f"mask must be true or false, got {use_mask!r}")
+    return GrinConfig(method=method, p=_fraction(p_percent), sigma2=sigma2, lr=as_number(lr, "lr"),
+                      steps=as_number(steps, "steps"), alpha=as_number(alpha, "alpha"), beta=beta or None,
+                      seed=as_number(seed, "seed"), use_mask=use_mask)
 
 
 _STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores",
@@ -233,16 +273,29 @@ _STAGE_WORDS = {"before": "answering with the base model", "influence": "influen
 def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
             request: gr.Request, progress=gr.Progress()):
     """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare."""
+    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)  # numbers first: no work yet
     session = session_of(session)
     session.require_loaded()
-    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
     forget, retain = session.items(max_items)
+    limits = public.caps()
+    public.check_run(cfg, len(forget), limits)
+    stop = stop_flag(request.session_hash if request else None)
+    if stop.is_set():  # Stop was pressed while this job waited in the queue
+        stop.clear()
+        yield ("**Stopped** while waiting in the queue; your previous run (if any) is kept.",
+               plots.loss_curve([], cfg.steps), session) + (gr.skip(),) * 3
+        return
+    try:
+        yield from _unlearn_job(session, cfg, forget, retain, limits, stop, progress)
+    finally:
+        stop.clear()
+        release_memory()
+
+
+def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
     before_key = (session.model_name, tuple(it.question for it in forget), tuple(it.question for it in retain),
                   cfg.max_new_tokens, cfg.max_length)
     cached = session.before if session.before_key == before_key else None
-    stop = stop_flag(request.session_hash if request else None)
-    stop.clear()
-    session.run = None  # free the previous run before making a new copy
     nothing = (gr.skip(),) * 3
     before = result = None
     for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop):
@@ -262,11 +315,26 @@ def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, m
         elif kind == "done":
             before, result = payload[0]
     if result is None:
-        yield ("**Stopped** before training started (while answering with the base model).",
-               plots.loss_curve([], cfg.steps), session) + nothing
+        yield ("**Stopped** before training started (while answering with the base model); your previous run "
+               "(if any) is kept.", plots.loss_curve([], cfg.steps), session) + nothing
         return
-    session.before_key, session.before, session.run = before_key, before, result
-    yield (tables.run_text(result), plots.loss_curve(result.losses, cfg.steps), session,
+    session.before_key, session.before = before_key, before
+    if result.stopped:  # a stopped run is not evaluated: the visitor's previous good run stays theirs
+        yield (tables.run_text(result) + (" Your previous finished run is kept for Compare and the downloads."
+                                          if session.run is not None else ""),
+               plots.loss_curve(result.losses, cfg.steps), session) + nothing
+        return
+    notes = []
+    if limits.patch_bytes is not None and public.patch_bytes(result.patch) > limits.patch_bytes:
+        result.patch = None  # a session keeps small data only (README: what each visitor holds)
+        notes.append(f"This server keeps unlearned models of at most {limits.patch_bytes // 2**20} MB per visitor "
+                     f"(this run changed more weights), so Ask and the weights download are off for it; metrics, "
+                     f"answers and the report are here.")
+    warning = retain_collapse(result.metrics)
+    if warning:
+        notes.insert(0, f"**Warning**: {warning}")
+    session.run = result
+    yield (" ".join([tables.run_text(result)] + notes), plots.loss_curve(result.losses, cfg.steps), session,
            tables.generations(result, "forget"), tables.generations(result, "retain"), tables.metrics_view(result))
 
 
@@ -293,14 +361,18 @@ def preset(name):
 @user_errors
 def generate(prompt, session):
     """The user's own prompt, answered by the base model and by the last run's unlearned model."""
+    prompt = public.check_question(prompt if prompt is not None else "", public.caps())  # at once, before a token
     session = session_of(session)
     session.require_loaded()
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise GrinError("type a question first")
     patch = session.run.patch if session.run is not None else None
-    before, after = gpu.generate_work(session.model_name, prompt, patch, GrinConfig().max_new_tokens)
-    return before, after if after is not None else "(no unlearned model yet: run Unlearn first)"
+    try:
+        before, after = gpu.generate_work(session.model_name, prompt, patch, GrinConfig().max_new_tokens)
+    finally:
+        release_memory()
+    if after is None:
+        after = ("(no unlearned model yet: run Unlearn first)" if session.run is None else
+                 "(this run's unlearned model is not kept on this server: see the Unlearn status)")
+    return before, after
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,21 +390,36 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
     session = session_of(session)
-    session.require_loaded()
     if not methods:
         raise GrinError("choose at least one method to compare")
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise GrinError("methods: give a list of method names")
+    limits = public.caps()
+    if len(methods) > limits.methods:
+        raise GrinError(f"methods: {len(methods)} chosen; at most {limits.methods} in one comparison")
     names = parse_methods(",".join(methods))
     cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)
-    try:
-        grun_lr, grun_gate_weight, grun_steps = float(grun_lr), float(grun_gate_weight), int(grun_steps)
-    except (TypeError, ValueError):
-        raise GrinError("GRUN settings: the learning rate, gate weight and steps must be numbers") from None
-    cfg = GrinConfig(**{**cfg.to_dict(), "grun_method": grun_method, "grun_gate": grun_gate, "grun_lr": grun_lr,
-                        "grun_gate_weight": grun_gate_weight, "grun_steps": grun_steps})
+    cfg = GrinConfig(**{**cfg.to_dict(), "grun_method": grun_method, "grun_gate": grun_gate,
+                        "grun_lr": as_number(grun_lr, "grun_lr"),
+                        "grun_gate_weight": as_number(grun_gate_weight, "grun_gate_weight"),
+                        "grun_steps": as_number(grun_steps, "grun_steps")})
+    session.require_loaded()
     forget, retain = session.items(max_items)
+    public.check_run(cfg, len(forget), limits, grun="grun" in names)
     stop = stop_flag(request.session_hash if request else None)
-    stop.clear()
-    session.comparison = None
+    if stop.is_set():  # Stop was pressed while this job waited in the queue
+        stop.clear()
+        yield ("**Stopped** while waiting in the queue; your previous comparison (if any) is kept.", session) \
+            + (gr.skip(),) * 4
+        return
+    try:
+        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress)
+    finally:
+        stop.clear()
+        release_memory()
+
+
+def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress):
     started = time.perf_counter()  # the wall time the visitor waited, not the sum of the engine's stage timings
     nothing = (gr.skip(),) * 4
     comparison = None
@@ -347,13 +434,24 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
         elif kind == "done":
             comparison = payload[0]
     if comparison is None:
-        yield ("Stopped.", session) + nothing
+        yield ("Stopped; your previous comparison (if any) is kept.", session) + nothing
+        return
+    finished = [name for name, r in comparison.results.items() if not r.stopped]
+    if comparison.stopped and not finished:
+        yield ("**Stopped** before any method finished; your previous comparison (if any) is kept.", session) \
+            + nothing
         return
     session.comparison = comparison
-    done = ", ".join(comparison.results)
-    status = (f"**Stopped** — finished: {done or 'none'}." if comparison.stopped else
+    done = ", ".join(finished)
+    stopped = [name for name, r in comparison.results.items() if r.stopped]
+    status = (f"**Stopped** — finished: {done or 'none'}" + (f"; stopped: {', '.join(stopped)}" if stopped else "")
+              + "." if comparison.stopped else
               f"**Done**: {done} on {len(forget)} forget and {len(retain)} retain items in "
               f"{time.perf_counter() - started:.0f} s.")
+    collapsed = [f"{name}: {w}" for name, r in comparison.results.items() if not r.stopped
+                 for w in [retain_collapse(r.metrics)] if w]
+    if collapsed:
+        status += " **Warning** — " + "; ".join(collapsed)
     yield (status, session) + _comparison_outputs(session, answers_split)
 
 
@@ -377,42 +475,65 @@ def methods_answers(split, session):
 
 
 @user_errors
-def compare_report(session):
+def compare_report(session, request: gr.Request = None):
     """The comparison as JSON (Comparison.to_report, the same contract as the CLI's compare --out)."""
-    c = session_of(session).comparison
+    session = session_of(session)
+    c = session.comparison
     if c is None:
         raise GrinError("no comparison yet: press Compare first")
-    path = _out_dir() / "grin_compare.json"
-    path.write_text(json.dumps(c.to_report(), indent=2))
+    path = _visitor_file(session, request, "grin_compare.json")
+    _replace(path, lambda tmp: tmp.write_text(json.dumps(c.to_report(), indent=2)))
     return str(path)
 
 
-def _out_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="grin_"))
+def _visitor_file(session: Session, request, name: str) -> Path:
+    """The visitor's download `name`: one file of each kind per visitor, replaced by the next one, in a folder
+    inside Gradio's cache (so Gradio serves it without copying it) that goes with the session (state.py)."""
+    if session.files is None:
+        key = hashlib.sha256((getattr(request, "session_hash", None) or os.urandom(16).hex()).encode())
+        session.files = str(Path(get_upload_folder()) / "grin_visitors" / key.hexdigest()[:32])
+    folder = Path(session.files)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _replace(path: Path, write) -> None:
+    """write(tmp) then move tmp over `path`: a reader never sees half a file, and one file remains."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @user_errors
-def report(session):
+def report(session, request: gr.Request = None):
     """The run's report as JSON (RunResult.to_report) and its metrics table as CSV."""
     session = session_of(session)
     if session.run is None:
         raise GrinError("no run yet: run Unlearn first")
-    folder = _out_dir()
     data = session.run.to_report()
     data["data"] = {"forget": session.sources[0], "retain": session.sources[1]}
-    json_path = folder / "grin_report.json"
-    json_path.write_text(json.dumps(data, indent=2))
-    csv_path = folder / "grin_metrics.csv"
-    tables.metrics(session.run).to_csv(csv_path, index=False)
+    json_path = _visitor_file(session, request, "grin_report.json")
+    _replace(json_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
+    csv_path = _visitor_file(session, request, "grin_metrics.csv")
+    _replace(csv_path, lambda tmp: tables.metrics(session.run).to_csv(tmp, index=False))
     return str(json_path), str(csv_path)
 
 
 @user_errors
-def weights(session):
+def weights(session, request: gr.Request = None):
     """The unlearned model's weights as one .safetensors file (load with safetensors.torch.load_model into the
     same architecture; the report names the model)."""
     session = session_of(session)
     if session.run is None or session.run.patch is None:
-        raise GrinError("no unlearned model yet: run Unlearn to the end first")
-    path = _out_dir() / "grin_unlearned.safetensors"
-    return gpu.weights_work(session.model_name, session.run.patch, str(path))
+        raise GrinError("no unlearned model yet: run Unlearn to the end first" if session.run is None or
+                        session.run.stopped else "this run's unlearned model is not kept on this server (see the "
+                        "Unlearn status); run with a smaller p to download weights")
+    path = _visitor_file(session, request, "grin_unlearned.safetensors")
+    try:
+        _replace(path, lambda tmp: gpu.weights_work(session.model_name, session.run.patch, str(tmp)))
+    finally:
+        release_memory()
+    return str(path)

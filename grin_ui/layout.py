@@ -9,10 +9,11 @@ from grin_engine.config import GrinConfig
 from grin_engine.data import builtin_names
 from grin_engine.losses import LOSSES, describe_losses
 
-from . import plots, tables
+from . import inputs, plots, tables
 from .callbacks import MODEL_SOURCES, P_STEPS, SIGMA2_CHOICES
 from .learn import LEARN_MD
 from .presets import PRESETS
+from .public import caps, describe
 from .state import local_models_allowed
 
 DEFAULTS = GrinConfig()
@@ -22,7 +23,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 def header() -> None:
     gr.Markdown("# GRIN Studio\nFind the weights that hold what a language model should forget, unlearn only "
                 "those, and see what it costs. Work left to right: **Setup → Influence → Unlearn → Compare**; "
-                "**Learn** explains each step.")
+                "**Learn** explains each step." + ("\n\n" + describe(caps()) if caps().public else ""))
 
 
 def _data_inputs(which: str, default: str) -> dict:
@@ -49,7 +50,7 @@ def setup_tab() -> dict:
                                              info="default: SmolLM2-135M-Instruct")
                 c["model_name"] = gr.Textbox(label="Hub id" + (" or local folder" if local_models_allowed() else ""),
                                              placeholder="HuggingFaceTB/SmolLM2-135M-Instruct")
-                c["max_items"] = gr.Slider(1, 200, value=16, step=1, label="max items per set",
+                c["max_items"] = inputs.Slider(1, min(200, caps().max_items), value=16, step=1, label="max items per set",
                                            info="Influence and Unlearn use the first N items of each set "
                                                 "(small = fast; 16 takes ~1-2 min on a CPU)")
             c.update(_data_inputs("forget", "harry_potter"))
@@ -72,9 +73,9 @@ def influence_tab() -> dict:
                     "set, then pick the top p%. Scores are computed once; the slider re-selects instantly.")
         with gr.Row():
             c["influence_btn"] = gr.Button("Compute influence", variant="primary", scale=1)
-            c["p_slider"] = gr.Slider(0, len(P_STEPS) - 1, value=P_STEPS.index(100 * DEFAULTS.p), step=1,
+            c["p_slider"] = inputs.Slider(0, len(P_STEPS) - 1, value=P_STEPS.index(100 * DEFAULTS.p), step=1,
                                       label="p (log steps, 0.01% … 10%)", scale=2, elem_id="p_slider", buttons=[])
-            c["p_percent"] = gr.Number(100 * DEFAULTS.p, label="p (%)", minimum=0.0001, maximum=100, scale=1)
+            c["p_percent"] = inputs.Number(100 * DEFAULTS.p, label="p (%)", minimum=0.0001, maximum=100, scale=1)
         c["influence_status"] = gr.Markdown(elem_id="influence_status")
         c["selection_md"] = gr.Markdown(tables.selection_text(None), elem_id="selection")
         c["heatmap"] = gr.Plot(plots.selection_heatmap(None), label="selected share", elem_id="heatmap")
@@ -104,9 +105,9 @@ def unlearn_tab() -> dict:
         with gr.Row():
             c["method"] = gr.Dropdown(list(LOSSES), value=DEFAULTS.method, label="method",
                                       info="what each does: open “What the methods do” below")
-            c["u_p_percent"] = gr.Number(100 * DEFAULTS.p, label="p (%) of weights to train",
-                                         minimum=0.0001, maximum=100,
-                                         info="follows the Influence tab's p; type here to use another")
+            c["u_p_percent"] = inputs.Number(100 * DEFAULTS.p, label="p (%) of weights to train",
+                                             minimum=0.0001, maximum=100,
+                                             info="follows the Influence tab's p; type here to use another")
             c["sigma2"] = gr.Dropdown(SIGMA2_CHOICES, value=_sigma2_choice(DEFAULTS.sigma2), label="noise σ²")
             c["use_mask"] = gr.Checkbox(True, label="mask (GRIN)", info="off: plain baseline, all weights, no noise")
         with gr.Accordion("What the methods do", open=False):
@@ -114,11 +115,11 @@ def unlearn_tab() -> dict:
                         + f"\n\ngamma and delta have no control here: the app uses their defaults, gamma = {DEFAULTS.gamma:g} "
                           f"and delta = {DEFAULTS.delta:g}.")
         with gr.Row():
-            c["lr"] = gr.Number(DEFAULTS.lr, label="learning rate", minimum=0)
-            c["steps"] = gr.Slider(1, 200, value=DEFAULTS.steps, step=1, label="steps")
-            c["alpha"] = gr.Number(DEFAULTS.alpha, label="alpha (retain weight)", minimum=0)
-            c["beta"] = gr.Number(None, label="beta (0 or empty: method default)", minimum=0)
-            c["seed"] = gr.Number(DEFAULTS.seed, label="seed", precision=0)
+            c["lr"] = inputs.Number(DEFAULTS.lr, label="learning rate", minimum=0)
+            c["steps"] = inputs.Slider(1, min(200, caps().max_steps), value=DEFAULTS.steps, step=1, label="steps")
+            c["alpha"] = inputs.Number(DEFAULTS.alpha, label="alpha (retain weight)", minimum=0)
+            c["beta"] = inputs.Number(None, label="beta (0 or empty: method default)", minimum=0)
+            c["seed"] = inputs.Number(DEFAULTS.seed, label="seed", precision=0)
         with gr.Row():
             c["run_btn"] = gr.Button("Run", variant="primary")
             c["stop_btn"] = gr.Button("Stop", variant="stop")
@@ -179,11 +180,11 @@ def methods_tab() -> dict:
                                                info="idk: steer forget questions to a refusal")
                 c["grun_gate"] = gr.Radio(["linear", "mlp"], value=DEFAULTS.grun_gate, label="gate g(h)",
                                           info="linear: one layer; mlp: a small two-layer network")
-                c["grun_lr"] = gr.Number(DEFAULTS.grun_lr, label="GRUN learning rate", minimum=0,
+                c["grun_lr"] = inputs.Number(DEFAULTS.grun_lr, label="GRUN learning rate", minimum=0,
                                          info="for the edits and the gate (new modules take larger steps)")
-                c["grun_gate_weight"] = gr.Number(DEFAULTS.grun_gate_weight, label="gate weight", minimum=0,
+                c["grun_gate_weight"] = inputs.Number(DEFAULTS.grun_gate_weight, label="gate weight", minimum=0,
                                                   info="weight of BCE(gate, 1 on forget / 0 on retain)")
-                c["grun_steps"] = gr.Number(DEFAULTS.grun_steps, label="GRUN steps", minimum=1, precision=0,
+                c["grun_steps"] = inputs.Number(DEFAULTS.grun_steps, label="GRUN steps", minimum=1, precision=0,
                                             info="its steps are cheaper: 40 cost about GRIN's 20")
         with gr.Row():
             c["compare_btn"] = gr.Button("Compare", variant="primary")

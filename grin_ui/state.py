@@ -9,14 +9,17 @@ Compare tab's own prompts and the weights download. No model copy is kept per vi
 from __future__ import annotations
 
 import hashlib
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grin_engine.config import GrinError, ModelSpec
+from grin_engine.config import GrinError, ModelSpec, as_number
 from grin_engine.data import QAItem
+from grin_engine.limits import user_path
 from grin_engine.models import LoadedModel, load_model
 
 
@@ -27,11 +30,14 @@ def local_models_allowed() -> bool:
 
 def check_model_name(name: str) -> str:
     """The model name to load, or GrinError: a local folder only where the server allows it."""
+    if not isinstance(name, (str, type(None))):
+        raise GrinError(f"model: the name must be text, got {type(name).__name__}")
     name = (name or "").strip()
     if not name:
         raise GrinError("model: give 'default' or a Hugging Face Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+    name = ModelSpec(name).name  # length and characters, before any file system call
     if name != "default" and not local_models_allowed():
-        looks_local = name.startswith((".", "/", "~", "\\")) or Path(name).expanduser().exists()
+        looks_local = name.startswith((".", "/", "~", "\\")) or user_path(name).exists()
         if looks_local:
             raise GrinError("model: local folders are disabled on this server; give a Hugging Face Hub id "
                             "(the server owner can allow folders with GRIN_ALLOW_LOCAL_MODELS=1)")
@@ -48,7 +54,7 @@ class ModelStore:
     def get(self, name: str) -> LoadedModel:
         with self._lock:
             if self._current is None or self._current.name != name:
-                self._current = None  # free the old one before loading the new one
+                # the new model loads first: a name that fails to load leaves everybody's model in place
                 self._current = load_model(ModelSpec(name))
             return self._current
 
@@ -70,16 +76,23 @@ class Session:
     comparison: object = None  # compare.Comparison of the last Compare-methods run (no patches)
     before_key: tuple | None = None  # the base-model evaluation is reused while model, items and lengths stay
     before: dict | None = None
+    files: str | None = None  # the visitor's download folder (one file of each kind, replaced; deleted with us)
 
     def require_loaded(self) -> None:
         if self.model_name is None or not self.forget or not self.retain:
             raise GrinError("nothing loaded yet: choose a model and the forget and retain sets in Setup, then Load")
 
     def items(self, max_items: int | None) -> tuple[list[QAItem], list[QAItem]]:
-        n = int(max_items) if max_items else None
+        n = as_number(max_items, "max items per set", integer=True) if max_items not in (None, "") else None
         if n is not None and n < 1:
             raise GrinError(f"max items per set must be at least 1, got {max_items}")
         return self.forget[:n], self.retain[:n]
+
+
+def delete_session(value) -> None:
+    """gr.State's delete_callback: the session's download folder goes with it (its memory goes with the object)."""
+    if isinstance(value, Session) and value.files:
+        shutil.rmtree(value.files, ignore_errors=True)
 
 
 def session_of(value) -> Session:
@@ -105,6 +118,7 @@ class StopFlag:
 
 
 _STOP_DIR = Path(tempfile.gettempdir()) / f"grin_stop_{os.getpid()}"  # this server's flags only
+atexit.register(shutil.rmtree, _STOP_DIR, ignore_errors=True)  # a flag lives from Stop to its job's end; all go here
 
 
 def stop_flag(session_hash: str | None) -> StopFlag:

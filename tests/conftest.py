@@ -92,3 +92,28 @@ def forget_items():
 @pytest.fixture
 def retain_items():
     return list(RETAIN)
+
+
+@pytest.fixture(scope="module")
+def tiny_app():
+    """The web app launched on a free port with the tiny random model standing in for 'default' (no real model
+    loads): the URL, for gradio_client visitors. The shared model is put back afterwards."""
+    import socket
+
+    from grin_ui import build_app
+    from grin_ui.state import STORE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = STORE._current
+    tokenizer = _TOKENIZER or build_tokenizer()
+    STORE._current = LoadedModel(model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, name="default",
+                                 source="local", device=torch.device("cpu"), dtype=torch.float32)
+    demo = build_app()
+    demo.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        STORE._current = saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -210,3 +211,123 @@ def test_compare_methods(client):
     grun = next(row for row in report["table"] if row["method"] == "grun")
     assert grun["forget_gate"] is not None and grun["retain_gate"] is not None
     assert report["masks_selected"]["grin"] == report["masks_selected"]["random"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs, by family, as a careless or hostile script sends them (the tiny model stands in for 'default')
+
+LOAD_DEFAULT = ("default", "", "harry_potter", "", None, "general_knowledge", "", None)
+UNLEARN_OK = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, 2]
+
+
+def _clear_error(fn, *args, match: str, **kwargs) -> str:
+    """The call fails with our own message (no "Unexpected", no Gradio generic text, no traceback)."""
+    with pytest.raises(Exception) as caught:
+        fn(*args, **kwargs)
+    text = str(caught.value)
+    assert re.search(match, text), text
+    for bad in ("Unexpected", "upstream Gradio app", "Traceback"):
+        assert bad not in text, text
+    return text
+
+
+@pytest.fixture(scope="module")
+def visitor(tiny_app):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    client.predict(*LOAD_DEFAULT, api_name="/load")
+    return client
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("nested.json", "[" * 50_000 + "]" * 50_000, "nested too deeply"),
+    ("keywords.jsonl", '{"question": "Q?", "answer": "A.", "keywords": 5}\n', "'keywords' must be a list of texts"),
+    ("para.jsonl", '{"question": "Q?", "answer": "A.", "paraphrased_answer": ["a"]}\n', "'paraphrased_answer' must"),
+    ("long.jsonl", json.dumps({"question": "Q" * 5000, "answer": "A."}) + "\n", "at most 2,000"),
+    ("object.json", '[{"question": {"a": 1}, "answer": "A."}]', "'question' must be text"),
+    ("scalar.json", "[5]", "not an object"),
+])
+def test_bad_uploads_through_the_app(tiny_app, tmp_path, name, content, message):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    path = tmp_path / name
+    path.write_text(content)
+    _clear_error(client.predict, "default", "", "harry_potter", "", gradio_client.handle_file(str(path)),
+                 "general_knowledge", "", None, api_name="/load", match=message)
+
+
+@pytest.mark.parametrize("index, value, message", [
+    (3, "abc", "learning rate: give a number"), (3, 1e300, "learning rate must be between 0 and 10"),
+    (4, "x", "steps: give a number"), (7, 1e30, "seed must be between 0 and"), (7, "nan", "seed: give a finite"),
+    (1, "p", "give a number"), (5, [1, 2], "give a number, not list"), (2, "lots", "not in the list of choices"),
+    (4, 10**9, "greater than maximum"), (8, "yes", "mask must be true or false"),
+])
+def test_bad_numbers_through_the_app(visitor, index, value, message):
+    args = list(UNLEARN_OK)
+    args[index] = value
+    _clear_error(lambda: visitor.submit(*args, api_name="/unlearn").result(timeout=120), match=message)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("x" * 5000, "5,000 characters"), ("org/na\nme", "control characters"), ("/etc", "local folders are disabled"),
+    ("~no_such_user/m", "local folders are disabled"), ("../../etc/passwd", "local folders are disabled"),
+])
+def test_bad_model_names_through_the_app(tiny_app, name, message):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    _clear_error(client.predict, "Hub id", name, "harry_potter", "", None, "general_knowledge", "", None,
+                 api_name="/load", match=message)
+
+
+def test_calls_out_of_order_through_the_app(tiny_app):
+    fresh = gradio_client.Client(tiny_app, verbose=False)
+    _clear_error(lambda: fresh.submit(*UNLEARN_OK, api_name="/unlearn").result(timeout=60), match="nothing loaded")
+    _clear_error(lambda: fresh.submit(2, 1.0, api_name="/influence").result(timeout=60), match="nothing loaded")
+    _clear_error(fresh.predict, "Who?", api_name="/generate", match="nothing loaded")
+    _clear_error(fresh.predict, 1.0, api_name="/select", match="no influence scores yet")
+    _clear_error(fresh.predict, api_name="/report", match="no run yet")
+    _clear_error(fresh.predict, api_name="/weights", match="no unlearned model yet")
+    _clear_error(fresh.predict, api_name="/compare_report", match="no comparison yet")
+    assert "Stop requested" in fresh.predict(api_name="/stop")  # harmless without a job
+
+
+def test_a_100k_character_question_is_refused_at_once(visitor):
+    from grin_ui.slots import rss_bytes
+
+    rss = rss_bytes()
+    start = time.perf_counter()
+    _clear_error(visitor.predict, "Who is Harry Potter? " * 5000, api_name="/generate", match="at most 2,000")
+    assert time.perf_counter() - start < 1.0
+    assert rss_bytes() - rss < 50 * 2**20  # memory unchanged (within allocator noise)
+
+
+def test_a_failed_run_keeps_the_previous_good_run(visitor, monkeypatch):
+    final = _finish(visitor.submit(*UNLEARN_OK, api_name="/unlearn"))[-1]
+    assert "Done" in final[0], final[0]
+    first = json.loads(open(visitor.predict(api_name="/report")[0]).read())
+
+    from grin_engine.config import GrinError
+    from grin_ui import gpu
+
+    def failing(*args, **kwargs):  # the run fails half-way (out of memory, a NaN loss ...)
+        yield "progress", {"unlearn": ("unlearn", 1, 2, 0.5)}, [0.5]
+        yield "error", GrinError("the loss became nan at step 2")
+
+    monkeypatch.setattr(gpu, "unlearn_work", failing)
+    _clear_error(lambda: visitor.submit(*UNLEARN_OK, api_name="/unlearn").result(timeout=60), match="became nan")
+    again = json.loads(open(visitor.predict(api_name="/report")[0]).read())
+    assert again["losses"] == first["losses"] and not again["stopped"]
+
+
+def test_weights_leave_one_file_per_visitor(visitor):
+    """Ten downloads of the unlearned weights leave one file for this visitor, in Gradio's cache (not copied)."""
+    _finish(visitor.submit(*UNLEARN_OK, api_name="/unlearn"))
+    paths = {visitor.predict(api_name="/weights") for _ in range(10)}
+    from grin_ui.state import STORE  # noqa: F401  (the app runs in this process: its folders are ours to look at)
+    from pathlib import Path
+
+    from gradio.utils import get_upload_folder
+
+    visitor_dirs = list((Path(get_upload_folder()) / "grin_visitors").iterdir())
+    mine = [d for d in visitor_dirs if any(f.name == "grin_unlearned.safetensors" for f in d.iterdir())]
+    assert len(paths) <= 10
+    for folder in mine:
+        assert [f.name for f in folder.iterdir() if f.name.endswith(".safetensors")] == ["grin_unlearned.safetensors"]
+        assert not [f for f in folder.iterdir() if f.name.startswith(".")]  # no temporary left

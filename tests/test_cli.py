@@ -1,5 +1,5 @@
 """Tests for the CLI (python -m grin_engine): a bad input exits non-zero with one "error:" line, no traceback,
-and writes nothing. The processes start all at once (each spends ~3 s importing torch)."""
+and writes nothing. The processes run four at a time (each spends ~3 s importing torch)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,34 @@ BAD_INPUTS = {
     "unknown_set": (["run", "--forget", "no_such_set"], "no_such_set"),
     "missing_file": (["run", "--forget", "/tmp/does/not/exist.jsonl"], "/tmp/does/not/exist.jsonl"),
     "unknown_model": (["run", "--model", "no-such-org/xyz"], "no-such-org/xyz"),
+    # paths: every output and reference is checked before the model loads (nothing written, exit 2)
+    "out_empty": (["run", "--out", ""], "--out: give a file name"),
+    "out_folder": (["run", "--out", "/tmp"], "is a folder"),
+    "out_proc": (["run", "--out", "/proc/r.json"], "cannot write in folder '/proc'"),
+    "out_device": (["run", "--out", "/dev/null"], "not a regular file"),
+    "save_model_proc": (["run", "--save-model", "/proc/m"], "--save-model: cannot write"),
+    "reference_not_a_model": (["run", "--reference", "/etc"], "holds no model"),
+    "score_out_folder": (["score", "--out", "/tmp"], "is a folder"),
+    "save_grun_folder": (["compare", "--methods", "grin,grun", "--save-grun", "/tmp"], "--save-grun"),
+    # numbers and names
+    "seed_huge": (["run", "--seed", str(10**30)], "seed must be"),
+    "lr_huge": (["run", "--lr", "1e300"], "learning rate must be at most"),
+    "lr_nan": (["run", "--lr", "nan"], "learning rate must be a finite number"),
+    "steps_huge": (["run", "--steps", str(10**9)], "steps must be at most"),
+    "model_name_long": (["run", "--model", "x" * 5000], "5,000 characters"),
+    # uploads (files written by the fixture into {data})
+    "nested_json": (["run", "--forget", "{data}/nested.json"], "nested too deeply"),
+    "keywords_int": (["run", "--forget", "{data}/keywords.jsonl"], "'keywords' must be a list of texts"),
     "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
     "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
     "unknown_attack": (["run", "--attacks", "relearn,nope"], "unknown nope"),
     "attack_missing_report": (["attack", "/tmp/no/such/report.json"], "/tmp/no/such/report.json"),
     "attack_bad_steps": (["run", "--attacks", "relearn", "--relearn-steps", "0"], "relearn steps"),
+}
+
+BAD_FILES = {
+    "nested.json": "[" * 100_000 + "]" * 100_000,
+    "keywords.jsonl": '{"question": "Q?", "answer": "A.", "keywords": 5}\n',
 }
 
 
@@ -34,19 +57,23 @@ def outcomes(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("GRIN_DEBUG", None)
-    started = {}
-    for name, (args, _) in BAD_INPUTS.items():
-        cwd = tmp_path_factory.mktemp(name)
-        proc = subprocess.Popen([sys.executable, "-m", "grin_engine", *args], cwd=cwd, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started[name] = (proc, cwd)
-    results = {}
+    data = tmp_path_factory.mktemp("data")
+    for file_name, content in BAD_FILES.items():
+        (data / file_name).write_text(content)
+    results, running = {}, []
     try:
-        for name, (proc, cwd) in started.items():
-            out, err = proc.communicate(timeout=120)
-            results[name] = (proc.returncode, out, err, sorted(p.name for p in cwd.iterdir()))
+        for name, (args, _) in BAD_INPUTS.items():  # a few at a time: each spends seconds importing torch
+            cwd = tmp_path_factory.mktemp(name)
+            args = [a.replace("{data}", str(data)) for a in args]
+            running.append((name, cwd, subprocess.Popen([sys.executable, "-m", "grin_engine", *args], cwd=cwd,
+                                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                        text=True)))
+            while len(running) >= 4 or (running and name == list(BAD_INPUTS)[-1]):
+                done_name, done_cwd, proc = running.pop(0)
+                out, err = proc.communicate(timeout=300)
+                results[done_name] = (proc.returncode, out, err, sorted(p.name for p in done_cwd.iterdir()))
     finally:
-        for proc, _ in started.values():
+        for _, _, proc in running:
             if proc.poll() is None:
                 proc.kill()
     return results

@@ -104,3 +104,38 @@ def test_empty_number_is_a_grin_error():
         except Exception as exc:  # noqa: BLE001 - recorded and reported below
             wrong[field] = f"{type(exc).__name__}: {exc}"
     assert not wrong, wrong
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# as_number: the one check of a number from a form, a script or the CLI
+
+from grin_engine.config import as_number  # noqa: E402
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("lr", "abc", "learning rate must be a number, got 'abc'"), ("lr", [1], "must be a number, got list"),
+    ("lr", math.nan, "finite"), ("seed", 10**30, "seed must be between 0 and 4,294,967,295"),
+    ("seed", 1.5, "whole number"), ("seed", "nan", "finite"), ("steps", 10**9, "between 1 and 1,000,000"),
+    ("lr", 1e300, "between 0 and 10"), ("lr", True, "got bool"), ("steps", "x" * 1000, "must be a number"),
+])
+def test_as_number_refuses_with_the_field_named(name, value, fragment):
+    _error(lambda: as_number(value, name), fragment)
+
+
+def test_as_number_reads_text_and_keeps_integers_integral():
+    assert as_number(" 5e-4 ", "lr") == 5e-4
+    assert as_number("20", "steps") == 20 and isinstance(as_number(20.0, "steps"), int)
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("seed", 10**30, "seed"), ("lr", 1e300, "learning rate must be at most 10"), ("steps", 10**9, "steps"),
+    ("grun_steps", 10**9, "grun_steps"), ("seed", -1, "seed"), ("steps", math.inf, "finite"),
+])
+def test_config_ranges(field, value, fragment):
+    _error(lambda: GrinConfig(**{field: value}), fragment)
+
+
+@pytest.mark.parametrize("name, fragment", [("x" * 5000, "5,000 characters"), ("org/na\nme", "control"),
+                                            (5, "must be text")])
+def test_bad_model_names(name, fragment):
+    _error(lambda: ModelSpec(name), fragment)

@@ -279,3 +279,57 @@ def test_forget_batches_carry_an_idk_sub_batch(tokenizer, forget_items):
     # the refusals are chosen by the seed
     again = forget_batches(tokenizer, forget_items, 3, 256, seed=0)
     assert all(torch.equal(a["idk"]["input_ids"], b["idk"]["input_ids"]) for a, b in zip(batches, again))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The item schema: every wrong type, length or shape is a GrinError naming the item and field
+
+from grin_engine.data import items_from_records, read_items_file  # noqa: E402
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"question": "Q?", "answer": "A.", "keywords": 5}, "item 1: 'keywords' must be a list of texts, got int"),
+    ({"question": "Q?", "answer": "A.", "paraphrased_answer": ["a", "b"]}, "'paraphrased_answer' must be text"),
+    ({"question": "Q?", "answer": "A.", "perturbed_answers": {"a": 1}}, "'perturbed_answers' must be a list"),
+    ({"question": "Q?", "answer": "A.", "keywords": [["nested"]]}, "'keywords' must hold texts, found list"),
+    ({"question": 5, "answer": "A."}, "'question' must be text, got int"),
+    ({"question": "Q?", "answer": None}, "'answer' is missing or empty"),
+    ({"question": "Q" * 5000, "answer": "A."}, "'question' is 5,000 characters long; at most 2,000"),
+    ({"question": "Q?", "answer": "A" * 5000}, "'answer' is 5,000 characters long"),
+    ({"question": "Q?", "answer": "A.", "keywords": ["k"] * 100}, "'keywords' has 100 entries; at most 32"),
+    ({"question": "Q?", "answer": "A.", "perturbed_answers": ["p"] * 50}, "at most 16"),
+])
+def test_item_schema_refuses_wrong_types_and_lengths(record, message):
+    with pytest.raises(GrinError) as info:
+        items_from_records([record], "upload.json")
+    assert message in str(info.value), str(info.value)
+
+
+def test_item_schema_keeps_known_fields_and_ignores_others():
+    item = items_from_records([{"question": " Q? ", "answer": "A.", "keywords": ["k", 8], "perturbed_answer": "p",
+                                "author": "x", "id": 3}])[0]
+    assert (item.question, item.keywords, item.perturbed_answers) == ("Q?", ["k", "8"], ["p"])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("deep.jsonl", '{"question": ' + "[" * 100_000, "line 1"),
+    ("huge_field.csv", "question,answer\n\"" + "x" * 200_000 + "\",a\n", "not valid CSV"),
+])
+def test_malformed_files_are_clear_errors(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(GrinError, match=message):
+        read_items_file(path)
+
+
+def test_a_file_over_the_size_cap_is_refused_before_reading(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"question": "Q?", "answer": "A."}\n' * 1000)
+    with pytest.raises(GrinError, match="MB; files of at most"):
+        read_items_file(path, max_bytes=1000)
+
+
+def test_an_absurd_source_name_is_a_clear_error():
+    with pytest.raises(GrinError, match="not a set name or a file path"):
+        load_items("x" * 5000)

@@ -218,3 +218,16 @@ def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain
     assert generate_answers(rebuilt.model, rebuilt.tokenizer, questions, cfg.max_new_tokens) == after
     assert all(torch.equal(v, weights[k]) for k, v in tiny.model.state_dict().items())
     assert result.to_report()["gates"] == result.gates
+
+
+def test_retain_collapse_warns_with_the_numbers():
+    from grin_engine.pipeline import retain_collapse
+
+    held = {"before": {"retain": {"keyword_accuracy": 1.0, "rougeL_recall": 0.8}},
+            "after": {"retain": {"keyword_accuracy": 0.9, "rougeL_recall": 0.7}}}
+    assert retain_collapse(held) is None
+    fell = {"before": {"retain": {"keyword_accuracy": 1.0, "rougeL_recall": 0.8}},
+            "after": {"retain": {"keyword_accuracy": 0.0, "rougeL_recall": 0.1}}}
+    warning = retain_collapse(fell)
+    assert "keyword accuracy 1.00 -> 0.00" in warning and "rougeL recall 0.80 -> 0.10" in warning
+    assert retain_collapse({"before": {"retain": {"keyword_accuracy": 1.0}}, "after": None}) is None  # stopped

@@ -1,0 +1,96 @@
+"""Tests for grin_ui.public: public mode is on by itself on a Space, and its caps hold through a launched app."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+gradio_client = pytest.importorskip("gradio_client")
+
+from grin_ui import public  # noqa: E402
+
+LOAD_DEFAULT = ("default", "", "harry_potter", "", None, "general_knowledge", "", None)
+RUN = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, 2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def public_server():
+    """This module's app runs in public mode (set before the app is built: its sliders and queue follow the caps)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRIN_PUBLIC", "1")
+        yield
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False), ({"SPACE_ID": "someone/grin-studio"}, True), ({"SPACE_ID": "x/y", "GRIN_PUBLIC": "0"}, False),
+    ({"GRIN_PUBLIC": "1"}, True),
+])
+def test_public_mode_is_on_by_itself_on_a_space(monkeypatch, env, expected):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRIN_PUBLIC", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert public.public_mode() is expected
+    assert public.caps() is (public.PUBLIC if expected else public.LOCAL)
+
+
+def _refused(fn, match):
+    with pytest.raises(Exception, match=match) as caught:
+        fn()
+    assert "Unexpected" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def visitor(tiny_app):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    client.predict(*LOAD_DEFAULT, api_name="/load")
+    return client
+
+
+def test_model_allow_list(tiny_app):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    _refused(lambda: client.predict("Hub id", "Qwen/Qwen2.5-72B-Instruct", "harry_potter", "", None,
+                                    "general_knowledge", "", None, api_name="/load"), "this public server offers")
+
+
+def test_upload_caps(tiny_app, tmp_path):
+    client = gradio_client.Client(tiny_app, verbose=False)
+    big = tmp_path / "big.jsonl"  # 1.5 MB
+    big.write_text((json.dumps({"question": "Q?", "answer": "A" * 1000}) + "\n") * 1500)
+    _refused(lambda: client.predict("default", "", "harry_potter", "", gradio_client.handle_file(str(big)),
+                                    "general_knowledge", "", None, api_name="/load"), "at most 1.0 MB")
+    many = tmp_path / "many.jsonl"
+    many.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": "A."}) + "\n" for i in range(3000)))
+    _refused(lambda: client.predict("default", "", "harry_potter", "", gradio_client.handle_file(str(many)),
+                                    "general_knowledge", "", None, api_name="/load"), "at most 2,000 per set")
+
+
+@pytest.mark.parametrize("index, value, match", [
+    (3, 0.1, "this server accepts 1e-07 to 0.01"), (4, 150, "greater than maximum value 100"),
+    (1, 20.0, "selects at most 10%"), (9, 64, "greater than maximum value 32"),
+])
+def test_run_caps(visitor, index, value, match):
+    args = list(RUN)
+    args[index] = value
+    _refused(lambda: visitor.submit(*args, api_name="/unlearn").result(timeout=120), match)
+
+
+def test_grun_and_question_caps(visitor):
+    _refused(lambda: visitor.submit(["grun"], "idk", "linear", 1e-2, 3.0, 1000, *RUN, "forget",
+                                    api_name="/compare").result(timeout=120), "at most 200")
+    _refused(lambda: visitor.predict("Who? " * 300, api_name="/generate"), "at most 1,000")
+
+
+def test_a_large_patch_is_not_kept_per_visitor(visitor, monkeypatch):
+    """A run whose patch passes the per-visitor cap keeps metrics and the report, not the patch."""
+    monkeypatch.setattr(public, "PUBLIC", dataclasses.replace(public.PUBLIC, patch_bytes=1000))
+    args = list(RUN)
+    args[8] = False  # no mask: the whole model's weights change
+    job = visitor.submit(*args, api_name="/unlearn")
+    job.result(timeout=300)
+    final = job.outputs()[-1][0]
+    assert "Done" in final and "keeps unlearned models of at most" in final, final
+    _refused(lambda: visitor.predict(api_name="/weights"), "not kept on this server")
+    assert json.loads(open(visitor.predict(api_name="/report")[0]).read())["losses"]
