@@ -51,14 +51,16 @@ def test_mcq_accuracy_is_argmax_of_choice_loglikelihoods(tiny):
 
 def test_length_batches_sorted_within_budget_every_index_once():
     lengths = [5, 40, 7, 7, 3, 90, 12, 40, 1]
-    for budget, max_rows in ((50, None), (100, 2), (1, None), (10_000, 3)):
-        batches = evaluate.length_batches(lengths, budget, max_rows)
-        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-        flat = [lengths[i] for b in batches for i in b]
-        assert flat == sorted(flat)  # shortest first
-        for b in batches:
-            assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
-            assert max_rows is None or len(b) <= max_rows
+    for by_length in (True, False):
+        for budget, max_rows in ((50, None), (100, 2), (1, None), (10_000, 3)):
+            batches = evaluate.length_batches(lengths, budget, max_rows, by_length=by_length)
+            order = [i for b in batches for i in b]
+            assert sorted(order) == list(range(len(lengths)))
+            flat = [lengths[i] for i in order]
+            assert flat == sorted(flat) if by_length else order == list(range(len(lengths)))
+            for b in batches:
+                assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+                assert max_rows is None or len(b) <= max_rows
     assert evaluate.length_batches([], 100) == []
 
 
@@ -94,6 +96,10 @@ def test_batched_generation_equals_one_question_at_a_time(tokenizer, monkeypatch
         assert answers == one_by_one, budget
         assert seen[-1] == (len(questions), len(questions)) and len(seen) >= 1
     assert len(seen) == 1
+    # the accelerator's way (sorted by prompt length, memory budget): a pretend GPU with little free memory
+    monkeypatch.setattr(evaluate, "_free_accelerator_bytes", lambda model: 3_000_000)
+    assert evaluate.token_budget(model, evaluate.generation_token_bytes(model), 0)[1] == evaluate.MAX_ROWS
+    assert evaluate.generate_answers(model, tokenizer, questions, max_new_tokens=12) == one_by_one
 
 
 def test_batched_nlls_equal_one_pair_at_a_time(tokenizer, monkeypatch):
