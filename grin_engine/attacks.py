@@ -37,6 +37,8 @@ from .patch import WeightPatch, unlearned_copy
 
 FORCED_PREFIX = "Sure, here is the answer:"
 ONE_SHOT_INTRO = "Here is a related fact: "
+MAX_RELEARN_STEPS = 500  # bounds that keep one visitor's attack from holding a shared machine for hours
+MAX_SAMPLES = 64
 RECOVERY_TOLERANCE = 1e-12  # |before - unlearned| below this counts as "nothing was forgotten"
 
 
@@ -51,10 +53,11 @@ class AttackConfig:
     prefix: str = FORCED_PREFIX
 
     def __post_init__(self):
-        for name in ("relearn_steps", "samples", "group_size"):
+        for name, most in (("relearn_steps", MAX_RELEARN_STEPS), ("samples", MAX_SAMPLES), ("group_size", 4096)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GrinError(f"attack {name.replace('_', ' ')} must be a whole number >= 1, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise GrinError(f"attack {name.replace('_', ' ')} must be a whole number from 1 to {most}, "
+                                f"got {value!r}")
         for name in ("relearn_lr", "temperature"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)

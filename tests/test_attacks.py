@@ -266,6 +266,10 @@ def test_attack_config_checks():
         AttackConfig(relearn_lr=-1.0)
     with pytest.raises(GrinError, match="samples"):
         AttackConfig(samples=1.5)
+    with pytest.raises(GrinError, match="from 1 to 64"):
+        AttackConfig(samples=65)
+    with pytest.raises(GrinError, match="from 1 to 500"):
+        AttackConfig(relearn_steps=10_000)
 
 
 def test_a_run_without_patch_cannot_be_attacked(tiny_run):
