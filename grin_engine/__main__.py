@@ -1,4 +1,4 @@
-"""Command line: python -m grin_engine {run,score,compare,sweep} ...
+"""Command line: python -m grin_engine {run,score,compare,sweep,tofu,attack} ...
 
     python -m grin_engine run --out report.json          # GRIN with the defaults on the built-in sets
     python -m grin_engine run --no-mask --out plain.json # the same unlearning on all weights (baseline)
@@ -6,6 +6,8 @@
     python -m grin_engine compare --methods grin,grun,full,random,forget-grad --out compare.json
     python -m grin_engine tofu --forget forget01 --methods grin,graddiff,npo --out tofu.json
     python -m grin_engine sweep --p 0.001 0.01 0.05 --methods grin,random --seeds 0 1 --target "forget_keyword_accuracy<=0.25"
+    python -m grin_engine run --attacks relearn,quant4,quant8,prefix,paraphrase,sample --out report.json
+    python -m grin_engine run --save-patch run.safetensors --out report.json && python -m grin_engine attack report.json
 
 A mistake in the arguments prints one line to stderr and exits with status 2; nothing is written.
 """
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-mask", action="store_true", help="baseline: train all candidate weights, no noise")
     run.add_argument("--reference", default=None, help="a model never trained on the forget set (forget quality)")
     run.add_argument("--save-model", default=None, help="folder to save the unlearned model in (safetensors)")
+    run.add_argument("--save-patch", default=None,
+                     help="write what the run changed to this .safetensors file (for a later `attack`)")
+    _add_attacks(run)
     run.add_argument("--out", default="report.json", help="where to write the report JSON")
 
     score = sub.add_parser("score", help="influence scores only: what would be selected at each p",
@@ -86,10 +91,45 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--grun-gate-weight", type=float, default=DEFAULTS.grun_gate_weight)
     compare.add_argument("--grun-lr", type=float, default=DEFAULTS.grun_lr)
     compare.add_argument("--save-grun", default=None, help="write the trained GRUN edits here (.safetensors)")
+    compare.add_argument("--save-patch", default=None,
+                         help="an existing folder: write each method's patch to <folder>/<method>.safetensors")
+    _add_attacks(compare)
     compare.add_argument("--out", default="compare.json", help="where to write the comparison JSON")
+    attack = sub.add_parser("attack", help="attack a saved run: is the forgotten knowledge really gone?",
+                            description="Attack the unlearned model(s) of a report written by run or compare with "
+                                        "--save-patch, and write each attack's metrics and recovery.")
+    attack.add_argument("report", help="a report.json (run) or compare.json (compare) written with --save-patch")
+    attack.add_argument("--model", default=None, help="the base model (default: the one the report names)")
+    attack.add_argument("--forget", default=None, help="the forget set (default: the one the report names)")
+    attack.add_argument("--retain", default=None, help="the retain set (default: the one the report names)")
+    attack.add_argument("--device", default="auto")
+    attack.add_argument("--dtype", default="auto")
+    _add_attacks(attack, default="all")
+    attack.add_argument("--out", default="attacks.json", help="where to write the attacks JSON")
     _add_sweep(sub)
     _add_tofu(sub)
     return parser
+
+
+def _add_attacks(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    from .attacks import ATTACKS, AttackConfig
+
+    defaults = AttackConfig()
+    parser.add_argument("--attacks", default=default,
+                        help="comma-separated attacks on the unlearned model, or all: "
+                             + "; ".join(f"{k}: {v[1]}" for k, v in ATTACKS.items()))
+    parser.add_argument("--relearn-steps", type=int, default=defaults.relearn_steps)
+    parser.add_argument("--relearn-lr", type=float, default=defaults.relearn_lr)
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="answers sampled per forget question")
+
+
+def _attack_config(args):
+    from .attacks import AttackConfig, parse_attacks
+
+    if not args.attacks:
+        return None, []
+    return AttackConfig(relearn_steps=args.relearn_steps, relearn_lr=args.relearn_lr,
+                        samples=args.samples), parse_attacks(args.attacks)
 
 
 def _add_tofu(sub) -> None:
@@ -256,6 +296,8 @@ def command_run(args) -> None:
     save_to = outputs.check_folder(args.save_model, "--save-model") if args.save_model is not None else None
     if args.reference is not None:
         check_source(ModelSpec(args.reference, args.device, args.dtype).name)  # before the slow loads
+    acfg, attack_names = _attack_config(args)
+    patch_to = _check_out(args.save_patch, "--save-patch") if args.save_patch is not None else None
     base, forget, retain, load_s = _load(args)
     reference = (load_model(ModelSpec(args.reference, args.device, args.dtype, args.device_map,
                                       _memory_map(args.max_memory))) if args.reference else None)
@@ -264,21 +306,62 @@ def command_run(args) -> None:
                           keep_model=save_to is not None, in_place=True)
     result.timings["load_s"] = load_s
     report = result.to_report()
+    report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
+    if patch_to is not None and result.patch is not None:
+        report["patch_file"] = str(patch_to)
+    if attack_names and not result.stopped:
+        from .attacks import Target
+
+        method = "grin" if cfg.use_mask else "full"
+        report.update(_run_attacks(base, [Target.of(method, result)], forget, retain, cfg, attack_names, acfg))
     staged = outputs.Outputs()  # every output appears at once, or none
     try:
         staged.text(out, json.dumps(report, indent=2))
         if save_to is not None:
             save_model_folder(result.unlearned_model, staged.folder(save_to))
+        if "patch_file" in report:
+            from .patch import save_patch
+
+            save_patch(result.patch, str(staged.file(patch_to)), base.name)
         staged.commit()
     finally:
         staged.discard()
     if save_to is not None:
         print(f"unlearned model written to {save_to} (safetensors)")
+    if "patch_file" in report:
+        print(f"patch written to {patch_to} (safetensors)")
     print(format_summary(report))
+    if "attack_table" in report:
+        print(format_attacks(report["attack_table"]))
     warning = pipeline.retain_collapse(report["metrics"])
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"report written to {out}")
+
+
+def _run_attacks(base, targets, forget, retain, cfg, names, acfg) -> dict:
+    """The report's attack sections: `attacks` (every attack's metrics, baselines, recovery and answers per method)
+    and `attack_table` (one row per method and attack: forget keyword accuracy before / unlearned / attacked)."""
+    from .attacks import attack_targets, attacks_report, recovery_table
+
+    start = time.perf_counter()
+    results = attack_targets(base, targets, forget, retain, cfg, names, acfg, on_progress=_progress_bars())
+    return {"attacks": attacks_report(results), "attack_table": recovery_table(results),
+            "attack_settings": {**vars(acfg), "names": names, "seconds": time.perf_counter() - start}}
+
+
+def format_attacks(rows: list[dict]) -> str:
+    """The attacks for the terminal: forget keyword accuracy before / unlearned / attacked, and the recovery."""
+    fmt = lambda v: f"{v:>10.3f}" if v is not None else f"{'-':>10}"  # noqa: E731
+    lines = [f"{'method':<8}{'attack':<12}{'items':<10}{'before':>10}{'unlearned':>10}{'attacked':>10}"
+             f"{'recovery':>10}{'retain':>10}   (keyword accuracy)"]
+    for r in rows:
+        if r["skipped"]:
+            lines.append(f"{r['method']:<8}{r['attack']:<12}skipped: {r['skipped']}")
+            continue
+        lines.append(f"{r['method']:<8}{r['attack']:<12}{r['group']:<10}{fmt(r['before'])}{fmt(r['unlearned'])}"
+                     f"{fmt(r['attacked'])}{fmt(r['recovery'])}{fmt(r['retain_attacked'])}")
+    return "\n".join(lines)
 
 
 def format_summary(report: dict) -> str:
@@ -351,25 +434,77 @@ def command_compare(args) -> None:
     if args.save_grun is not None and "grun" not in methods:
         raise GrinError("--save-grun needs grun among --methods")
     save_grun_to = _check_out(args.save_grun, "--save-grun") if args.save_grun is not None else None
+    if args.save_patch is not None and not Path(args.save_patch).is_dir():
+        raise GrinError(f"--save-patch: folder {args.save_patch!r} does not exist")
+    acfg, attack_names = _attack_config(args)
     base, forget, retain, load_s = _load(args)
     start = time.perf_counter()
     comparison = compare(base, forget, retain, cfg, methods, on_progress=_progress_bars(), in_place=True)
     comparison.timings.update(load_s=load_s, total_s=time.perf_counter() - start)
     report = comparison.to_report()
+    report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
+    finished = {name: r for name, r in comparison.results.items() if not r.stopped and r.patch is not None}
+    if args.save_patch is not None:
+        report["patch_files"] = {name: str(Path(args.save_patch) / f"{name}.safetensors") for name in finished}
+    if attack_names and finished:
+        from .attacks import Target
+
+        targets = [Target.of(name, r) for name, r in finished.items()]
+        report.update(_run_attacks(base, targets, forget, retain, cfg, attack_names, acfg))
     grun = comparison.results.get("grun")
     staged = outputs.Outputs()
     try:
         staged.text(out, json.dumps(report, indent=2))
         if save_grun_to is not None and grun is not None and grun.patch is not None:
             save_grun(grun.patch, str(staged.file(save_grun_to)), base.name)
+        if args.save_patch is not None:
+            from .patch import save_patch
+
+            for name, path in report["patch_files"].items():
+                save_patch(finished[name].patch, str(staged.file(Path(path))), base.name)
         staged.commit()
     finally:
         staged.discard()
     if save_grun_to is not None:
         print(f"GRUN edits written to {save_grun_to} (safetensors)" if grun is not None and grun.patch is not None
               else "GRUN did not finish (stopped): no edits written")
+    if args.save_patch is not None:
+        print(f"patches written to {args.save_patch}/ (safetensors)")
     print(format_comparison(report))
+    if "attack_table" in report:
+        print(format_attacks(report["attack_table"]))
     print(f"comparison written to {out}")
+
+
+def command_attack(args) -> None:
+    """Attack the unlearned model(s) of a saved report (run or compare, written with --save-patch)."""
+    from . import data, models
+    from .attacks import saved_targets
+
+    path = Path(args.report)
+    if not path.is_file():
+        raise GrinError(f"report: file {args.report!r} not found")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GrinError(f"report: {args.report} is not a JSON report ({exc})") from None
+    acfg, names = _attack_config(args)
+    out = _check_out(args.out)
+    saved = report.get("data") or {}
+    if not isinstance(saved, dict) or not isinstance(report.get("config"), dict):
+        raise GrinError(f"report: {args.report} is not a report written by run or compare")
+    forget = data.load_items(args.forget or saved.get("forget") or "harry_potter", saved.get("max_items"))
+    retain = data.load_items(args.retain or saved.get("retain") or "general_knowledge", saved.get("max_items"))
+    targets = saved_targets(report, path.parent, len(forget), len(retain))
+    cfg = GrinConfig(**{k: v for k, v in report["config"].items() if k in GrinConfig.__dataclass_fields__})
+    model_name = args.model or (report.get("model") or {}).get("name") or "default"
+    print(f"loading model {model_name!r} ...", flush=True)
+    base = models.load_model(ModelSpec(model_name, args.device, args.dtype))
+    result = {"report": str(path), "model": base.facts(), "config": cfg.to_dict(),
+              **_run_attacks(base, targets, forget, retain, cfg, names, acfg)}
+    out.write_text(json.dumps(result, indent=2))
+    print(format_attacks(result["attack_table"]))
+    print(f"attacks written to {out}")
 
 
 def format_comparison(report: dict) -> str:
@@ -464,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         {"run": command_run, "score": command_score, "compare": command_compare,
-         "sweep": command_sweep, "tofu": command_tofu}[args.command](args)
+         "sweep": command_sweep, "tofu": command_tofu, "attack": command_attack}[args.command](args)
     except GrinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

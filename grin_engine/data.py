@@ -35,6 +35,7 @@ class QAItem:
     keywords: list[str] = field(default_factory=list)
     paraphrased_answer: str | None = None
     perturbed_answers: list[str] = field(default_factory=list)
+    paraphrased_questions: list[str] = field(default_factory=list)  # the same question reworded (attacks.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +129,8 @@ def items_from_records(records: list, name: str = "data") -> list[QAItem]:
     question (text, 1 to MAX_QUESTION_CHARS characters), answer (text, 1 to MAX_ANSWER_CHARS), keywords (a list of
     texts or numbers, or one text separated by ";"; at most MAX_KEYWORDS), paraphrased_answer (text or absent),
     perturbed_answers (a list of texts or one text; TOFU's spelling `perturbed_answer` is accepted; at most
-    MAX_PERTURBED). Any other field is ignored (TOFU rows carry more). A wrong type or length is a GrinError naming
+    MAX_PERTURBED), paraphrased_questions (the question reworded, for the paraphrase attack: a list of texts or one
+    text separated by ";"; at most MAX_PERTURBED). Any other field is ignored (TOFU rows carry more). A wrong type or length is a GrinError naming
     the item and the field.
     """
     if not isinstance(records, list) or not records:
@@ -150,8 +152,10 @@ def _item(rec, where: str) -> QAItem:
     paraphrased = rec.get("paraphrased_answer")
     if paraphrased is not None and paraphrased != "":
         paraphrased = _text(paraphrased, f"{where}: 'paraphrased_answer'", limits.MAX_ANSWER_CHARS)
+    paraphrased_questions = _texts(rec.get("paraphrased_questions"), f"{where}: 'paraphrased_questions'",
+                                   limits.MAX_PERTURBED, limits.MAX_QUESTION_CHARS, split=";")
     return QAItem(question=question, answer=answer, keywords=keywords, paraphrased_answer=paraphrased or None,
-                  perturbed_answers=perturbed)
+                  perturbed_answers=perturbed, paraphrased_questions=paraphrased_questions)
 
 
 def _text(value, what: str, max_chars: int) -> str:

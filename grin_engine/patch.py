@@ -90,3 +90,48 @@ def unlearned_copy(base: LoadedModel, patch) -> LoadedModel:
         patch.build().attach(work.model, work.tokenizer)
         return work
     return apply_patch(base, patch)
+
+
+def save_patch(patch, path: str, model_name: str = "") -> str:
+    """Write a run's patch to one .safetensors file (no pickle): a WeightPatch as "<weight>::index" (absent for a
+    whole weight) and "<weight>::values" tensors, a GrunState with grun.save_grun. `load_patch` reads either."""
+    from safetensors.torch import save_file
+
+    from .grun import GrunState, save_grun
+
+    if isinstance(patch, GrunState):
+        return save_grun(patch, path, model_name)
+    tensors = {}
+    for name, (index, values) in patch.entries.items():
+        if index is not None:
+            tensors[f"{name}::index"] = index.contiguous()
+        tensors[f"{name}::values"] = values.contiguous()
+    save_file(tensors, str(path), metadata={"format": "pt", "written_by": "grin_engine.patch", "model": model_name})
+    return str(path)
+
+
+def load_patch(path: str):
+    """The WeightPatch or GrunState written by save_patch (GrinError for any other file)."""
+    from safetensors import SafetensorError, safe_open
+
+    from .config import GrinError
+    from .grun import load_grun
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            written_by = (f.metadata() or {}).get("written_by")
+            if written_by == "grin_engine.grun":
+                return load_grun(path)
+            if written_by != "grin_engine.patch":
+                raise GrinError(f"patch: {path} is not a patch written by grin_engine (run --save-patch)")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, SafetensorError) as exc:
+        if isinstance(exc, GrinError):
+            raise
+        raise GrinError(f"patch: cannot read {path} ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    entries = {}
+    for key, values in tensors.items():
+        name, _, part = key.rpartition("::")
+        if part == "values":
+            entries[name] = (tensors.get(f"{name}::index"), values)
+    return WeightPatch(entries)

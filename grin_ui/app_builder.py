@@ -6,6 +6,7 @@ import functools
 
 import gradio as gr
 
+from . import attack_view
 from . import callbacks as cb
 from . import layout, sweep_view, tofu_view
 from .public import caps
@@ -47,6 +48,7 @@ def build_app() -> gr.Blocks:
             u = layout.unlearn_tab()
             c = layout.compare_tab()
             m = layout.methods_tab()
+            a = attack_view.attack_tab()
             w = sweep_view.sweep_tab()
             t = tofu_view.tofu_tab()
             layout.learn_tab()
@@ -103,6 +105,7 @@ def build_app() -> gr.Blocks:
         m["answers_split"].change(cb.methods_answers, [m["answers_split"], session], m["methods_answers"],
                                   api_name="methods_answers", api_visibility="undocumented", queue=False)
         m["compare_report_btn"].click(cb.compare_report, session, m["compare_report"], api_name="compare_report")
+        attack_view.wire(a, session, MODEL)
         tofu_view.wire(t, session, MODEL)
         sweep_view.wire(w, s, u, session, MODEL)
     return demo

@@ -172,13 +172,14 @@ def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
 @gpu(duration=compare_seconds)
 def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
                  stop: StopFlag):
-    """Several methods on the same data (grin_engine.compare): done -> Comparison, without the runs' patches
-    (the view needs metrics and answers; an unmasked run's patch is the size of the model)."""
+    """Several methods on the same data (grin_engine.compare): done -> Comparison, with the patches of the masked
+    methods and GRUN (a few MB, for the Attack view) but not an unmasked run's (the size of the model)."""
     def work(report):
         comparison = compare.compare(STORE.get(model_name), forget, retain, cfg, methods, on_progress=report,
                                      should_stop=stop.is_set)
         for result in comparison.results.values():
-            result.patch = None
+            if not _small_patch(result.patch):
+                result.patch = None
         return comparison
 
     yield from _stream(work, stop)
@@ -235,5 +236,26 @@ def tofu_work(model_name: str, recipe, methods: list[str], cfg: GrinConfig, stop
         total = sum(v for k, v in result["timings"].items() if k.endswith("_s"))
         result["timings"]["total_s"] = total
         return result
+
+    yield from _stream(work, stop)
+
+
+PATCH_KEEP_MAX = 20_000_000  # numbers; a comparison keeps the patches up to this size (p = 1%: ~1 M; full: all)
+
+
+def _small_patch(patch) -> bool:
+    return isinstance(patch, GrunState) or (isinstance(patch, WeightPatch) and patch.numel() <= PATCH_KEEP_MAX)
+
+
+@gpu(duration=1200)
+def attack_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, targets: list,
+                names: list[str], acfg, stop: StopFlag):
+    """The named attacks (grin_engine.attacks) on each target (base + its patch, on copies; the base is only
+    read): done -> list of AttackResult (plain data). Stop ends the work at its next batch or step."""
+    from grin_engine.attacks import attack_targets
+
+    def work(report):
+        return attack_targets(STORE.get(model_name), targets, forget, retain, cfg, names, acfg, on_progress=report,
+                              should_stop=stop.is_set)
 
     yield from _stream(work, stop)

@@ -128,3 +128,63 @@ $p$ share about $p/(2-p)$ (0.005 at $p$ = 1%). On the default model the GRIN and
 than that (0.003 at $p$ = 1%): the weights with the largest forget gradients mostly have large retain gradients
 too (they matter for everything), and the ratio steers away from exactly those.
 """
+
+# The Attack tab's part of Learn (grin_engine/attacks.py, DESIGN.md §7).
+ATTACKS_MD = r"""
+# Is it really gone? The attacks
+
+A run is usually judged by its greedy answers to the very questions it trained on. That can overstate forgetting:
+the knowledge may only be *hidden*. The **Attack** tab tries to bring it back and measures how much returns:
+
+$$\text{recovery} = \frac{\text{attacked} - \text{unlearned}}{\text{before} - \text{unlearned}}$$
+
+0 means nothing came back, 1 means everything did (it is not clipped; it is undefined, "n/a", when unlearning did not
+change the metric at all). Every attack works on its own copy of the unlearned model.
+
+**Relearning** (Hu et al., arXiv 2406.13356; Deeb & Roger, arXiv 2410.08827). The forget set is split in two halves
+A and B, fixed by the seed. A copy of the unlearned model is fine-tuned for a few steps, with a small learning
+rate, on A's answers only; then it is asked B's questions, which it never saw during the attack. If B's answers come
+back, the knowledge was still in the weights and A only unlocked it: Deeb & Roger found that fine-tuning on part of
+the forgotten facts restored about 88% of the accuracy on the other part for many unlearning methods.
+
+The retain set is evaluated after relearning too. A method that truly erased the facts should need as many steps to
+relearn B as a model that never knew them; a method that only suppressed them springs back after a handful.
+
+**Quantisation** (Zhang et al., arXiv 2410.16454). Models are usually downloaded quantised (the default model here
+ships as a 4-bit GGUF file). Rounding each weight to a coarse grid can undo an unlearning method whose changes are
+small: Zhang et al. saw the knowledge retained go from 21% to 83% at 4 bits. The attacks round the weights of the
+transformer blocks to 8 or 4 bits with one scale per group of 32 (round-to-nearest), or round-trip them through the
+GGUF formats Q8_0, Q4_0 and Q4_1 with the `gguf` package, and evaluate again.
+
+This matters for GRIN in particular: it changes few weights by small amounts. A 4-bit grid has only 15 levels per
+group, so a change smaller than half a step snaps back to the original value. For weight methods the tab also
+reports **survival**: the share of the changed weights whose quantised value still differs from the quantised base.
+
+**Forced answer start.** The assistant's turn is opened with "Sure, here is the answer:" before the model writes a
+word, a classic prefix attack from the jailbreak literature. A model that learned to refuse or deflect at the first
+token (the idk loss, GRUN's gate at the prompt end) may then simply go on and state the fact.
+
+Only the continuation after the prefix is scored, so the prefix itself cannot count as a hit.
+
+**Paraphrases.** Every built-in forget question has one or two rewordings ("Which writer is the author of the Harry
+Potter novels?"), each checked to be answered correctly by the default model before unlearning. Unlearning trained
+on the exact wording; if a reworded question still gets the answer, the fact was not removed, only the phrasing.
+
+Uploaded items may carry their own `paraphrased_questions`.
+
+**One-shot context.** Each forget question is preceded by a related fact, another forget item's answer that does not
+contain this item's answer ("Here is a related fact: The Harry Potter books were written by J.K. Rowling."). In-context
+reminders of the topic can reactivate associations that unlearning suppressed.
+
+Unlearning trained on the bare questions; a longer prompt with the topic's names in it is a different input, on
+which a gate or a suppressed association may not fire. The related fact is chosen with the run's seed.
+
+**Sampling** (arXiv 2410.19482). Greedy decoding shows the single most likely answer; sampling shows what else the
+model would say. For each forget question 8 answers are drawn at temperature 1 (seeded), and the leak is the share of
+questions with at least one answer holding a keyword, before and after unlearning. A fact that is still among the
+likely answers leaks even when the greedy answer looks clean.
+
+Its recovery compares the leak after unlearning with the greedy keyword accuracy before and after unlearning.
+"""
+
+LEARN_MD = LEARN_MD + ATTACKS_MD

@@ -89,7 +89,7 @@ def _selected(text: str) -> int:
 def test_full_flow_in_a_browser(page):
     expect(page.get_by_role("heading", name="GRIN Studio")).to_be_visible(timeout=60 * SECOND)
     assert [t.inner_text().strip() for t in page.get_by_role("tab").all()] == \
-        ["Setup", "Influence", "Unlearn", "Compare", "Compare methods", "Sweep", "Learn"]
+        ["Setup", "Influence", "Unlearn", "Compare", "Compare methods", "Attack", "Sweep", "TOFU benchmark", "Learn"]
 
     # Setup: few items, Load, the model's facts appear
     _number(page, "number input for max items per set", 4)
@@ -181,6 +181,25 @@ def test_full_flow_in_a_browser(page):
     expect(answers).to_contain_text("Hogwarts")
     _shot(page, "5_compare_methods")
 
+    # Attack: each method of the comparison (grin and grun; the full baseline's patch is not kept), two attacks
+    _tab(page, "Attack")
+    page.get_by_role("radio", name="each method of the last comparison").check()
+    for name in ("relearn", "gguf_q4_1"):  # keep quant4 and prefix of the default choice
+        page.get_by_role("checkbox", name=re.compile(f"^{name} — ")).uncheck()
+    page.get_by_role("button", name="Attack", exact=True).click()
+    expect(page.locator("#attack_status")).to_contain_text("Done: 4 attack(s) on grin, grun", timeout=900 * SECOND)
+    bars = page.locator("#attack_bars .js-plotly-plot")
+    expect(bars).to_contain_text("before, after unlearning, after the attack")
+    expect(bars).to_contain_text("recovery")
+    expect(bars.locator("g.barlayer .trace")).to_have_count(3)  # before, unlearned, attacked
+    attack_table = page.locator("#attack_table")
+    for name in ("grin", "grun", "quant4", "prefix"):
+        expect(attack_table.get_by_role("gridcell", name=name, exact=True).first).to_be_visible()
+    attacked = page.locator("#attack_answers")
+    for column in ("question", "unlearned answer", "attacked answer"):
+        expect(attacked.get_by_role("columnheader", name=column, exact=True)).to_be_visible()
+    expect(attacked).to_contain_text("Hogwarts")
+    _shot(page, "6_attack")
     # Sweep: grin and random at two p, one seed (4 points, 2 steps each); Stop after the first point keeps it,
     # Run again continues; a point's answers beside the base model's
     _tab(page, "Sweep")
@@ -191,7 +210,8 @@ def test_full_flow_in_a_browser(page):
     expect(page.get_by_role("heading", name="How GRIN unlearning works")).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile("Influence score"))).to_be_visible()
     expect(page.get_by_role("heading", name=re.compile("GRUN: unlearning without changing a weight"))).to_be_visible()
-    _shot(page, "7_learn")
+    expect(page.get_by_role("heading", name="Is it really gone? The attacks")).to_be_visible()
+    _shot(page, "8_learn")
 
 
 def sweep_figure_and_answers(page) -> None:

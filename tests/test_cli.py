@@ -44,6 +44,9 @@ BAD_INPUTS = {
     "sweep_unknown_method": (["sweep", "--methods", "grin,nope"], "unknown nope"),
     "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
     "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
+    "unknown_attack": (["run", "--attacks", "relearn,nope"], "unknown nope"),
+    "attack_missing_report": (["attack", "/tmp/no/such/report.json"], "/tmp/no/such/report.json"),
+    "attack_bad_steps": (["run", "--attacks", "relearn", "--relearn-steps", "0"], "relearn steps"),
 }
 
 BAD_FILES = {
@@ -135,9 +138,7 @@ def test_score_on_a_local_model_folder(tmp_path, tiny_model_files):
     """`score` through the real loading code on a local folder (a tiny Llama saved as safetensors)."""
     import json
 
-    folder = tiny_model_files[0]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    folder, env = _tiny_folder(tmp_path, tokenizer, lambda it: {"question": it.question, "answer": it.answer})
     out = tmp_path / "selection.json"
     proc = subprocess.run([sys.executable, "-m", "grin_engine", "score", "--model", str(folder), "--forget",
                            str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"),
@@ -150,3 +151,51 @@ def test_score_on_a_local_model_folder(tmp_path, tiny_model_files):
         assert abs(s["fraction"] - s["p"]) <= 0.005 * s["p"] + 1 / s["candidates"]
         assert sum(row["selected"] for row in s["by_layer"]) == s["selected"]
     assert result["selections"][0]["selected"] < result["selections"][1]["selected"]
+
+
+def test_run_save_patch_then_attack_a_local_model(tmp_path, tokenizer):
+    """run --save-patch --attacks, then `attack` on the saved report: both write the attacks section."""
+    import json
+
+    folder, env = _tiny_folder(tmp_path, tokenizer, lambda it: {
+        "question": it.question, "answer": it.answer, "keywords": it.keywords,
+        "paraphrased_questions": [f"Say: {it.question}"]})
+    common = ["--model", str(folder), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
+              str(tmp_path / "retain.jsonl")]
+    proc = subprocess.run([sys.executable, "-m", "grin_engine", "run", *common, "--steps", "2", "--p", "0.05",
+                           "--max-new-tokens", "4", "--save-patch", "patch.safetensors", "--attacks",
+                           "quant4,paraphrase", "--out", "report.json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["attacks"]["grin"]) == {"quant4", "paraphrase"}
+    assert [r["attack"] for r in report["attack_table"]] == ["quant4", "paraphrase"]
+    assert "recovery" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "grin_engine", "attack", "report.json", "--attacks",
+                           "quant4,relearn", "--relearn-steps", "2", "--out", "attacks.json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    attacked = json.loads((tmp_path / "attacks.json").read_text())
+    assert set(attacked["attacks"]["grin"]) == {"quant4", "relearn"}
+    # the same patch, the same quantisation: the same numbers as the run's own attack
+    assert attacked["attacks"]["grin"]["quant4"]["metrics"] == report["attacks"]["grin"]["quant4"]["metrics"]
+    assert attacked["attacks"]["grin"]["quant4"]["details"] == report["attacks"]["grin"]["quant4"]["details"]
+
+
+def _tiny_folder(tmp_path, tokenizer, record):
+    """A tiny Llama saved as a local model folder, forget.jsonl / retain.jsonl of the test items (record(item) ->
+    the JSON object of one), and the environment to run the CLI in: (folder, env)."""
+    import json
+
+    from conftest import FORGET, RETAIN, tiny_llama
+
+    folder = tmp_path / "tiny"
+    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for name, items in (("forget", FORGET), ("retain", RETAIN)):
+        with open(tmp_path / f"{name}.jsonl", "w") as f:
+            for it in items:
+                f.write(json.dumps(record(it)) + "\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return folder, env

@@ -139,3 +139,30 @@ def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget
         assert [g["after"] for g in kept.generations if g["split"] == "forget"] == \
             generate_answers(kept.unlearned_model.model, tiny.tokenizer, questions, cfg.max_new_tokens)
         _assert_same(tiny.model, saved)
+
+
+def test_save_and_load_patch_round_trip(tiny, forget_items, retain_items, tmp_path):
+    from grin_engine.config import GrinError
+    from grin_engine.grun import GrunState
+    from grin_engine.patch import load_patch, save_patch
+
+    cfg = GrinConfig(p=0.05, steps=1, sigma2=1e-4, max_new_tokens=4, grun_steps=1)
+    for use_mask in (True, False):
+        patch = pipeline.run(tiny, forget_items, retain_items, GrinConfig(**{**cfg.to_dict(), "use_mask": use_mask})).patch
+        loaded = load_patch(save_patch(patch, str(tmp_path / f"p{use_mask}.safetensors"), "tiny"))
+        assert set(loaded.entries) == set(patch.entries)
+        for name, (index, values) in patch.entries.items():
+            assert torch.equal(loaded.entries[name][1], values)
+            assert (index is None and loaded.entries[name][0] is None) or torch.equal(loaded.entries[name][0], index)
+    state = pipeline.run_grun(tiny, forget_items, retain_items, cfg).patch
+    again = load_patch(save_patch(state, str(tmp_path / "grun.safetensors"), "tiny"))
+    assert isinstance(again, GrunState) and again.spec == state.spec
+    assert all(torch.equal(again.tensors[k], v) for k, v in state.tensors.items())
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(GrinError, match="not a patch written by grin_engine"):
+        load_patch(str(tmp_path / "other.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(GrinError, match="cannot read"):
+        load_patch(str(tmp_path / "junk.safetensors"))

@@ -2,15 +2,21 @@
 
     python assets/datasets/build_sets.py            # all sets in candidates/
     python assets/datasets/build_sets.py harry_potter
+    python assets/datasets/build_sets.py --paraphrases harry_potter   # only re-check the kept items' paraphrases
 
 For each candidates/<name>.jsonl this asks the default model (SmolLM2-135M-Instruct, greedy, the same generation
 the evaluation uses) every question and keeps the items whose answer contains one of the item's keywords.
 Unlearning can only be shown on facts the model knows before it starts. Writes <name>.jsonl (the kept items) and
 <name>.meta.json (model, pass rate, and the model's answer to every candidate, kept or not).
+
+A candidate may carry `paraphrased_questions` (the same question reworded, for the paraphrase attack in
+grin_engine/attacks.py). Each paraphrase of a kept item is checked the same way, and only those the default model
+answers correctly are written: a paraphrase the model does not know would look "forgotten" before any unlearning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -29,10 +35,9 @@ def build(name: str, loaded) -> dict:
     items = read_items_file(HERE / "candidates" / f"{name}.jsonl")
     answers = generate_answers(loaded.model, loaded.tokenizer, [it.question for it in items])
     passed = [keyword_hit(answer, it.keywords) for it, answer in zip(items, answers)]
-    with open(HERE / f"{name}.jsonl", "w", encoding="utf-8") as f:
-        for it, ok in zip(items, passed):
-            if ok:
-                f.write(json.dumps({"question": it.question, "answer": it.answer, "keywords": it.keywords}) + "\n")
+    kept = [it for it, ok in zip(items, passed) if ok]
+    paraphrases = check_paraphrases(kept, loaded)
+    write_items(name, kept, paraphrases["kept"])
     meta = {
         "name": name,
         "model": loaded.name,
@@ -43,14 +48,65 @@ def build(name: str, loaded) -> dict:
         "pass_rate": sum(passed) / len(items),
         "answers": [{"question": it.question, "keywords": it.keywords, "model_answer": a, "kept": ok}
                     for it, a, ok in zip(items, answers, passed)],
+        "paraphrases": paraphrases["meta"],
     }
     (HERE / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
+def check_paraphrases(items, loaded) -> dict:
+    """Ask the model every paraphrased question of the items; keep those whose answer holds one of the item's
+    keywords. Returns {"kept": [kept paraphrases per item], "meta": {counts, the model's answer to each}}."""
+    asked = [(i, q) for i, it in enumerate(items) for q in it.paraphrased_questions]
+    answers = generate_answers(loaded.model, loaded.tokenizer, [q for _, q in asked]) if asked else []
+    kept = [[] for _ in items]
+    checks = []
+    for (i, question), answer in zip(asked, answers):
+        ok = keyword_hit(answer, items[i].keywords)
+        if ok:
+            kept[i].append(question)
+        checks.append({"question": question, "of": items[i].question, "model_answer": answer, "kept": ok})
+    meta = {"candidates": len(asked), "kept": sum(len(k) for k in kept),
+            "items_with_one": sum(1 for k in kept if k), "items": len(items), "answers": checks}
+    return {"kept": kept, "meta": meta}
+
+
+def write_items(name: str, items, paraphrases) -> None:
+    with open(HERE / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for it, para in zip(items, paraphrases):
+            record = {"question": it.question, "answer": it.answer, "keywords": it.keywords}
+            if para:
+                record["paraphrased_questions"] = para
+            f.write(json.dumps(record) + "\n")
+
+
+def rebuild_paraphrases(name: str, loaded) -> dict:
+    """Re-check only the paraphrases of the kept items (from candidates/), keeping the built set's items as they are:
+    faster than a full build, and the set cannot change under the other tools."""
+    candidates = {it.question: it for it in read_items_file(HERE / "candidates" / f"{name}.jsonl")}
+    items = read_items_file(HERE / f"{name}.jsonl")
+    items = [dataclasses.replace(it, paraphrased_questions=candidates[it.question].paraphrased_questions
+                                 if it.question in candidates else []) for it in items]
+    paraphrases = check_paraphrases(items, loaded)
+    write_items(name, items, paraphrases["kept"])
+    meta_path = HERE / f"{name}.meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["paraphrases"] = paraphrases["meta"]
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return paraphrases["meta"]
+
+
 def main(names: list[str]) -> None:
+    only_paraphrases = "--paraphrases" in names
+    names = [n for n in names if n != "--paraphrases"]
     names = names or sorted(p.stem for p in (HERE / "candidates").glob("*.jsonl"))
     loaded = load_model(ModelSpec("default", device="cpu"))
+    if only_paraphrases:
+        for name in names:
+            meta = rebuild_paraphrases(name, loaded)
+            print(f"{name}: kept {meta['kept']} of {meta['candidates']} paraphrases; "
+                  f"{meta['items_with_one']} of {meta['items']} items have at least one")
+        return
     for name in names:
         meta = build(name, loaded)
         print(f"{name}: kept {meta['kept']} of {meta['candidates']} ({100 * meta['pass_rate']:.0f}%)")

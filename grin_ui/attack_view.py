@@ -1,0 +1,265 @@
+"""The Attack tab: is the forgotten knowledge really gone? Layout, callbacks and figures of the view in one module.
+
+It attacks the unlearned model of the last Unlearn run, or of each method of the last comparison, with the engine's
+attacks (grin_engine/attacks.py: relearning, quantisation, a forced answer start, paraphrases, a one-shot context,
+sampling) through gpu.attack_work, and shows the forget metric before / unlearned / attacked per method with the
+recovery written on the bars, and the attacked answers beside the unlearned ones. No tensors here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from grin_engine.attacks import ATTACKS, AttackConfig, Target, attacks_report, recovery_table
+from grin_engine.config import GrinError
+
+from . import gpu
+from .callbacks import _replace, _visitor_file, stop, user_errors
+from .state import session_of, stop_flag
+
+TARGETS = ["last run (Unlearn)", "each method of the last comparison"]
+DEFAULT_ATTACKS = ["relearn", "quant4", "gguf_q4_1", "prefix"]
+METRICS = {"keyword accuracy": "keyword_accuracy", "ROUGE-L recall": "rougeL_recall",
+           "answer probability": "probability"}
+BAR_COLOURS = {"before": "#a0aec0", "unlearned": "#2b6cb0", "attacked": "#c53030"}
+ANSWER_WIDTHS = ["30%", "35%", "35%"]  # question, unlearned answer, attacked answer
+NOT_FORGOTTEN = "n/a: nothing forgotten"  # recovery is undefined when unlearning did not change the metric
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layout
+
+
+def attack_tab() -> dict:
+    c = {}
+    defaults = AttackConfig()
+    with gr.Tab("Attack", id="attack"):
+        gr.Markdown("**Is it really gone?** Attack the unlearned model and see how much of the forgotten knowledge "
+                    "comes back: *recovery* = (attacked − unlearned) / (before − unlearned), 0 = nothing, 1 = all. "
+                    "Every attack works on its own copy; the base model and your run stay as they were. Each attack "
+                    "costs about one evaluation (relearning: plus its training steps); on a CPU keep *max items* in "
+                    "Setup small. **Learn** explains each attack and its source.")
+        with gr.Row():
+            c["target"] = gr.Radio(TARGETS, value=TARGETS[0], label="attack",
+                                   info="the comparison's full-model baseline is not kept (it is the whole model): "
+                                        "attack it as an Unlearn run with the mask off")
+            c["metric"] = gr.Dropdown(list(METRICS), value="keyword accuracy", label="forget metric in the bars")
+        c["attacks"] = gr.CheckboxGroup([(f"{name} — {text}", name) for name, (_, text) in ATTACKS.items()],
+                                        value=DEFAULT_ATTACKS, label="attacks")
+        with gr.Accordion("attack settings", open=False):
+            with gr.Row():
+                c["relearn_steps"] = gr.Number(defaults.relearn_steps, label="relearning steps", minimum=1,
+                                               precision=0, info="fine-tuning steps on half A of the forget set")
+                c["relearn_lr"] = gr.Number(defaults.relearn_lr, label="relearning learning rate", minimum=0,
+                                            info="all weights, AdamW")
+                c["samples"] = gr.Number(defaults.samples, label="samples per question", minimum=1, precision=0,
+                                         info="sampling leak: answers drawn at temperature 1")
+        with gr.Row():
+            c["attack_btn"] = gr.Button("Attack", variant="primary")
+            c["attack_stop_btn"] = gr.Button("Stop", variant="stop")
+        c["attack_status"] = gr.Markdown(elem_id="attack_status")
+        c["attack_bars"] = gr.Plot(recovery_bars(None, "keyword_accuracy"), label="before / unlearned / attacked",
+                                   elem_id="attack_bars")
+        c["attack_table"] = gr.Dataframe(recovery_frame(None), label="recovery per method and attack",
+                                         interactive=False, elem_id="attack_table")
+        c["answers_of"] = gr.Dropdown([], label="answers under the attack", allow_custom_value=False)
+        c["attack_answers"] = gr.Dataframe(answers_frame(None, None), interactive=False, wrap=True, max_height=480,
+                                           elem_id="attack_answers", label="unlearned vs attacked answers",
+                                           column_widths=ANSWER_WIDTHS)
+        with gr.Row():
+            c["attack_report_btn"] = gr.Button("Prepare attacks JSON")
+            c["attack_report"] = gr.File(label="attacks JSON", interactive=False, elem_classes="download")
+        c["attack_state"] = gr.State(None, time_to_live=6 * 3600)  # this visitor's attack results (plain data)
+    return c
+
+
+def wire(c: dict, session, model_queue: dict) -> None:
+    """The tab's events; every one named for gradio_client."""
+    c["attack_btn"].click(
+        attack, [c["target"], c["attacks"], c["relearn_steps"], c["relearn_lr"], c["samples"], c["metric"], session],
+        [c["attack_status"], c["attack_state"], c["attack_bars"], c["attack_table"], c["answers_of"],
+         c["attack_answers"]], api_name="attack", **model_queue)
+    c["attack_stop_btn"].click(stop, None, c["attack_status"], api_name="stop_attack", concurrency_id="stop",
+                               concurrency_limit=None)
+    c["metric"].change(bars, [c["metric"], c["attack_state"]], c["attack_bars"], api_name="attack_bars",
+                       queue=False)
+    c["answers_of"].change(answers, [c["answers_of"], c["attack_state"]], c["attack_answers"],
+                           api_name="attack_answers", queue=False)
+    c["attack_report_btn"].click(attack_report, [c["attack_state"], session], c["attack_report"],
+                                 api_name="attack_report")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+def _targets(choice: str, session) -> list[Target]:
+    if choice == TARGETS[1]:
+        comparison = session.comparison
+        if comparison is None:
+            raise GrinError("no comparison yet: run Compare methods first (or attack the last Unlearn run)")
+        targets = [Target.of(name, r) for name, r in comparison.results.items()
+                   if r.patch is not None and not r.stopped]
+        if not targets:
+            raise GrinError("the last comparison kept no unlearned model to attack (stopped, or only the "
+                            "full-model baseline, whose patch is not kept)")
+        return targets
+    if session.run is None or session.run.patch is None:
+        raise GrinError("no unlearned model yet: run Unlearn to the end first")
+    return [Target.of("grin" if session.run.config.get("use_mask", True) else "full", session.run)]
+
+
+def _attack_config(relearn_steps, relearn_lr, samples) -> AttackConfig:
+    try:
+        return AttackConfig(relearn_steps=int(relearn_steps), relearn_lr=float(relearn_lr), samples=int(samples))
+    except (TypeError, ValueError):
+        raise GrinError("attack settings: steps, learning rate and samples must be numbers") from None
+
+
+@user_errors
+def attack(target, names, relearn_steps, relearn_lr, samples, metric, session, request: gr.Request,
+           progress=gr.Progress()):
+    """Run the chosen attacks on the last run or on each method of the last comparison; stream progress."""
+    session = session_of(session)
+    session.require_loaded()
+    if not names:
+        raise GrinError("choose at least one attack")
+    targets = _targets(target, session)
+    acfg = _attack_config(relearn_steps, relearn_lr, samples)
+    source = session.comparison if target == TARGETS[1] else session.run
+    from grin_engine.config import GrinConfig
+
+    cfg = GrinConfig(**{k: v for k, v in source.config.items() if k in GrinConfig.__dataclass_fields__})
+    n_forget = len(targets[0].answers("forget"))
+    n_retain = len(targets[0].answers("retain"))
+    forget, retain = session.forget[:n_forget], session.retain[:n_retain]  # the items the run was evaluated on
+    stop_flag_ = stop_flag(request.session_hash if request else None)
+    stop_flag_.clear()
+    nothing = (gr.skip(),) * 5
+    results = None
+    for kind, *payload in gpu.attack_work(session.model_name, forget, retain, cfg, targets, list(names), acfg,
+                                          stop_flag_):
+        if kind == "progress":
+            stage, (_, done, total, *_) = list(payload[0].items())[-1]
+            text = f"{stage.replace('/', ': ')} {done} of {total}" + (" — stopping ..." if stop_flag_.is_set() else "")
+            progress((done, total), desc=text)
+            yield (f"Attacking: {text}",) + nothing
+        elif kind == "error":
+            raise payload[0]
+        elif kind == "stopped":
+            yield ("**Stopped**: no attack result kept (the base model and the run are unchanged).",) + nothing
+            return
+        else:
+            results = payload[0]
+    state = {"results": [r.to_dict() for r in results], "table": recovery_table(results),
+             "report": attacks_report(results)}
+    keys = [f"{r.method} · {r.attack}" for r in results if not r.skipped]
+    seconds = sum(r.seconds for r in results)
+    skipped = [f"{r.method} · {r.attack}: {r.skipped}" for r in results if r.skipped]
+    status = (f"**Done**: {len(results)} attack(s) on {', '.join(t.method for t in targets)} in {seconds:.0f} s, "
+              f"{len(forget)} forget and {len(retain)} retain items."
+              + ("\n\nSkipped: " + "; ".join(skipped) if skipped else ""))
+    yield (status, state, recovery_bars(state["table"], METRICS.get(metric, "keyword_accuracy"), state["results"]),
+           recovery_frame(state["table"]), gr.Dropdown(keys, value=keys[0] if keys else None),
+           answers(keys[0] if keys else None, state))
+
+
+@user_errors
+def bars(metric, state):
+    if not state:
+        return recovery_bars(None, "keyword_accuracy")
+    return recovery_bars(state["table"], METRICS.get(metric, "keyword_accuracy"), state["results"])
+
+
+@user_errors
+def answers(key, state):
+    return gr.Dataframe(answers_frame(state, key), column_widths=ANSWER_WIDTHS)
+
+
+@user_errors
+def attack_report(state, session, request: gr.Request = None):
+    """The attack results as JSON: the same `attacks` / `attack_table` sections as the CLI's report."""
+    if not state:
+        raise GrinError("no attack yet: press Attack first")
+    path = _visitor_file(session_of(session), request, "grin_attacks.json")
+    text = json.dumps({"attacks": state["report"], "attack_table": state["table"]}, indent=2)
+    _replace(path, lambda tmp: tmp.write_text(text))
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures and tables (plain data in, plotly / pandas out)
+
+
+def _headline(result: dict) -> str:
+    return "forget_B" if "forget_B" in result["metrics"] else "forget"
+
+
+def recovery_bars(rows: list[dict] | None, metric: str, results: list[dict] | None = None) -> go.Figure:
+    """Per method and attack three bars: the forget metric before unlearning, after it, and after the attack; the
+    attacked bar carries the recovery. Relearning shows half B (the half it did not train on)."""
+    fig = go.Figure()
+    if not rows or not results:
+        fig.update_layout(title="Forget metric before / unlearned / attacked", height=320,
+                          xaxis={"visible": False}, yaxis={"visible": False},
+                          annotations=[{"text": "run an attack first", "showarrow": False, "font": {"size": 14}}])
+        return fig
+    labels, values = [], {"before": [], "unlearned": [], "attacked": []}
+    texts = []
+    for r in results:
+        if r["skipped"]:
+            continue
+        group = _headline(r)
+        base = r["baseline"].get(group, {})
+        attacked = r["metrics"].get(group, {}).get(metric)
+        if attacked is None:  # e.g. sampling measures keyword accuracy only
+            continue
+        labels.append(f"{r['method']} · {r['attack']}" + (" (half B)" if group == "forget_B" else ""))
+        values["before"].append(base.get("before", {}).get(metric))
+        values["unlearned"].append(base.get("unlearned", {}).get(metric))
+        values["attacked"].append(attacked)
+        rec = r["recovery"].get(group, {}).get(metric)
+        texts.append(f"recovery {NOT_FORGOTTEN}" if rec is None else f"recovery {rec:.2f}")
+    for when in ("before", "unlearned", "attacked"):
+        fig.add_trace(go.Bar(x=labels, y=values[when], name=when, marker_color=BAR_COLOURS[when],
+                             text=texts if when == "attacked" else None, textposition="outside",
+                             hovertemplate=f"{when}: %{{y:.3f}}<extra>%{{x}}</extra>"))
+    name = {v: k for k, v in METRICS.items()}.get(metric, metric)
+    fig.update_layout(barmode="group", title=f"Forget {name}: before, after unlearning, after the attack",
+                      yaxis={"title": name, "range": [0, 1.15] if metric != "probability" else None},
+                      height=440, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def recovery_frame(rows: list[dict] | None) -> pd.DataFrame:
+    columns = ["method", "attack", "items", "before", "unlearned", "attacked", "recovery", "retain (unlearned)",
+               "retain (attacked)", "seconds"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    out = []
+    for r in rows or []:
+        if r["skipped"]:
+            out.append({"method": r["method"], "attack": r["attack"], "items": f"skipped: {r['skipped']}",
+                        **{k: "-" for k in columns[3:]}})
+            continue
+        out.append({"method": r["method"], "attack": r["attack"],
+                    "items": "forget half B" if r["group"] == "forget_B" else "forget",
+                    "before": fmt(r["before"]), "unlearned": fmt(r["unlearned"]), "attacked": fmt(r["attacked"]),
+                    "recovery": NOT_FORGOTTEN if r["recovery"] is None else fmt(r["recovery"]),
+                    "retain (unlearned)": fmt(r["retain_unlearned"]),
+                    "retain (attacked)": fmt(r["retain_attacked"]), "seconds": f"{r['seconds']:.0f}"})
+    return pd.DataFrame(out, columns=columns)
+
+
+def answers_frame(state: dict | None, key: str | None) -> pd.DataFrame:
+    columns = ["question", "unlearned answer", "attacked answer"]
+    if not state or not key:
+        return pd.DataFrame([], columns=columns)
+    for r in state["results"]:
+        if f"{r['method']} · {r['attack']}" == key:
+            return pd.DataFrame([{"question": a["question"], "unlearned answer": a["unlearned"],
+                                  "attacked answer": a["attacked"]} for a in r["answers"]], columns=columns)
+    return pd.DataFrame([], columns=columns)
