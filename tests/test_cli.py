@@ -134,7 +134,7 @@ def test_run_on_the_default_model_writes_the_report(tmp_path):
     assert (tmp_path / "unlearned" / "model.safetensors").stat().st_size > 100_000_000
 
 
-def test_score_on_a_local_model_folder(tmp_path, tiny_model_files):
+def test_score_on_a_local_model_folder(tmp_path, tokenizer):
     """`score` through the real loading code on a local folder (a tiny Llama saved as safetensors)."""
     import json
 

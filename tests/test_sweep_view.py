@@ -70,7 +70,10 @@ def test_bad_grid_is_a_clear_error(client, changes, message):
 
 
 def test_stop_keeps_points_and_run_again_continues(client):
-    job = client.submit(*_args(), api_name="/sweep")  # 2 p x 2 methods x 2 seeds = 8 points
+    # 60 steps a point: slow enough that Stop, pressed once the first point is in, lands before the eighth
+    # (with 2 steps the tiny model finished all 8 before the client saw the first)
+    grid = _args(steps=60)
+    job = client.submit(*grid, api_name="/sweep")  # 2 p x 2 methods x 2 seeds = 8 points
     start = time.monotonic()
     while "1 of 8" not in str(job.outputs()[-1][0] if job.outputs() else "") and not job.done():  # a point is in
         assert time.monotonic() - start < 300, "no point finished"
@@ -83,7 +86,7 @@ def test_stop_keeps_points_and_run_again_continues(client):
     kept = int(status.split("—")[1].split("of")[0])
     assert 1 <= kept < 8
 
-    status, plot, areas, point = client.predict(*_args(), api_name="/sweep")  # the same grid: continues
+    status, plot, areas, point = client.predict(*grid, api_name="/sweep")  # the same grid: continues
     assert f"8 points ({kept} from before)" in status
     assert "grin" in areas and "auto-p" in areas
     figure = json.loads(plot["plot"]) if isinstance(plot, dict) and "plot" in plot else plot
