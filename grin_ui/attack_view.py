@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from grin_engine.attacks import ATTACKS, AttackConfig, Target, attacks_report, recovery_table
 from grin_engine.config import GrinError
 
-from . import gpu
+from . import gpu, public
 from .callbacks import _replace, _visitor_file, stop, user_errors
 from .state import session_of, stop_flag
 
@@ -130,6 +130,7 @@ def attack(target, names, relearn_steps, relearn_lr, samples, metric, session, r
         raise GrinError("choose at least one attack")
     targets = _targets(target, session)
     acfg = _attack_config(relearn_steps, relearn_lr, samples)
+    public.check_attack(acfg.relearn_steps, acfg.samples, public.caps())
     source = session.comparison if target == TARGETS[1] else session.run
     from grin_engine.config import GrinConfig
 

@@ -31,17 +31,21 @@ class Caps:
     patch_bytes: int | None  # the largest run patch a visitor's session keeps (None: any)
     session_ttl_s: int  # a session is dropped this long after its last change (a closed tab: Gradio keeps it 1 h)
     methods: int  # methods in one Compare-methods run
+    sweep_points: int  # points of one Sweep grid (each costs about one Unlearn run)
+    attack_samples: int  # sampled answers per question in the sampling attack
+    tofu: bool  # may a visitor run the TOFU protocol (it fine-tunes two models: tens of minutes on a CPU)
 
 
 LOCAL = Caps(public=False, models=None, max_items=1_000_000, max_steps=1_000_000, max_grun_steps=1_000_000,
              lr=(0.0, 10.0), grun_lr=(0.0, 10.0), max_p=1.0, max_new_tokens=4096, upload_bytes=64 * 1024 * 1024,
              upload_items=100_000, question_chars=2_000, heavy_jobs=1, patch_bytes=None, session_ttl_s=6 * 3600,
-             methods=8)
+             methods=8, sweep_points=100_000, attack_samples=64, tofu=True)
 PUBLIC = Caps(public=True,
               models=("default", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
               max_items=32, max_steps=100, max_grun_steps=200, lr=(1e-7, 1e-2), grun_lr=(1e-5, 1e-1), max_p=0.10,
               max_new_tokens=64, upload_bytes=1024 * 1024, upload_items=2_000, question_chars=1_000, heavy_jobs=1,
-              patch_bytes=64 * 1024 * 1024, session_ttl_s=1800, methods=6)
+              patch_bytes=64 * 1024 * 1024, session_ttl_s=1800, methods=6, sweep_points=12, attack_samples=8,
+              tofu=False)
 
 
 def public_mode() -> bool:
@@ -124,3 +128,27 @@ def describe(limits: Caps) -> str:
             f"{limits.lr[1]:g}, p up to {100 * limits.max_p:g}%, uploads up to {limits.upload_bytes // 1024} KB; "
             f"one long job per visitor at a time, {limits.heavy_jobs} at a time on the server.</small>")
 
+
+
+def check_sweep(cfg: GrinConfig, points: list[dict], n_items: int | None, limits: Caps) -> None:
+    """A Sweep grid within the caps: not too many points, and every point's run within check_run."""
+    if len(points) > limits.sweep_points:
+        raise GrinError(f"sweep: {len(points)} points; this server runs at most {limits.sweep_points} in one grid")
+    from grin_engine.sweep import point_config
+
+    for point in points:
+        check_run(point_config(cfg, point), n_items, limits, grun=point["method"] == "grun")
+
+
+def check_attack(relearn_steps: int, samples: int, limits: Caps) -> None:
+    """Attack settings within the caps (relearning is a training run; sampling multiplies generation)."""
+    if relearn_steps > limits.max_steps:
+        raise GrinError(f"relearning steps: {relearn_steps}; this server runs at most {limits.max_steps}")
+    if samples > limits.attack_samples:
+        raise GrinError(f"samples: {samples} per question; this server draws at most {limits.attack_samples}")
+
+
+def check_tofu(limits: Caps) -> None:
+    if not limits.tofu:
+        raise GrinError("the TOFU protocol fine-tunes two models (tens of minutes); this public server does not run "
+                        "it. Open a report made with `python -m grin_engine tofu` instead, or run GRIN Studio locally")

@@ -23,7 +23,7 @@ from grin_engine.frontier import summarize
 from grin_engine.sweep import SweepGrid, read_lines, result_from_file, write_outputs
 from grin_engine.until import TARGET_METRICS, parse_target
 
-from . import gpu
+from . import gpu, public
 from .callbacks import stop, user_errors
 from .plots import METHOD_COLOURS
 from .state import session_of, stop_flag
@@ -234,6 +234,7 @@ def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_met
     for point in grid.points():  # every value checked before the slow part
         GrinConfig(**{**cfg.to_dict(), **{k: v for k, v in point.items() if k != "method"}})
     forget, retain = session.items(max_items)
+    public.check_sweep(cfg, grid.points(), len(forget), public.caps())
     key = hashlib.sha256(json.dumps([session.model_name, [it.to_dict() for it in forget],
                                      [it.to_dict() for it in retain], cfg.to_dict(), grid.to_dict()],
                                     default=str).encode()).hexdigest()

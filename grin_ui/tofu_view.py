@@ -16,7 +16,7 @@ from grin_engine.config import GrinConfig, GrinError
 from grin_engine.losses import LOSSES
 from grin_engine.tofu import FORGET_AUTHORS, PUBLISHED, TofuRecipe, parse_methods
 
-from . import gpu
+from . import gpu, public
 from .callbacks import user_errors
 from .state import session_of, stop_flag
 
@@ -162,6 +162,7 @@ def run(split, methods, steps, session, request: gr.Request, progress=gr.Progres
     session = session_of(session)
     if session.model_name is None:
         raise GrinError("load a model in Setup first (the TOFU data itself comes with the app)")
+    public.check_tofu(public.caps())
     names = parse_methods(",".join(methods or []))
     try:
         steps = int(steps)

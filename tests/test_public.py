@@ -94,3 +94,21 @@ def test_a_large_patch_is_not_kept_per_visitor(visitor, monkeypatch):
     assert "Done" in final and "keeps unlearned models of at most" in final, final
     _refused(lambda: visitor.predict(api_name="/weights"), "not kept on this server")
     assert json.loads(open(visitor.predict(api_name="/report")[0]).read())["losses"]
+
+
+def test_sweep_tofu_and_attack_caps(visitor):
+    """The Sweep, TOFU and Attack tabs hold the public caps too: a grid too large, a TOFU run (two fine-tunings),
+    relearning past the step cap and sampling past its cap are refused before any work."""
+    grid = (["grin", "random"], "0.1, 0.5, 1, 2, 5", "1e-6", "0, 1", "forget_keyword_accuracy<=0.25", False,
+            "forget_keyword_accuracy", "retain_keyword_accuracy", "graddiff", 5e-4, 2, 1.0, None, 2)
+    _refused(lambda: visitor.submit(*grid, api_name="/sweep").result(timeout=120), "at most 12 in one grid")
+    steep = list(grid)
+    steep[1], steep[3], steep[9] = "1", "0", 0.1  # one point per method, but a learning rate past the cap
+    _refused(lambda: visitor.submit(*steep, api_name="/sweep").result(timeout=120), "this server accepts")
+    _refused(lambda: visitor.submit("forget01", ["grin"], 5, api_name="/tofu_run").result(timeout=120),
+             "this public server does not run it")
+    visitor.submit(*RUN, api_name="/unlearn").result(timeout=300)  # a run to attack
+    _refused(lambda: visitor.submit("last run (Unlearn)", ["relearn"], 400, 5e-5, 8, "keyword accuracy",
+                                    api_name="/attack").result(timeout=120), "relearning steps: 400")
+    _refused(lambda: visitor.submit("last run (Unlearn)", ["sample"], 10, 5e-5, 32, "keyword accuracy",
+                                    api_name="/attack").result(timeout=120), "samples: 32")
