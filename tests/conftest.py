@@ -119,17 +119,23 @@ def tiny_app():
         STORE._current = saved
 
 
-@pytest.fixture
-def tiny_model_files(tmp_path, tokenizer):
-    """A tiny Llama saved as a local model folder (safetensors) and the test items as forget.jsonl / retain.jsonl,
-    for the CLI's real loading code: (folder, forget file, retain file)."""
+def save_tiny_model_files(tmp_path, tokenizer, record=None):
+    """A tiny Llama saved as a local model folder (safetensors) and the test items as forget.jsonl / retain.jsonl
+    (record(item) -> the JSON object of one; default question and answer): (folder, forget file, retain file)."""
     import json
 
+    record = record or (lambda it: {"question": it.question, "answer": it.answer})
     folder = tmp_path / "tiny"
     tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     for name, items in (("forget", FORGET), ("retain", RETAIN)):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for it in items:
-                f.write(json.dumps({"question": it.question, "answer": it.answer}) + "\n")
+                f.write(json.dumps(record(it)) + "\n")
     return folder, tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+
+
+@pytest.fixture
+def tiny_model_files(tmp_path, tokenizer):
+    """save_tiny_model_files for the CLI's real loading code: (folder, forget file, retain file)."""
+    return save_tiny_model_files(tmp_path, tokenizer)

@@ -183,19 +183,11 @@ def test_run_save_patch_then_attack_a_local_model(tmp_path, tokenizer):
 
 
 def _tiny_folder(tmp_path, tokenizer, record):
-    """A tiny Llama saved as a local model folder, forget.jsonl / retain.jsonl of the test items (record(item) ->
-    the JSON object of one), and the environment to run the CLI in: (folder, env)."""
-    import json
+    """save_tiny_model_files (record(item) -> the JSON object of one) and the environment to run the CLI in:
+    (folder, env)."""
+    from conftest import save_tiny_model_files
 
-    from conftest import FORGET, RETAIN, tiny_llama
-
-    folder = tmp_path / "tiny"
-    tiny_llama(len(tokenizer)).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    for name, items in (("forget", FORGET), ("retain", RETAIN)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for it in items:
-                f.write(json.dumps(record(it)) + "\n")
+    folder = save_tiny_model_files(tmp_path, tokenizer, record)[0]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return folder, env
