@@ -198,7 +198,8 @@ def test_full_flow_in_a_browser(page):
     attacked = page.locator("#attack_answers")
     for column in ("question", "unlearned answer", "attacked answer"):
         expect(attacked.get_by_role("columnheader", name=column, exact=True)).to_be_visible()
-    expect(attacked).to_contain_text("Hogwarts")
+    # the answers are the models' own (after unlearning they need not name Hogwarts); the questions are fixed
+    expect(attacked).to_contain_text("Who wrote the Harry Potter books?")
     _shot(page, "6_attack")
     # Sweep: grin and random at two p, one seed (4 points, 2 steps each); Stop after the first point keeps it,
     # Run again continues; a point's answers beside the base model's
@@ -232,4 +233,4 @@ def sweep_figure_and_answers(page) -> None:
     expect(plot).to_contain_text("ideal")
     expect(page.locator("#sweep_areas")).to_contain_text("auto-p")
     expect(page.locator("#sweep_answers")).to_contain_text("Hogwarts", timeout=60 * SECOND)
-    _shot(page, "6_sweep")
+    _shot(page, "7_sweep")
