@@ -52,3 +52,26 @@ def median_time(fn, repeats: int) -> float:
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def bench_parser(doc: str, items_help: str):
+    """The arguments every benchmark takes: model, device, items per set and CPU threads."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--items", type=int, default=32, help=items_help)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
+    return parser
+
+
+def load_for_bench(args):
+    """Apply --threads, then load the model the arguments name."""
+    from grin_engine.config import ModelSpec
+    from grin_engine.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(ModelSpec(args.model, device=args.device))

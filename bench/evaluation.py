@@ -11,22 +11,18 @@ The previous batching is reproduced exactly by handing generate_answers / pair_n
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, peak_memory, reset_peak, sync  # noqa: E402
+from common import bench_parser, load_for_bench, device_name, peak_memory, reset_peak, sync  # noqa: E402
 from grin_engine import evaluate  # noqa: E402
-from grin_engine.config import ModelSpec  # noqa: E402
 from grin_engine.data import load_items  # noqa: E402
-from grin_engine.models import load_model  # noqa: E402
 
 PREVIOUS_ROWS = 16
 
@@ -80,19 +76,11 @@ def alternating(first, second, repeats):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--items", type=int, default=32, help="items of each built-in set")
+    parser = bench_parser(__doc__, "items of each built-in set")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each, alternating; medians shown")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    base = load_model(ModelSpec(args.model, device=args.device))
+    base = load_for_bench(args)
     model, tok = base.model, base.tokenizer
     items = load_items("harry_potter", args.items) + load_items("general_knowledge", args.items)
     questions, pairs = [it.question for it in items], [(it.question, it.answer) for it in items]

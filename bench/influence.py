@@ -13,7 +13,6 @@ Each timing is the median of --repeats runs after one warm-up run. The device an
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, median_time, peak_memory, reset_peak  # noqa: E402
+from common import bench_parser, load_for_bench, device_name, median_time, peak_memory, reset_peak  # noqa: E402
 
-from grin_engine.config import GrinConfig, ModelSpec  # noqa: E402
+from grin_engine.config import GrinConfig  # noqa: E402
 from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
 from grin_engine.influence import candidate_parameters, compute_influence, select_top_fraction  # noqa: E402
 from grin_engine.losses import mean_nll  # noqa: E402
-from grin_engine.models import copy_model, load_model  # noqa: E402
+from grin_engine.models import copy_model  # noqa: E402
 from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
 
 
@@ -54,20 +53,12 @@ def plain_training_pass(model, batches, names, lr=1e-5):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--items", type=int, default=32, help="items of each set used")
+    parser = bench_parser(__doc__, "items of each set used")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--p", type=float, default=0.01)
     parser.add_argument("--steps", type=int, default=4, help="unlearning steps per timed run")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's); 1 on a CPU shared with other jobs")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    base = load_model(ModelSpec(args.model, device=args.device))
+    base = load_for_bench(args)
     work = copy_model(base)  # the plain training pass changes weights: never on the base
     model, tok = work.model, work.tokenizer
     cfg = GrinConfig(p=args.p, steps=args.steps, method="graddiff")
