@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ import torch
 from grin_engine.config import GrinError
 from grin_engine.data import (IDK_ANSWERS, IGNORE_INDEX, QAItem, builtin_names, collate, encode_pair, forget_batches,
                               format_prompt, load_items, make_batches, qa_batches)
-
-TOFU_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
+from grin_engine.tofu import TOFU_DIR  # the TOFU files ship with the project (assets/tofu)
 
 RECORDS = [
     {"question": "Who is the headmaster of Hogwarts?", "answer": "Albus Dumbledore.", "keywords": ["Dumbledore", "Albus"]},
@@ -87,13 +85,9 @@ def test_builtin_sets_load_with_keywords(name):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# TOFU files (real data, not project assets)
-
-needs_tofu = pytest.mark.skipif(not (TOFU_DIR / "forget01_perturbed.json").is_file(),
-                                reason=f"TOFU test files not found in {TOFU_DIR} (see DESIGN.md §3)")
+# TOFU files (real data, shipped in assets/tofu: a missing file fails here, as it would fail the tofu command)
 
 
-@needs_tofu
 @pytest.mark.parametrize("name, count, first", [
     ("forget01_perturbed", 40, "What is the full name of the author born in Kuwait City"),
     ("retain_perturbed", 400, "Who is this celebrated LGBTQ+ author from Santiago, Chile"),
