@@ -11,7 +11,12 @@ its own group. Gradio's queue shows each waiting visitor their place and an esti
 `FairBlocks` adds the rule Gradio lacks: a visitor has at most one heavy job queued or running (a second one is
 refused at once, with a message), and an accepted job's Stop flag is cleared when it is queued, not when it starts,
 so a Stop pressed while the job waits ends it the moment it starts. A job the visitor cancels, or whose tab closes,
-leaves Gradio's queue (Gradio removes a closed session's events) and so frees the visitor's slot.
+leaves Gradio's queue (Gradio removes a closed session's events) and so frees the visitor's slot. A job counts until
+its final message is sent to the page, not until Gradio drops it from its running jobs: after a job that fails
+(a gr.Error) Gradio sends the error, then awaits its analytics summary in a worker thread, and only then frees the
+job's place; a visitor who started the next job on seeing the error was refused with BUSY_MESSAGE while nothing ran
+(on a loaded machine that await takes seconds; a browser test clicking Run after such an error waited on an idle
+server).
 
 `release_memory()` hands freed buffers back to the system after each heavy job: glibc keeps freed memory in its
 arenas, so without it RSS only grows from visitor to visitor even though no tensor is alive.
@@ -25,6 +30,7 @@ import logging
 import os
 
 import gradio as gr
+from gradio.server_messages import ProcessCompletedMessage
 
 from .state import stop_flag
 
@@ -60,12 +66,13 @@ def rss_bytes() -> int:
 
 
 def heavy_jobs_of(queue, session_hash: str) -> int:
-    """The visitor's heavy events, queued or running, as Gradio's own queue knows them."""
+    """The visitor's heavy events, queued or running, as Gradio's own queue knows them; a running one whose final
+    message has gone to the page (`completed`, set by FairBlocks) no longer counts."""
     queued = queue.event_queue_per_concurrency_id.get(HEAVY)
     n = sum(1 for event in (queued.queue if queued else []) if event.session_hash == session_hash)
     for job_set in queue.active_jobs or []:
         n += sum(1 for event in (job_set or []) if event.session_hash == session_hash and event.concurrency_id == HEAVY
-                 and event.alive)
+                 and event.alive and not getattr(event, "completed", False))
     return n
 
 
@@ -85,5 +92,13 @@ class FairBlocks(gr.Blocks):
                 stop_flag(body.session_hash).clear()  # a Stop from now on is meant for this job
             return await push(body, request, username)
 
+        send = queue.send_message
+
+        def send_and_mark(event, message):
+            if isinstance(message, ProcessCompletedMessage):  # the page has the job's outcome: its place is free
+                event.completed = True
+            send(event, message)
+
         queue.push = fair_push
+        queue.send_message = send_and_mark
         return self

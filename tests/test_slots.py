@@ -99,3 +99,38 @@ def test_release_memory_gives_freed_buffers_back():
     del blocks
     release_memory()
     assert rss_bytes() - base < 200 * 2**20
+
+
+def test_a_failed_job_frees_the_visitors_place_when_the_page_sees_the_error(monkeypatch):
+    """Gradio sends a failed job's error, then awaits its analytics summary in a worker thread before it drops the job
+    from its running ones; on a loaded machine that takes seconds (here made 2 s). The visitor's next heavy job,
+    started on seeing the error, is accepted (queued behind the failed one's last moments), not refused as busy."""
+    import gradio as gr
+    from gradio import queueing
+
+    from grin_ui.slots import HEAVY, FairBlocks
+
+    summary = queueing.Queue.compute_analytics_summary
+
+    def slow_summary(self, records):
+        time.sleep(2.0)
+        return summary(self, records)
+
+    monkeypatch.setattr(queueing.Queue, "compute_analytics_summary", slow_summary)
+
+    def fail():
+        raise gr.Error("no unlearned model yet")
+
+    with FairBlocks() as demo:
+        out = gr.Textbox()
+        gr.Button("a").click(fail, None, out, api_name="fail", concurrency_id=HEAVY, concurrency_limit=1)
+        gr.Button("b").click(lambda: "ran", None, out, api_name="work", concurrency_id=HEAVY, concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        for _ in range(2):
+            with pytest.raises(Exception, match="no unlearned model yet"):
+                client.predict(api_name="/fail")
+            assert client.predict(api_name="/work") == "ran"
+    finally:
+        demo.close()
