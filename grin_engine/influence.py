@@ -94,7 +94,7 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
     n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights get gradients (the others are skipped
     by autograd). Gradients are kept in float32 even for a bf16 model, so the sum over batches keeps its precision.
 
-    Memory (DESIGN.md §2.1a): the accumulators (float32, on each weight's device) are the only model-sized buffers.
+    Memory (DESIGN.md §5a, memory): the accumulators (float32, on each weight's device) are the only model-sized buffers.
     A hook on each weight adds its gradient into its accumulator the moment autograd has computed it and drops it,
     so a batch's gradients never exist for the whole model at once: weights + 4 bytes per candidate parameter + one
     weight's gradient. The sums are the same additions in the same order as adding whole gradient sets afterwards.
@@ -204,11 +204,12 @@ def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def compute_influence(model, forget_batches, retain_batches, candidates: dict[str, Candidate], eps: float,
-                      on_batch=None, mean: str = "token") -> dict[str, torch.Tensor]:
+                      on_batch=None, mean: str = "token", park_forget: bool = True) -> dict[str, torch.Tensor]:
     """Both gradients, then the scores, reusing the gradient memory. Peak extra memory on an accelerator: one float32
-    set (G_f, then G_r turning into the scores; G_f waits in CPU memory); on a CPU: two (G_f and G_r)."""
+    set (G_f, then G_r turning into the scores; G_f waits in CPU memory); on a CPU, or with park_forget=False (no
+    bus transfers, for a card with room to spare): two (G_f and G_r)."""
     grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch, mean,
-                                             park_forget=True)
+                                             park_forget=park_forget)
     return require_finite(influence_scores(grad_forget, grad_retain, eps=eps, in_place=True))
 
 
@@ -299,14 +300,25 @@ class Selection:
         return self.selected / max(1, self.candidates)
 
 
+def top_fraction_threshold(scores: dict[str, torch.Tensor], p: float) -> tuple[float, int]:
+    """(tau, n): the round(p * n)-th largest of the n scores, the threshold of the top-p selection."""
+    n = sum(t.numel() for t in scores.values())
+    return kth_largest(scores, min(n, max(1, round(p * n)))), n
+
+
 def select_top_fraction(scores: dict[str, torch.Tensor], p: float) -> Selection:
     """Select the round(p * n) highest-scoring weights over the whole model (more only where scores tie at tau)."""
-    n = sum(t.numel() for t in scores.values())
-    k = min(n, max(1, round(p * n)))
-    tau = kth_largest(scores, k)
+    tau, n = top_fraction_threshold(scores, p)
     masks = {name: t >= tau for name, t in scores.items()}
     selected = int(sum(m.sum() for m in masks.values()))
     return Selection(p=p, threshold=tau, selected=selected, candidates=n, masks=masks)
+
+
+def top_fraction_counts(scores: dict[str, torch.Tensor], p: float) -> tuple[float, dict[str, int]]:
+    """tau and how many weights of each tensor the top-p selection takes, without keeping its masks (a bool per
+    weight, 1 byte per parameter at the peak of `score`): each tensor's mask is counted and dropped."""
+    tau, _ = top_fraction_threshold(scores, p)
+    return tau, {name: int((t >= tau).sum()) for name, t in scores.items()}
 
 
 def random_selection(candidates: dict[str, Candidate], params: dict[str, torch.Tensor], p: float,

@@ -159,7 +159,7 @@ def test_count_answer_tokens_counts_shifted_labels(tokenizer, forget_items):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Memory plan (DESIGN.md §2.1a): one float32 set per pass, G_f parked, scores formed pair by pair
+# Memory plan (DESIGN.md §5a, memory): one float32 set per pass, G_f parked, scores formed pair by pair
 
 
 def _odd_llama(tokenizer, dtype=torch.float32):
@@ -233,6 +233,10 @@ def test_scoring_holds_at_most_two_float32_sets_and_never_a_whole_gradient_set(t
     one_set = 4 * sum(c.numel for c in candidates.values())
     largest = 4 * max(c.numel for c in candidates.values())
     samples, hooked = [], []
+    import gc
+
+    gc.collect()
+    assert _gradient_bytes_alive(params, shapes) == 0  # nothing of these shapes left over from another test
 
     def sample(arriving=None):  # the arriving weight's own .grad is about to be taken by the engine's hook
         samples.append((_gradient_bytes_alive(params, shapes),
