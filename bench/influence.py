@@ -8,7 +8,8 @@ Prints three ratios (targets in brackets):
 2. threshold selection time / scoring time                                              [<= 5%]
 3. time of one masked unlearning step / one plain (unmasked) unlearning step            [<= 1.1x]
 Each timing is the median of --repeats runs after one warm-up run. The device and the peak memory of each part
-(torch.cuda.max_memory_allocated on a GPU; the peak RSS on a CPU, each since its part began) are printed with the ratios.
+(torch.cuda.max_memory_allocated on a GPU; the peak RSS on a CPU, each since its part began) are printed with the
+ratios.
 """
 
 from __future__ import annotations

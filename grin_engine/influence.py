@@ -94,10 +94,11 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
     n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights get gradients (the others are skipped
     by autograd). Gradients are kept in float32 even for a bf16 model, so the sum over batches keeps its precision.
 
-    Memory (DESIGN.md §5a, memory): the accumulators (float32, on each weight's device) are the only model-sized buffers.
-    A hook on each weight adds its gradient into its accumulator the moment autograd has computed it and drops it,
-    so a batch's gradients never exist for the whole model at once: weights + 4 bytes per candidate parameter + one
-    weight's gradient. The sums are the same additions in the same order as adding whole gradient sets afterwards.
+    Memory (DESIGN.md §5a, memory): the accumulators (float32, on each weight's device) are the only model-sized
+    buffers. A hook on each weight adds its gradient into its accumulator the moment autograd has computed it and
+    drops it, so a batch's gradients never exist for the whole model at once: weights + 4 bytes per candidate
+    parameter + one weight's gradient. The sums are the same additions in the same order as adding whole gradient
+    sets afterwards.
     """
     params = dict(model.named_parameters())
     for param in model.parameters():
