@@ -25,14 +25,34 @@ def device_name(device: torch.device) -> str:
 
 
 def reset_peak(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on a CPU the kernel's RSS high-water mark (Linux resets
+    VmHWM to the current RSS when "5" is written to /proc/self/clear_refs), so each part gets its own peak."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: peak_memory falls back to the whole process's peak
+
+
+def _rss_high_water_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def peak_memory(device: torch.device) -> str:
-    """torch.cuda.max_memory_allocated on CUDA (since the last reset_peak); the process's peak RSS on a CPU."""
+    """torch.cuda.max_memory_allocated on CUDA, the peak RSS on a CPU (both since the last reset_peak; the whole
+    process's peak RSS where the kernel cannot reset it)."""
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)"
+    since_reset = _rss_high_water_kib()
+    if since_reset is not None:
+        return f"{since_reset / 2**20:.2f} GiB (peak RSS since this part began)"
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return f"{peak_kib / 2**20:.2f} GiB (peak RSS of the process)"
 

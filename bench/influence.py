@@ -8,7 +8,8 @@ Prints three ratios (targets in brackets):
 2. threshold selection time / scoring time                                              [<= 5%]
 3. time of one masked unlearning step / one plain (unmasked) unlearning step            [<= 1.1x]
 Each timing is the median of --repeats runs after one warm-up run. The device and the peak memory of each part
-(torch.cuda.max_memory_allocated on a GPU; the process's peak RSS on a CPU) are printed with the ratios.
+(torch.cuda.max_memory_allocated on a GPU; the peak RSS on a CPU, each since its part began) are printed with the
+ratios.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     scores_holder = {}
 
     def score():
+        scores_holder.clear()  # the previous repeat's scores are freed first: the peak is one scoring's
         scores_holder["scores"] = compute_influence(model, f_batches, r_batches, candidates, cfg.eps)
 
     peaks = {}

@@ -397,7 +397,7 @@ def command_score(args) -> None:
     summaries = []
     for p in args.p:
         start = time.perf_counter()
-        _, summary = pipeline.select(influence, p)
+        summary = pipeline.select_summary(influence, p)  # no masks: the peak stays at the scores
         summary["select_s"] = time.perf_counter() - start
         summaries.append(summary)
         print(f"p={p:g}: selected {summary['selected']:,} of {summary['candidates']:,} "

@@ -105,10 +105,12 @@ def mask_scores(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
         grad_forget, grad_retain = gradient_pair(
             work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
             qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length), list(candidates),
-            on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean)
+            on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean, park_forget=True)
         del work
-        if "forget-grad" in methods:  # before the in-place ratio below reuses grad_forget's memory
-            scores["forget-grad"] = require_finite({n: g.abs() for n, g in grad_forget.items()})
+        if "forget-grad" in methods:  # before the in-place ratio below consumes the gradients; on G_r's (the
+            # weight's) device, where a parked G_f is not
+            scores["forget-grad"] = require_finite({n: g.to(grad_retain[n].device).abs()
+                                                    for n, g in grad_forget.items()})
         if {"grin", "grin-nonoise"} & set(methods):
             scores["grin"] = require_finite(influence_scores(grad_forget, grad_retain, cfg.eps, in_place=True))
         del grad_forget, grad_retain

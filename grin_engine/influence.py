@@ -93,6 +93,12 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
     Each batch contributes its share (grad(sum of its token NLLs) / N_total, or grad(sum of its items' mean NLLs) /
     n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights get gradients (the others are skipped
     by autograd). Gradients are kept in float32 even for a bf16 model, so the sum over batches keeps its precision.
+
+    Memory (DESIGN.md §5a, memory): the accumulators (float32, on each weight's device) are the only model-sized
+    buffers. A hook on each weight adds its gradient into its accumulator the moment autograd has computed it and
+    drops it, so a batch's gradients never exist for the whole model at once: weights + 4 bytes per candidate
+    parameter + one weight's gradient. The sums are the same additions in the same order as adding whole gradient
+    sets afterwards.
     """
     params = dict(model.named_parameters())
     for param in model.parameters():
@@ -104,6 +110,17 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
     total_tokens = max(1, count_answer_tokens(batches))
     total_items = max(1, sum(int(b["labels"].shape[0]) for b in batches))
     grads: dict[str, torch.Tensor] = {}
+
+    def add_into_accumulator(name: str):
+        def hook(param):  # runs inside backward, right after autograd wrote this weight's gradient
+            grad, param.grad = param.grad, None
+            if name in grads:
+                grads[name].add_(grad)
+            else:  # the first batch's gradient becomes the accumulator: no copy for float32 models
+                grads[name] = grad.float()
+        return hook
+
+    handles = [params[name].register_post_accumulate_grad_hook(add_into_accumulator(name)) for name in names]
     device = input_device(model)
     try:
         for i, batch in enumerate(batches):
@@ -113,28 +130,52 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
                 (nll_sum.sum() / total_tokens).backward()
             else:
                 ((nll_sum / n_tokens.clamp(min=1)).sum() / total_items).backward()
-            for name in names:
-                grad = params[name].grad
-                params[name].grad = None
-                if name in grads:
-                    grads[name].add_(grad)
-                else:  # the first batch's gradient becomes the accumulator: no copy for float32 models
-                    grads[name] = grad.float()
             if on_batch is not None:
                 on_batch(i + 1, len(batches))
     finally:
+        for handle in handles:
+            handle.remove()
         for name in names:
             params[name].requires_grad_(False)
             params[name].grad = None
     return grads
 
 
+def park(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Move the accumulators that sit on an accelerator to CPU memory, freeing the accelerator for the next set.
+    The CPU copies are pinned (page-locked) where possible, so the copies run at full bus speed without stalling
+    and come back the same way; CPU tensors stay as they are (no copy). float32 to float32: the values are exact.
+    The dict is emptied as it goes, so each device buffer is freed as soon as its copy is queued."""
+    parked, devices = {}, set()
+    for name in list(grads):
+        tensor = grads.pop(name)
+        if tensor.device.type == "cpu":
+            parked[name] = tensor
+            continue
+        try:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        except RuntimeError:  # pinning refused (locked-memory limit, no driver support): ordinary memory
+            host = torch.empty(tensor.shape, dtype=tensor.dtype)
+        asynchronous = host.is_pinned() and tensor.device.type == "cuda"
+        parked[name] = host.copy_(tensor, non_blocking=asynchronous)
+        if asynchronous:
+            devices.add(tensor.device)
+    for device in devices:  # the host copies are complete before anyone reads them
+        torch.cuda.synchronize(device)
+    return parked
+
+
 def influence_scores(grad_forget: dict[str, torch.Tensor], grad_retain: dict[str, torch.Tensor],
                      eps: float = 1e-8, in_place: bool = False) -> dict[str, torch.Tensor]:
-    """S = |G_f| / (|G_r| + eps), per weight. With in_place=True the gradient tensors are reused (no extra memory)."""
+    """S = |G_f| / (|G_r| + eps), per weight, on G_r's device (the weight's): a G_f parked on the CPU (`park`) is
+    brought back one tensor at a time. With in_place=True the gradient tensors are reused and consumed: each pair is
+    taken out of the two dicts (which end empty) as its score is formed, so G_r's memory turns into the scores'
+    tensor by tensor and the peak stays at one model-sized set plus one tensor."""
     scores = {}
-    for name, g_f in grad_forget.items():
-        g_r = grad_retain[name]
+    for name in list(grad_forget):
+        g_f = grad_forget.pop(name) if in_place else grad_forget[name]
+        g_r = grad_retain.pop(name) if in_place else grad_retain[name]
+        g_f = g_f.to(g_r.device, non_blocking=g_f.is_pinned())  # no copy when already there
         if in_place:
             scores[name] = g_f.abs_().div_(g_r.abs_().add_(eps))
         else:
@@ -142,12 +183,16 @@ def influence_scores(grad_forget: dict[str, torch.Tensor], grad_retain: dict[str
     return scores
 
 
-def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_batch=None, mean: str = "token"):
+def gradient_pair(model, forget_batches, retain_batches, names: list[str], on_batch=None, mean: str = "token",
+                  park_forget: bool = False):
     """(G_f, G_r): the accumulated answer-NLL gradients on the forget and on the retain batches.
-    on_batch(done, total) counts the batches of both."""
+    on_batch(done, total) counts the batches of both. park_forget=True moves G_f to CPU memory (`park`) before G_r
+    is formed, so an accelerator holds one float32 accumulator set at a time (on a CPU it changes nothing)."""
     n_batches = len(forget_batches) + len(retain_batches)
     report = (lambda done, _total: on_batch(done, n_batches)) if on_batch else None
     grad_forget = accumulate_gradients(model, forget_batches, names, report, mean=mean)
+    if park_forget:
+        grad_forget = park(grad_forget)
     report_r = (lambda done, _total: on_batch(len(forget_batches) + done, n_batches)) if on_batch else None
     return grad_forget, accumulate_gradients(model, retain_batches, names, report_r, mean=mean)
 
@@ -160,9 +205,12 @@ def require_finite(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def compute_influence(model, forget_batches, retain_batches, candidates: dict[str, Candidate], eps: float,
-                      on_batch=None, mean: str = "token") -> dict[str, torch.Tensor]:
-    """Both gradients, then the scores, reusing the gradient memory: peak extra memory is two model-sized buffers."""
-    grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch, mean)
+                      on_batch=None, mean: str = "token", park_forget: bool = True) -> dict[str, torch.Tensor]:
+    """Both gradients, then the scores, reusing the gradient memory. Peak extra memory on an accelerator: one float32
+    set (G_f, then G_r turning into the scores; G_f waits in CPU memory); on a CPU, or with park_forget=False (no
+    bus transfers, for a card with room to spare): two (G_f and G_r)."""
+    grad_forget, grad_retain = gradient_pair(model, forget_batches, retain_batches, list(candidates), on_batch, mean,
+                                             park_forget=park_forget)
     return require_finite(influence_scores(grad_forget, grad_retain, eps=eps, in_place=True))
 
 
@@ -253,14 +301,25 @@ class Selection:
         return self.selected / max(1, self.candidates)
 
 
+def top_fraction_threshold(scores: dict[str, torch.Tensor], p: float) -> tuple[float, int]:
+    """(tau, n): the round(p * n)-th largest of the n scores, the threshold of the top-p selection."""
+    n = sum(t.numel() for t in scores.values())
+    return kth_largest(scores, min(n, max(1, round(p * n)))), n
+
+
 def select_top_fraction(scores: dict[str, torch.Tensor], p: float) -> Selection:
     """Select the round(p * n) highest-scoring weights over the whole model (more only where scores tie at tau)."""
-    n = sum(t.numel() for t in scores.values())
-    k = min(n, max(1, round(p * n)))
-    tau = kth_largest(scores, k)
+    tau, n = top_fraction_threshold(scores, p)
     masks = {name: t >= tau for name, t in scores.items()}
     selected = int(sum(m.sum() for m in masks.values()))
     return Selection(p=p, threshold=tau, selected=selected, candidates=n, masks=masks)
+
+
+def top_fraction_counts(scores: dict[str, torch.Tensor], p: float) -> tuple[float, dict[str, int]]:
+    """tau and how many weights of each tensor the top-p selection takes, without keeping its masks (a bool per
+    weight, 1 byte per parameter at the peak of `score`): each tensor's mask is counted and dropped."""
+    tau, _ = top_fraction_threshold(scores, p)
+    return tau, {name: int((t >= tau).sum()) for name, t in scores.items()}
 
 
 def random_selection(candidates: dict[str, Candidate], params: dict[str, torch.Tensor], p: float,

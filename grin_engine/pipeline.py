@@ -20,7 +20,7 @@ from .data import QAItem, forget_batches, qa_batches
 from .evaluate import evaluate_split
 from .grun import Grun, GrunSpec, GrunState, default_layers, export_state, gate_values, train_grun
 from .influence import (Candidate, Selection, candidate_parameters, compute_influence, select_top_fraction,
-                        summarize_counts, summarize_selection)
+                        summarize_counts, summarize_selection, top_fraction_counts)
 from .models import LoadedModel, copy_model
 from .noise import inject_noise
 from .patch import WeightPatch, apply_patch, extract_patch, trained_in_place, unlearned_copy
@@ -90,6 +90,13 @@ def select(influence: Influence, p: float) -> tuple[Selection, dict]:
     """The top-p selection and its summary (per layer and module, attention vs feed-forward)."""
     selection = select_top_fraction(influence.scores, p)
     return selection, summarize_selection(selection, influence.candidates)
+
+
+def select_summary(influence: Influence, p: float) -> dict:
+    """The summary of the top-p selection (the same as select's) without its masks: for `score`, which needs no
+    masks, so its peak stays at the scores (README's memory plan)."""
+    threshold, counts = top_fraction_counts(influence.scores, p)
+    return summarize_counts(counts, influence.candidates, p, threshold)
 
 
 def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,

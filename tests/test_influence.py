@@ -159,6 +159,153 @@ def test_count_answer_tokens_counts_shifted_labels(tokenizer, forget_items):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Memory plan (DESIGN.md §5a, memory): one float32 set per pass, G_f parked, scores formed pair by pair
+
+
+def _odd_llama(tokenizer, dtype=torch.float32):
+    """A tiny Llama whose weight shapes no other test's tensors share, so live tensors can be counted by shape."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(4)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval().to(dtype)
+    model.requires_grad_(False)
+    return model
+
+
+def _previous_accumulation(model, batches, names):
+    """The accumulation before the memory plan: a whole backward, then every .grad added into its float32 sum."""
+    params = dict(model.named_parameters())
+    total, grads = max(1, influence.count_answer_tokens(batches)), {}
+    for name in names:
+        params[name].requires_grad_(True)
+    for batch in batches:
+        nll_sum, _ = influence.answer_nll(model, batch)
+        (nll_sum.sum() / total).backward()
+        for name in names:
+            grad, params[name].grad = params[name].grad, None
+            grads[name] = grads[name].add_(grad) if name in grads else grad.float()
+    for name in names:
+        params[name].requires_grad_(False)
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_bit_identical_to_the_whole_set_accumulation(tokenizer, forget_items, dtype):
+    """Adding each gradient into its sum inside backward (hook) gives exactly the sums of adding whole gradient sets
+    after each backward: the same additions in the same order (float32 and bfloat16 weights)."""
+    model = _odd_llama(tokenizer, dtype)
+    names = list(candidate_parameters(model, include_embeddings=True))  # the tied embedding/head weight included
+    batches = qa_batches(tokenizer, forget_items, 2, MAX_LENGTH)
+    expected = _previous_accumulation(model, batches, names)
+    got = influence.accumulate_gradients(model, batches, names)
+    assert set(got) == set(expected) and len(batches) >= 2
+    for name in names:
+        assert got[name].dtype == torch.float32 and torch.equal(got[name], expected[name]), name
+
+
+def _gradient_bytes_alive(params: dict, shapes: set) -> int:
+    """Bytes of the float32 weight-shaped tensors alive now: the accumulators (and scores) Python can reach, plus the
+    .grad of every weight; each buffer counted once."""
+    import gc
+
+    seen, total = set(), 0
+    reachable = [o for o in gc.get_objects() if type(o) is torch.Tensor]  # plain tensors: not the weights
+    for tensor in reachable + [p.grad for p in params.values() if p.grad is not None]:
+        if tensor.dtype == torch.float32 and tuple(tensor.shape) in shapes and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * 4
+    return total
+
+
+def test_scoring_holds_at_most_two_float32_sets_and_never_a_whole_gradient_set(tokenizer, forget_items,
+                                                                                retain_items, monkeypatch):
+    """Sampled whenever a weight's gradient arrives in backward and before each forward: no other weight keeps a
+    .grad (the engine's hook took it), and G_f + G_r + the one arriving gradient are all that is alive. Before the
+    memory plan a batch's whole gradient set sat next to G_f and G_r (three sets); on an accelerator G_f is parked
+    on the CPU, so the device holds one set."""
+    model = _odd_llama(tokenizer)
+    candidates = candidate_parameters(model)
+    params = dict(model.named_parameters())
+    shapes = {tuple(params[name].shape) for name in candidates}
+    one_set = 4 * sum(c.numel for c in candidates.values())
+    largest = 4 * max(c.numel for c in candidates.values())
+    samples, hooked = [], []
+    import gc
+
+    gc.collect()
+    assert _gradient_bytes_alive(params, shapes) == 0  # nothing of these shapes left over from another test
+
+    def sample(arriving=None):  # the arriving weight's own .grad is about to be taken by the engine's hook
+        samples.append((_gradient_bytes_alive(params, shapes),
+                        sum(params[name].grad is not None and params[name] is not arriving for name in candidates)))
+
+    real_nll = influence.answer_nll
+
+    def sampling_nll(model, batch):
+        sample()
+        if not hooked:  # the weights require gradients now: watch each one's gradient arrive (after the engine's hook)
+            hooked.extend(params[name].register_post_accumulate_grad_hook(sample) for name in candidates)
+        return real_nll(model, batch)
+
+    monkeypatch.setattr(influence, "answer_nll", sampling_nll)
+    try:
+        scores = compute_influence(model, qa_batches(tokenizer, forget_items, 2, MAX_LENGTH),
+                                   qa_batches(tokenizer, retain_items, 2, MAX_LENGTH), candidates, EPS)
+    finally:
+        for handle in hooked:
+            handle.remove()
+    assert len(samples) > 4 * len(candidates)  # 2 + 2 batches, every weight's gradient seen
+    assert max(held for _, held in samples) == 0, "a weight kept its gradient after backward delivered it"
+    peak = max(alive for alive, _ in samples)
+    assert one_set < peak <= 2 * one_set + largest, f"{peak / one_set:.2f} float32 sets alive at the peak"
+    assert _gradient_bytes_alive(params, shapes) == one_set and len(scores) == len(candidates)  # only the scores
+
+
+def test_compute_influence_parks_the_forget_gradients_before_the_retain_pass(tokenizer, forget_items, retain_items,
+                                                                             monkeypatch):
+    model = _odd_llama(tokenizer)
+    calls = []
+    real_accumulate, real_park = influence.accumulate_gradients, influence.park
+
+    def accumulate(model, batches, names, on_batch=None, mean="token"):
+        calls.append(("gradients", len(batches)))
+        return real_accumulate(model, batches, names, on_batch, mean)
+
+    def park(grads):
+        calls.append(("park", len(grads)))
+        return real_park(grads)
+
+    monkeypatch.setattr(influence, "accumulate_gradients", accumulate)
+    monkeypatch.setattr(influence, "park", park)
+    candidates = candidate_parameters(model)
+    compute_influence(model, qa_batches(tokenizer, forget_items, 3, MAX_LENGTH),
+                      qa_batches(tokenizer, retain_items, 1, MAX_LENGTH), candidates, EPS)
+    assert calls == [("gradients", 2), ("park", len(candidates)), ("gradients", len(retain_items))]
+
+
+def test_park_keeps_cpu_tensors_without_a_copy():
+    grads = {"a": torch.randn(3, 4), "b": torch.randn(5)}
+    originals = dict(grads)
+    parked = influence.park(grads)
+    assert all(parked[name] is originals[name] for name in originals) and grads == {}
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_scores_form_on_the_retain_gradients_device(in_place):
+    """A G_f parked on the CPU next to a G_r on another device ("meta" stands in for a GPU here): each score is
+    formed on G_r's device, the weight's; in place, both dicts are consumed pair by pair."""
+    grad_forget = {"w": torch.randn(4, 3), "v": torch.randn(2)}
+    grad_retain = {name: torch.empty(t.shape, device="meta") for name, t in grad_forget.items()}
+    scores = influence.influence_scores(grad_forget, grad_retain, EPS, in_place=in_place)
+    placed = {name: (s.device.type, s.shape) for name, s in scores.items()}
+    assert placed == {"w": ("meta", (4, 3)), "v": ("meta", (2,))}
+    assert (grad_forget == {} and grad_retain == {}) if in_place else set(grad_forget) == set(grad_retain) == {"w", "v"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Candidates
 
 LLAMA_KINDS = {

@@ -111,6 +111,15 @@ def test_selection_fraction_matches_p(runs):
     assert 0 < sel["selected"] < sel["candidates"]
 
 
+def test_select_summary_equals_the_summary_of_select(tiny, forget_items, retain_items):
+    """`score` summarises without keeping masks (select_summary); the summary must be select's, ties included."""
+    influence = pipeline.compute_influence_scores(tiny.model, tiny.tokenizer, forget_items, retain_items, _cfg(True))
+    first = next(iter(influence.scores))
+    influence.scores[first][:2] = influence.scores[first].max()  # a tie at the top
+    for p in (1e-4, 0.01, 0.1, 0.5, 1.0):
+        assert pipeline.select_summary(influence, p) == pipeline.select(influence, p)[1], p
+
+
 def test_no_mask_selects_every_candidate(runs):
     sel = runs[False][0][0].to_report()["selection"]
     assert sel["selected"] == sel["candidates"] and sel["fraction"] == 1.0

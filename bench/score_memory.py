@@ -1,0 +1,98 @@
+"""Benchmark: peak memory of influence scoring (G_f, G_r, the scores), in bytes and in float32 sets of the candidates.
+
+    python bench/score_memory.py [--model default] [--items 8] [--batch-size 2] [--no-park] [--threads 1]
+
+One float32 set = 4 bytes per candidate parameter. README's memory plan: on an accelerator scoring holds weights + one
+set (G_f parked in CPU memory), plus activations; on a CPU, weights + two sets (G_f and G_r). Before the plan it
+was one more set (a batch's whole gradient set next to both accumulators).
+
+On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown as a multiple of the weights (issue 8's
+target for `score`: <= 3x the bf16 weights). On a CPU it is the rise of the process's peak RSS (Linux VmHWM, reset
+before scoring) over its RSS before scoring, after a one-weight warm-up; also the same scoring of one weight only,
+whose peak is the activations'. glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
+every tensor is its own mapping and RSS follows the live tensors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import bench_parser, device_name, load_for_bench, reset_peak  # noqa: E402
+
+from grin_engine.config import GrinConfig  # noqa: E402
+from grin_engine.data import load_items, qa_batches  # noqa: E402
+from grin_engine.influence import candidate_parameters, compute_influence  # noqa: E402
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def peak_bytes(run, device: torch.device) -> int:
+    """Peak memory while `run()` runs, above the memory in use when it starts."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        reset_peak(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    start = _status_kib("VmRSS")
+    reset_peak(device)  # VmHWM := the current RSS
+    run()
+    return (_status_kib("VmHWM") - start) * 1024
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, "items of each set used")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--no-park", action="store_true", help="keep G_f on the device (compute_influence "
+                                                                 "park_forget=False)")
+    args = parser.parse_args()
+    base = load_for_bench(args)
+    model, tok = base.model, base.tokenizer
+    cfg = GrinConfig(batch_size=args.batch_size)
+    f_batches = qa_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length)
+    r_batches = qa_batches(tok, load_items("general_knowledge", args.items), cfg.batch_size, cfg.max_length)
+    candidates = candidate_parameters(model)
+    one_weight = dict(list(candidates.items())[:1])
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    one_set = 4 * sum(c.numel for c in candidates.values())
+    park = not args.no_park
+    chosen_park = {"park_forget": False} if args.no_park else {}  # else the engine's default (parks)
+    print(f"device: {device_name(base.device)}")
+    print(f"model {base.name} ({base.dtype}): weights {weights / 2**20:,.0f} MiB; one float32 set of the "
+          f"{len(candidates)} candidates {one_set / 2**20:,.0f} MiB; {args.items}+{args.items} items in "
+          f"{len(f_batches)}+{len(r_batches)} batches of {cfg.batch_size}; G_f parked off the device: {park}")
+
+    compute_influence(model, f_batches[:1], r_batches[:1], one_weight, cfg.eps)  # warm-up: threads, allocator
+    held = {}
+
+    def score(chosen):
+        def run():
+            held.clear()
+            held["scores"] = compute_influence(model, f_batches, r_batches, chosen, cfg.eps, **chosen_park)
+        return run
+
+    start = time.perf_counter()
+    peak = peak_bytes(score(candidates), base.device)
+    seconds = time.perf_counter() - start
+    held.clear()
+    activations = peak_bytes(score(one_weight), base.device)
+    held.clear()
+    print(f"scoring: peak {peak / 2**20:,.0f} MiB above the loaded model = {peak / one_set:.2f} float32 sets "
+          f"({seconds:.0f} s); weights + peak = {(weights + peak) / weights:.2f}x the weights")
+    print(f"scoring one weight only (the activations' peak): {activations / 2**20:,.0f} MiB = "
+          f"{activations / one_set:.2f} sets; scoring peak minus that = {(peak - activations) / one_set:.2f} sets")
+
+
+if __name__ == "__main__":
+    main()
