@@ -87,7 +87,7 @@ def test_cache_key_depends_on_model_data_and_recipe(tiny):
     data = tofu.load_tofu(tofu.TofuRecipe())
     key = tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(), "retain")
     assert key == tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(eval_items=None), "retain")
-    assert key != tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(lr=1e-4), "retain")
+    assert key != tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(lr=tofu.TofuRecipe().lr * 2), "retain")
     assert key != tofu.cache_key(tiny, data.retain_train[:-1], tofu.TofuRecipe(), "retain")
     assert key != tofu.cache_key(tiny, data.retain_train, tofu.TofuRecipe(), "target")
 
