@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing the package
+
 CHROMIUM = "/usr/lib/chromium/chromium"
 
 
