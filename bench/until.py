@@ -49,7 +49,8 @@ def main() -> None:
         start = time.perf_counter()
         result = run(base, forget, retain, cfg, before=before)
         rows[name] = {"steps": len(result.losses), "seconds": time.perf_counter() - start,
-                      "until": result.until, "before": result.metrics["before"], "after": result.metrics["after"]}
+                      "until": result.until, "before": result.metrics["before"], "after": result.metrics["after"],
+                      "generations": result.generations}  # the answers, to read what the numbers mean
         print(f"{name}: done in {rows[name]['seconds']:.0f} s", flush=True)
     metrics = ("keyword_accuracy", "rougeL_recall", "probability")
     print(f"{len(forget)} forget + {len(retain)} retain items, p = {args.p}, up to {args.steps} steps; until "
