@@ -98,3 +98,14 @@ class TopScores:
             masks[name] = mask.view(shape).to((devices or {}).get(name, "cpu"))
         selected = int(sum(int((v >= tau).sum()) for v in self.values.values()))
         return Selection(p=p, threshold=tau, selected=selected, candidates=self.n, masks=masks)
+
+
+EVALUATION_FIELDS = ("max_new_tokens", "max_length")
+
+
+def evaluation_key(model_id: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig) -> str:
+    """A fingerprint of everything the base model's evaluation (pipeline.evaluate_both) depends on: the model, every
+    field of every item (answers, keywords, perturbed answers feed the metrics) and the generation lengths."""
+    text = json.dumps([model_id, [it.to_dict() for it in forget], [it.to_dict() for it in retain],
+                       {name: getattr(cfg, name) for name in EVALUATION_FIELDS}], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

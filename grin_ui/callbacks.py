@@ -26,11 +26,13 @@ from grin_engine.compare import parse_methods
 from grin_engine.config import GrinConfig, GrinError, as_number
 from grin_engine.data import builtin_names, load_items
 from grin_engine.pipeline import retain_collapse
+from grin_engine.score_cache import evaluation_key, score_key
 
 from . import gpu, plots, public, tables
 from .presets import PRESETS
 from .slots import release_memory
-from .state import STORE, Session, check_model_name, local_models_allowed, session_of, stop_flag
+from .state import (BEFORE, SCORES, STORE, Session, check_model_name, local_models_allowed, model_token, session_of,
+                    stop_flag)
 
 log = logging.getLogger("grin_ui")
 
@@ -139,7 +141,7 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
     session.sources = tuple(os.path.basename(s) if s not in builtin_names() and not s.startswith("tofu:") else s
                             for s in sources)
     if changed:  # results of other data or another model no longer apply
-        session.hist = session.hist_key = session.run = session.before = session.before_key = None
+        session.hist = session.run = None
         session.comparison = None
     status = (f"Loaded **{name}** in {seconds:.1f} s; forget set **{session.sources[0]}** ({len(forget)} items), "
               f"retain set **{session.sources[1]}** ({len(retain)} items). Next: **Influence**.")
@@ -178,15 +180,24 @@ def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Pr
         yield ("Stopped while waiting in the queue; the previous scores are kept.", session) + nothing
         return
     try:
-        yield from _influence_job(session, forget, retain, p_percent, stop, progress)
+        yield from _influence_job(session, forget, retain, p_percent, stop, progress, _owner(request))
     finally:
         stop.clear()
         release_memory()
 
 
-def _influence_job(session, forget, retain, p_percent, stop, progress):
+def _influence_job(session, forget, retain, p_percent, stop, progress, owner=None):
     nothing = (gr.skip(),) * 4
-    hist = None
+    key = score_key(model_token(session.model_name), forget, retain, GrinConfig())
+    kept = SCORES.get(key)
+    if kept is not None and kept[1] is not None:  # the same model and items: scores computed earlier, by anybody
+        SCORES.put(key, kept, owner)
+        session.hist, session.influence_s = kept[1], kept[0].seconds
+        yield (f"Influence scores of these {len(forget)} forget and {len(retain)} retain items re-used: computed "
+               f"earlier on this server in {kept[0].seconds:.0f} s, no new gradients.", session) + \
+            _influence_outputs(session, p_percent)
+        return
+    hist = top = None
     for kind, *payload in gpu.influence_work(session.model_name, forget, retain, stop):
         if kind == "progress":
             latest = payload[0]
@@ -200,9 +211,9 @@ def _influence_job(session, forget, retain, p_percent, stop, progress):
         elif kind == "error":
             raise payload[0]
         else:
-            hist = payload[0]
-    session.hist, session.influence_s = hist  # only a finished computation replaces the visitor's scores
-    session.hist_key = (session.model_name, len(forget), len(retain))
+            hist, top = payload[0]
+    session.hist, session.influence_s = hist, top.seconds  # only a finished computation replaces the visitor's
+    SCORES.put(key, (top, hist), owner)  # for Unlearn, Compare methods and Sweep, and for every visitor
     yield (f"Influence computed on {len(forget)} forget and {len(retain)} retain items.", session) + \
         _influence_outputs(session, p_percent)
 
@@ -265,7 +276,8 @@ def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -
                       seed=as_number(seed, "seed"), use_mask=use_mask)
 
 
-_STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores",
+_STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores (gradient batches)",
+                "select": "selecting the weights from the kept scores",
                 "unlearn": "unlearning", "after": "answering with the unlearned model"}
 
 
@@ -286,19 +298,45 @@ def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, m
                plots.loss_curve([], cfg.steps), session) + (gr.skip(),) * 3
         return
     try:
-        yield from _unlearn_job(session, cfg, forget, retain, limits, stop, progress)
+        yield from _unlearn_job(session, cfg, forget, retain, limits, stop, progress, _owner(request))
     finally:
         stop.clear()
         release_memory()
 
 
-def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
-    before_key = (session.model_name, tuple(it.question for it in forget), tuple(it.question for it in retain),
-                  cfg.max_new_tokens, cfg.max_length)
-    cached = session.before if session.before_key == before_key else None
+def _owner(request) -> str | None:
+    """Who pins a shared result (state.SharedResults): the browser session."""
+    return getattr(request, "session_hash", None)
+
+
+def shared_inputs(session: Session, forget, retain, cfg: GrinConfig) -> tuple[str, str, dict | None, object]:
+    """The keys of this data's shared results and what the server holds for them: (evaluation key, score key,
+    the base model's evaluation or None, the kept influence scores or None)."""
+    token = model_token(session.model_name)
+    before_key, key = evaluation_key(token, forget, retain, cfg), score_key(token, forget, retain, cfg)
+    kept = SCORES.get(key)
+    return before_key, key, BEFORE.get(before_key), kept[0] if kept else None
+
+
+def reuse_note(cached_before, top, cfg: GrinConfig) -> str:
+    """What a run re-uses, in words (the status)."""
+    parts = []
+    if cached_before is not None:
+        parts.append("the base model's answers")
+    if cfg.use_mask and top is not None and top.covers(cfg.p):
+        parts.append("the influence scores")
+    note = f" Re-used (computed earlier on this server): {' and '.join(parts)}." if parts else ""
+    if cfg.use_mask and top is not None and not top.covers(cfg.p):
+        note += (f" p = {100 * cfg.p:g}% is above the kept top {100 * top.keep:g}% of the scores, so they were "
+                 f"computed again.")
+    return note
+
+
+def _unlearn_job(session, cfg, forget, retain, limits, stop, progress, owner=None):
+    before_key, key, cached, top = shared_inputs(session, forget, retain, cfg)
     nothing = (gr.skip(),) * 3
     before = result = None
-    for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop):
+    for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop, top):
         if kind == "progress":
             latest, losses = payload
             stage = list(latest)[-1]
@@ -313,12 +351,15 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
         elif kind == "error":
             raise payload[0]
         elif kind == "done":
-            before, result = payload[0]
+            before, result, kept = payload[0]
+    if before is not None:
+        BEFORE.put(before_key, before, owner)  # every visitor with these items and lengths re-uses it
+    if result is not None and kept is not None and kept is not top:
+        SCORES.put(key, (kept, None), owner)
     if result is None:
-        yield ("**Stopped** before training started (while answering with the base model); your previous run "
-               "(if any) is kept.", plots.loss_curve([], cfg.steps), session) + nothing
+        yield ("**Stopped** before training started; your previous run (if any) is kept.",
+               plots.loss_curve([], cfg.steps), session) + nothing
         return
-    session.before_key, session.before = before_key, before
     if result.stopped:  # a stopped run is not evaluated: the visitor's previous good run stays theirs
         yield (tables.run_text(result) + (" Your previous finished run is kept for Compare and the downloads."
                                           if session.run is not None else ""),
@@ -334,7 +375,7 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
     if warning:
         notes.insert(0, f"**Warning**: {warning}")
     session.run = result
-    yield (" ".join([tables.run_text(result)] + notes), plots.loss_curve(result.losses, cfg.steps), session,
+    yield (" ".join([tables.run_text(result) + reuse_note(cached, top, cfg)] + notes), plots.loss_curve(result.losses, cfg.steps), session,
            tables.generations(result, "forget"), tables.generations(result, "retain"), tables.metrics_view(result))
 
 
@@ -413,17 +454,18 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
             + (gr.skip(),) * 4
         return
     try:
-        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress)
+        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, _owner(request))
     finally:
         stop.clear()
         release_memory()
 
 
-def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress):
+def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, owner=None):
     started = time.perf_counter()  # the wall time the visitor waited, not the sum of the engine's stage timings
     nothing = (gr.skip(),) * 4
+    before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)
     comparison = None
-    for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop):
+    for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop, cached, top):
         if kind == "progress":
             stage, (_, done, total, *_) = list(payload[0].items())[-1]
             text = _compare_stage(stage, done, total) + (" — stopping ..." if stop.is_set() else "")
@@ -432,7 +474,9 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
         elif kind == "error":
             raise payload[0]
         elif kind == "done":
-            comparison = payload[0]
+            before, comparison = payload[0]
+            if before is not None:
+                BEFORE.put(before_key, before, owner)
     if comparison is None:
         yield ("Stopped; your previous comparison (if any) is kept.", session) + nothing
         return
@@ -450,6 +494,8 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
               f"{time.perf_counter() - started:.0f} s.")
     collapsed = [f"{name}: {w}" for name, r in comparison.results.items() if not r.stopped
                  for w in [retain_collapse(r.metrics)] if w]
+    if not comparison.stopped:
+        status += reuse_note(cached, top if {"grin", "grin-nonoise"} & set(names) else None, cfg)
     if collapsed:
         status += " **Warning** — " + "; ".join(collapsed)
     yield (status, session) + _comparison_outputs(session, answers_split)
