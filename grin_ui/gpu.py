@@ -29,7 +29,7 @@ import time
 from grin_engine import compare, pipeline, score_cache, score_summary, sweep
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem
-from grin_engine.evaluate import generate_answers
+from grin_engine.evaluate import generate_answers, shown_answer
 from grin_engine.models import copy_model, save_weights
 from grin_engine.grun import GrunState, save_grun
 from grin_engine.patch import WeightPatch, apply_patch, unlearned_copy
@@ -247,16 +247,21 @@ def sweep_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg:
     yield from _stream(work, stop)
 
 
+def _answer(loaded, prompt: str, max_new_tokens: int) -> str:
+    """One greedy answer, marked where it hit the token limit (evaluate.shown_answer)."""
+    answers, cut = generate_answers(loaded.model, loaded.tokenizer, [prompt], max_new_tokens, return_cut=True)
+    return shown_answer(answers[0], cut[0])
+
+
 @gpu(duration=generate_seconds)
 def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_new_tokens: int):
     """The prompt answered by the base model and, when there is a patch, by base + patch: (before, after | None)."""
     try:
         base = STORE.get(model_name)
-        before = generate_answers(base.model, base.tokenizer, [prompt], max_new_tokens)[0]
+        before = _answer(base, prompt, max_new_tokens)
         if patch is None:
             return before, None
-        work = unlearned_copy(base, patch)  # a private copy: base + what the run changed
-        return before, generate_answers(work.model, work.tokenizer, [prompt], max_new_tokens)[0]
+        return before, _answer(unlearned_copy(base, patch), prompt, max_new_tokens)  # base + what the run changed
     except Exception as exc:
         raise _as_user_error(exc) from None
 
