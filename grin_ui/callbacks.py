@@ -30,6 +30,7 @@ from grin_engine.score_cache import evaluation_key, score_key
 
 from . import gpu, plots, public, tables
 from .presets import PRESETS
+from .progress import compare_plan, format_seconds, influence_plan, load_plan, observe, unlearn_plan
 from .slots import release_memory
 from .state import (BEFORE, SCORES, STORE, Session, check_model_name, local_models_allowed, model_token, session_of,
                     stop_flag)
@@ -132,9 +133,14 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
     for which, upload, items in (("forget", forget_file, forget), ("retain", retain_file, retain)):
         if upload:  # built-in and Hub sets are known; an upload is whatever a visitor sent
             public.check_item_count(len(items), which, limits)
-    progress(0.1, desc=f"loading model {name!r} ...")
+    plan = load_plan()
+
+    def on_stage(stage):
+        fraction, text = plan.update(stage, 0, 0)
+        progress(fraction, desc=text)
+    on_stage("locating")
     start = time.perf_counter()
-    base = STORE.get(name)
+    base = STORE.get(name, on_stage=on_stage)
     seconds = time.perf_counter() - start
     changed = (session.model_name, session.forget, session.retain) != (name, forget, retain)
     session.model_name, session.forget, session.retain = name, forget, retain
@@ -198,12 +204,14 @@ def _influence_job(session, forget, retain, p_percent, stop, progress, owner=Non
             _influence_outputs(session, p_percent)
         return
     hist = top = None
+    plan = influence_plan(len(forget), len(retain))
+    yield (f"Computing influence scores: {plan.update('influence', 0, 0)[1]}", session) + nothing
     for kind, *payload in gpu.influence_work(session.model_name, forget, retain, stop):
         if kind == "progress":
             latest = payload[0]
             stage, done, total = latest.get("summary") or latest.get("influence")
-            text = "summarising scores ..." if stage == "summary" else f"gradients: batch {done} of {total}"
-            progress((done, total) if stage == "influence" else None, desc=text)
+            fraction, text = plan.update(stage, done, total)
+            progress(fraction, desc=text)
             yield (f"Computing influence scores: {text}", session) + nothing
         elif kind == "stopped":
             yield ("Influence computation stopped; the previous scores (if any) are kept.", session) + nothing
@@ -213,6 +221,7 @@ def _influence_job(session, forget, retain, p_percent, stop, progress, owner=Non
         else:
             hist, top = payload[0]
     session.hist, session.influence_s = hist, top.seconds  # only a finished computation replaces the visitor's
+    observe({"scores_s": top.seconds}, len(forget) + len(retain), 0, GrinConfig().batch_size)
     SCORES.put(key, (top, hist), owner)  # for Unlearn, Compare methods and Sweep, and for every visitor
     yield (f"Influence computed on {len(forget)} forget and {len(retain)} retain items.", session) + \
         _influence_outputs(session, p_percent)
@@ -276,11 +285,6 @@ def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -
                       seed=as_number(seed, "seed"), use_mask=use_mask)
 
 
-_STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores (gradient batches)",
-                "select": "selecting the weights from the kept scores",
-                "unlearn": "unlearning", "after": "answering with the unlearned model"}
-
-
 @user_errors
 def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
             request: gr.Request, progress=gr.Progress()):
@@ -336,17 +340,22 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress, owner=Non
     before_key, key, cached, top = shared_inputs(session, forget, retain, cfg)
     nothing = (gr.skip(),) * 3
     before = result = None
+    plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None,
+                        top is not None and top.covers(cfg.p))
+    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", plots.loss_curve([], cfg.steps),
+           session) + nothing
     for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop, top):
         if kind == "progress":
             latest, losses = payload
             stage = list(latest)[-1]
             _, done, total, *_ = latest[stage]
-            text = f"{_STAGE_WORDS.get(stage, stage)}: {done} of {total}"
+            fraction, text = plan.update(stage, done, total)
             if stage == "unlearn" and losses:
                 text += f" (loss {losses[-1]:.4f})"
             if stop.is_set():
                 text += " — stopping ..."
-            progress((done, total), desc=text)
+            progress(fraction, desc=text)
             yield (f"Running: {text}", plots.loss_curve(losses, cfg.steps), session) + nothing
         elif kind == "error":
             raise payload[0]
@@ -365,6 +374,7 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress, owner=Non
                                           if session.run is not None else ""),
                plots.loss_curve(result.losses, cfg.steps), session) + nothing
         return
+    observe(result.timings, len(forget) + len(retain), len(result.losses), cfg.batch_size)
     notes = []
     if limits.patch_bytes is not None and public.patch_bytes(result.patch) > limits.patch_bytes:
         result.patch = None  # a session keeps small data only (README: what each visitor holds)
@@ -420,12 +430,6 @@ def generate(prompt, session):
 # Compare methods
 
 
-def _compare_stage(stage: str, done: int, total: int) -> str:
-    method, _, step = stage.rpartition("/")
-    words = {"gradients": "gradients for the masks (batches)"}.get(step, _STAGE_WORDS.get(step, step))
-    return f"{method + ': ' if method else ''}{words} {done} of {total}"
-
-
 @user_errors
 def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, grun_steps, method, p_percent, sigma2, lr, steps, alpha, beta,
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
@@ -465,11 +469,17 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
     nothing = (gr.skip(),) * 4
     before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)
     comparison = None
+    grin_needed = bool({"grin", "grin-nonoise"} & set(names))
+    plan = compare_plan(len(forget), len(retain), cfg, names, cached is not None,
+                        "forget-grad" in names or (grin_needed and not (top is not None and top.covers(cfg.p))))
+    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", session) + nothing
     for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop, cached, top):
         if kind == "progress":
             stage, (_, done, total, *_) = list(payload[0].items())[-1]
-            text = _compare_stage(stage, done, total) + (" — stopping ..." if stop.is_set() else "")
-            progress((done, total), desc=text)
+            fraction, text = plan.update(stage, done, total)
+            text += " — stopping ..." if stop.is_set() else ""
+            progress(fraction, desc=text)
             yield (f"Running: {text}", session) + nothing
         elif kind == "error":
             raise payload[0]
@@ -486,6 +496,10 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
             + nothing
         return
     session.comparison = comparison
+    for name in finished:
+        result = comparison.results[name]
+        observe(result.timings, len(forget) + len(retain), len(result.losses) if name != "grun" else 0,
+                cfg.batch_size)
     done = ", ".join(finished)
     stopped = [name for name, r in comparison.results.items() if r.stopped]
     status = (f"**Stopped** — finished: {done or 'none'}" + (f"; stopped: {', '.join(stopped)}" if stopped else "")

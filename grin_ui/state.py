@@ -52,11 +52,12 @@ class ModelStore:
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str, on_stage=None) -> LoadedModel:
+        """The model `name`, loaded now if another one (or none) is loaded; on_stage(stage) reports the load."""
         with self._lock:
             if self._current is None or self._current.name != name:
                 # the new model loads first: a name that fails to load leaves everybody's model in place
-                self._current = load_model(ModelSpec(name))
+                self._current = load_model(ModelSpec(name), on_stage=on_stage)
             return self._current
 
 
