@@ -268,7 +268,7 @@ def slider_index(p_percent):
 # Unlearn
 
 
-def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -> GrinConfig:
+def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, until=None) -> GrinConfig:
     """The Unlearn tab's values as a GrinConfig: each number checked (type, finiteness, range) by the engine's
     shared check, so a script sending text or NaN gets the same message as the CLI."""
     if not isinstance(method, str):
@@ -282,14 +282,15 @@ def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -
         raise GrinError(f"mask must be true or false, got {use_mask!r}")
     return GrinConfig(method=method, p=_fraction(p_percent), sigma2=sigma2, lr=as_number(lr, "lr"),
                       steps=as_number(steps, "steps"), alpha=as_number(alpha, "alpha"), beta=beta or None,
-                      seed=as_number(seed, "seed"), use_mask=use_mask)
+                      seed=as_number(seed, "seed"), use_mask=use_mask, until=_text(until, "stop once").strip() or None)
 
 
 @user_errors
-def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
-            request: gr.Request, progress=gr.Progress()):
-    """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare."""
-    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)  # numbers first: no work yet
+def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session, until=None,
+            request: gr.Request = None, progress=gr.Progress()):
+    """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare.
+    `until` (optional, e.g. forget_keyword_accuracy<=0.25): stop unlearning once the forget set meets it."""
+    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, until)  # checks: no work yet
     session = session_of(session)
     session.require_loaded()
     forget, retain = session.items(max_items)

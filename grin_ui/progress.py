@@ -120,8 +120,9 @@ def run_phases(prefix: str, words: str, items: int, cfg, scores_needed: bool, st
     if cfg.use_mask:
         phases.append(Phase(prefix + "select", f"{words}selecting the top {100 * cfg.p:g}% of the weights",
                             cost("select") if scores_needed else 0.2 * cost("select"), ""))
-    phases.append(Phase(prefix + "unlearn", f"{words}unlearning", steps * step_share * 2 * cfg.batch_size
-                        * cost("step_item"), "step"))
+    checks = (steps // cfg.until_every) * (items // 2) * cost("answer") if getattr(cfg, "until", None) else 0.0
+    phases.append(Phase(prefix + "unlearn", f"{words}unlearning" + (f" until {cfg.until}" if checks else ""),
+                        steps * step_share * 2 * cfg.batch_size * cost("step_item") + checks, "step"))
     phases.append(Phase(prefix + "after", f"{words}answering with the unlearned model ({items} questions)",
                         items * cost("answer") * cfg.max_new_tokens / 48, "question"))
     return phases

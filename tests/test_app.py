@@ -402,3 +402,31 @@ def test_two_visitors_share_one_base_evaluation(tiny_app, monkeypatch):
     final = _finish(visitors[1].submit(["grin", "full"], "idk", "linear", 1e-2, 3.0, 2, *run, "forget",
                                        api_name="/compare"))[-1]
     assert "Done" in final[0] and len(evaluations) == 1
+
+
+def test_show_me_runs_the_demo_and_fills_the_tabs(tiny_app):
+    """One click: load, influence at 1%, unlearn until forgotten, answers before / after; a sentence per step."""
+    from grin_ui import show_me
+
+    client = gradio_client.Client(tiny_app, verbose=False)
+    outputs = _finish(client.submit(api_name="/show_me"))
+    statuses = [frame[0] for frame in outputs]
+    for step in ("load", "influence", "unlearn", "compare"):  # every step said what to look at, in order
+        assert show_me.SAY[step] in statuses, step
+    assert statuses.index(show_me.SAY["load"]) < statuses.index(show_me.SAY["influence"]) < \
+        statuses.index(show_me.SAY["unlearn"]) < statuses.index(show_me.SAY["compare"])
+    assert statuses[-1] == show_me.SAY["compare"]
+
+    def seen(index):
+        """The last value an output got (a frame may skip it)."""
+        values = [frame[index] for frame in outputs if not (isinstance(frame[index], dict)
+                                                           and frame[index].get("__type__") == "update"
+                                                           and "value" not in frame[index])]
+        return values[-1] if values else None
+
+    assert seen(1) == show_me.SHOW_ME_ITEMS  # Setup's max items now says what the demo used
+    assert "Loaded" in seen(4) and "Influence computed" in seen(5) and "p = 1%" in seen(6)
+    assert "Done" in seen(14), seen(14)
+    assert len(_data(seen(16))) == show_me.SHOW_ME_ITEMS and len(_data(seen(17))) == show_me.SHOW_ME_ITEMS
+    report = json.loads(open(client.predict(api_name="/report")[0]).read())  # the run is the visitor's own
+    assert report["config"]["until"] == show_me.SHOW_ME_UNTIL and report["until"]["checks"]
