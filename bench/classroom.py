@@ -63,10 +63,12 @@ def _rows(value) -> list:
     return value["data"] if isinstance(value, dict) and "data" in value else value
 
 
-def timed(job_or_call) -> tuple[float, object]:
+def timed(job_or_call, name: str = "") -> tuple[float, object]:
     start = time.perf_counter()
     outputs = job_or_call()
-    return time.perf_counter() - start, outputs
+    seconds = time.perf_counter() - start
+    print(f"  {name}: {seconds:.1f} s", flush=True)  # as it happens: a long sitting cut short still says something
+    return seconds, outputs
 
 
 def flow(url: str, args) -> dict:
@@ -80,22 +82,23 @@ def flow(url: str, args) -> dict:
     unlearn = [d.method, 100 * d.p, sigma2, d.lr, args.steps or d.steps, d.alpha, None, d.seed, True, args.items]
     client = Client(url, verbose=False)
     times, statuses = {}, {}
-    times["load"], out = timed(lambda: client.predict(*LOAD, api_name="/load"))
+    times["load"], out = timed(lambda: client.predict(*LOAD, api_name="/load"), "load")
     statuses["load"] = out[-1]
-    times["influence"], out = timed(lambda: client.submit(args.items, 100 * d.p, api_name="/influence").result())
+    times["influence"], out = timed(lambda: client.submit(args.items, 100 * d.p, api_name="/influence").result(),
+                                    "influence")
     statuses["influence"] = out[0]
-    times["unlearn"], out = timed(lambda: client.submit(*unlearn, api_name="/unlearn").result())
+    times["unlearn"], out = timed(lambda: client.submit(*unlearn, api_name="/unlearn").result(), "unlearn")
     statuses["unlearn"] = out[0]
     answers = {"forget": _rows(out[2]), "retain": _rows(out[3])}
     if args.second_p:
         second = list(unlearn)
         second[1] = args.second_p
         times[f"unlearn again at p = {args.second_p}%"], out = timed(
-            lambda: client.submit(*second, api_name="/unlearn").result())
+            lambda: client.submit(*second, api_name="/unlearn").result(), "unlearn again")
         statuses["unlearn again"] = out[0]
     compare = [METHODS, d.grun_method, d.grun_gate, d.grun_lr, d.grun_gate_weight, args.grun_steps or d.grun_steps,
                *unlearn, "forget"]
-    times["compare"], out = timed(lambda: client.submit(*compare, api_name="/compare").result())
+    times["compare"], out = timed(lambda: client.submit(*compare, api_name="/compare").result(), "compare")
     statuses["compare"] = out[0]
     return {"seconds": times, "statuses": statuses, "answers": answers, "unlearn_inputs": unlearn}
 
@@ -116,6 +119,7 @@ def main() -> int:
         port = free_port()
         start = time.perf_counter()
         server = start_app(root, port)
+        print(f"{root}:", flush=True)
         try:
             wait_up(server, f"http://127.0.0.1:{port}/")
             started = time.perf_counter() - start

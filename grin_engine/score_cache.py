@@ -38,8 +38,8 @@ SCORE_FIELDS = ("eps", "grad_mean", "label_layout", "include_embeddings", "inclu
 
 def score_key(model_id: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig) -> str:
     """A fingerprint of everything the influence scores depend on (see the module docstring)."""
-    text = json.dumps([model_id, [(it.question, it.answer) for it in forget], [(it.question, it.answer) for it in retain],
-                       {name: getattr(cfg, name) for name in SCORE_FIELDS}], default=str)
+    pairs = [[(it.question, it.answer) for it in items] for items in (forget, retain)]
+    text = json.dumps([model_id, *pairs, {name: getattr(cfg, name) for name in SCORE_FIELDS}], default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

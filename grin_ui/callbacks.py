@@ -386,7 +386,8 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress, owner=Non
     if warning:
         notes.insert(0, f"**Warning**: {warning}")
     session.run = result
-    yield (" ".join([tables.run_text(result) + reuse_note(cached, top, cfg)] + notes), plots.loss_curve(result.losses, cfg.steps), session,
+    yield (" ".join([tables.run_text(result) + reuse_note(cached, top, cfg)] + notes),
+           plots.loss_curve(result.losses, cfg.steps), session,
            tables.generations(result, "forget"), tables.generations(result, "retain"), tables.metrics_view(result))
 
 
@@ -435,6 +436,7 @@ def generate(prompt, session):
 def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, grun_steps, method, p_percent, sigma2, lr, steps, alpha, beta,
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
+    started = time.perf_counter()  # the wall time the visitor waits, not the sum of the engine's stage timings
     session = session_of(session)
     if not methods:
         raise GrinError("choose at least one method to compare")
@@ -459,14 +461,15 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
             + (gr.skip(),) * 4
         return
     try:
-        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, _owner(request))
+        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, _owner(request),
+                                started)
     finally:
         stop.clear()
         release_memory()
 
 
-def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, owner=None):
-    started = time.perf_counter()  # the wall time the visitor waited, not the sum of the engine's stage timings
+def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, owner=None, started=None):
+    started = started or time.perf_counter()
     nothing = (gr.skip(),) * 4
     before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)
     comparison = None
@@ -502,6 +505,7 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
         observe(result.timings, len(forget) + len(retain), len(result.losses) if name != "grun" else 0,
                 cfg.batch_size)
     done = ", ".join(finished)
+    outputs = _comparison_outputs(session, answers_split)  # built before the time is taken: it is part of the wait
     stopped = [name for name, r in comparison.results.items() if r.stopped]
     status = (f"**Stopped** — finished: {done or 'none'}" + (f"; stopped: {', '.join(stopped)}" if stopped else "")
               + "." if comparison.stopped else
@@ -513,7 +517,7 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
         status += reuse_note(cached, top if {"grin", "grin-nonoise"} & set(names) else None, cfg)
     if collapsed:
         status += " **Warning** — " + "; ".join(collapsed)
-    yield (status, session) + _comparison_outputs(session, answers_split)
+    yield (status, session) + outputs
 
 
 def _comparison_outputs(session: Session, split: str):

@@ -124,7 +124,7 @@ def unlearn_tab() -> dict:
             c["alpha"] = inputs.Number(DEFAULTS.alpha, label="alpha (retain weight)", minimum=0)
             c["beta"] = inputs.Number(None, label="beta (0 or empty: method default)", minimum=0)
             c["seed"] = inputs.Number(DEFAULTS.seed, label="seed", precision=0)
-        c["until"] = gr.Textbox("", label="stop once (optional)", placeholder=UNTIL_EXAMPLE,
+        c["until"] = gr.Textbox("", label="stop once (optional)", placeholder=UNTIL_EXAMPLE, elem_id="until",
                                 info=f"a forget-set target, checked every {DEFAULTS.until_every} steps with the "
                                      "evaluation's own code (each check answers the forget questions); steps is "
                                      "then the most. Empty: always all steps")

@@ -73,13 +73,16 @@ class Plan:
             self.index = keys.index(stage, self.index)
         elif stage in keys:  # an earlier phase's late event: the bar never goes back
             return self.last
+        if total and done >= total and self.index + 1 < len(self.phases):
+            # this phase is over: say what runs now (its first count may come only after its first batch)
+            self.index += 1
+            done = total = 0
         phase = self.phases[self.index]  # an unknown stage counts as the current phase's
         share = min(1.0, done / total) if total else 0.0
         fraction = (sum(p.seconds for p in self.phases[:self.index]) + share * phase.seconds) / self.total
         fraction = max(fraction, self.last[0])
         text = f"step {self.index + 1} of {len(self.phases)}: {phase.words}"
-        if total:
-            text += f", {phase.unit} {done} of {total}"
+        text += f", {phase.unit} {done} of {total}" if total else (" ..." if phase.unit else "")
         self.last = (fraction, text + self.time_left(fraction))
         return self.last
 

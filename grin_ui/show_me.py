@@ -76,20 +76,26 @@ def show_me(session, request: gr.Request = None, progress=gr.Progress()):
         "default", "", "harry_potter", "", None, "general_knowledge", "", None, out["session"], progress=progress)
     yield emit(facts=facts, preview=preview, load_status=load_status, status=SAY["influence"])
 
+    # Each handler's last frame goes out together with the next sentence: a table sent and then skipped in a later
+    # frame of the same event is shown empty by Gradio's page, so nothing follows a frame that carries results.
+    last = {}
     for status, out["session"], *figures in callbacks.influence(SHOW_ME_ITEMS, SHOW_ME_P, out["session"], request,
                                                                 progress=progress):
-        yield emit(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
+        if last:
+            yield emit(**last)
+        last = dict(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
     if out["session"].hist is None:
-        yield emit(status="Stopped during the influence step; press **Show me** again to start over.")
+        yield emit(**last, status="Stopped during the influence step; press **Show me** again to start over.")
         return
+    yield emit(**last, status=SAY["unlearn"])
 
-    yield emit(status=SAY["unlearn"])
     run = (d.method, SHOW_ME_P, sigma2, d.lr, SHOW_ME_STEPS, d.alpha, None, d.seed, True, SHOW_ME_ITEMS)
-    previous = out["session"].run
+    previous, last = out["session"].run, {}
     for status, loss, out["session"], *tables in callbacks.unlearn(*run, out["session"], SHOW_ME_UNTIL,
                                                                    request=request, progress=progress):
-        yield emit(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))
-    if out["session"].run is previous:
-        yield emit(status="Stopped during unlearning; press **Show me** again to start over.")
-        return
-    yield emit(status=SAY["compare"])
+        if last:
+            yield emit(**last)
+        last = dict(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))
+    finished = out["session"].run is not previous
+    yield emit(**last, status=SAY["compare"] if finished else
+               "Stopped during unlearning; press **Show me** again to start over.")
