@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from grin_engine import data, models
-from grin_engine.config import GrinConfig, ModelSpec
-from grin_engine.pipeline import evaluate_both, run
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere, like the other bench scripts
+
+from grin_engine import data, models  # noqa: E402
+from grin_engine.config import GrinConfig, ModelSpec  # noqa: E402
+from grin_engine.pipeline import evaluate_both, run  # noqa: E402
 
 
 def main() -> None:
