@@ -96,6 +96,8 @@ def flow(url: str, args) -> dict:
         times[f"unlearn again at p = {args.second_p}%"], out = timed(
             lambda: client.submit(*second, api_name="/unlearn").result(), "unlearn again")
         statuses["unlearn again"] = out[0]
+    if args.no_compare:
+        return {"seconds": times, "statuses": statuses, "answers": answers, "unlearn_inputs": unlearn}
     compare = [METHODS, d.grun_method, d.grun_gate, d.grun_lr, d.grun_gate_weight, args.grun_steps or d.grun_steps,
                *unlearn, "forget"]
     times["compare"], out = timed(lambda: client.submit(*compare, api_name="/compare").result(), "compare")
@@ -110,6 +112,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="unlearning steps (default: GrinConfig's)")
     parser.add_argument("--grun-steps", type=int, default=None, help="GRUN steps (default: GrinConfig's)")
     parser.add_argument("--second-p", type=float, default=None, help="also a second Unlearn at this p (%%)")
+    parser.add_argument("--no-compare", action="store_true", help="stop after Unlearn (a shorter sitting)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -137,6 +140,8 @@ def main() -> int:
                 server.kill()
         print(f"{root} ({commit}): " + ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items()), flush=True)
 
+    if not results:
+        return 1
     first = next(iter(results.values()))["seconds"]
     print(f"\n{args.items} items per set, steps {args.steps or 'default'}; wall seconds per step "
           f"(ratio to {next(iter(results))}):")

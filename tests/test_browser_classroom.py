@@ -16,9 +16,7 @@ import pytest
 import torch
 
 from conftest import build_tokenizer, tiny_llama
-from test_browser import CHROMIUM_ARGS, CHROMIUM, SECOND, SHOTS, _free_port, _number, _tab, expect, sync_api
-
-pytestmark = pytest.mark.slow  # a browser; the model is tiny
+from test_browser import SECOND, SHOTS, _number, _tab, browser_page, expect, pytestmark, served_app  # noqa: F401
 WIDTH = 1440
 PAUSE = 0.35
 
@@ -34,7 +32,7 @@ SAMPLER = """() => { window.__samples = []; setInterval(() => {
 @pytest.fixture(scope="module")
 def url():
     from grin_engine.models import LoadedModel
-    from grin_ui import build_app, jobs, launch_kwargs
+    from grin_ui import jobs
     from grin_ui.state import STORE
 
     patch = pytest.MonkeyPatch()
@@ -53,30 +51,20 @@ def url():
     tokenizer = build_tokenizer()
     STORE._current = LoadedModel(model=tiny_llama(len(tokenizer)), tokenizer=tokenizer, name="default",
                                  source="local", device=torch.device("cpu"), dtype=torch.float32)
-    demo = build_app()
-    port = _free_port()
-    demo.queue(default_concurrency_limit=1).launch(prevent_thread_lock=True, server_port=port, quiet=True,
-                                                   **launch_kwargs())
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with served_app() as address:
+            yield address
     finally:
-        demo.close()
         STORE._current = saved
         patch.undo()
 
 
 @pytest.fixture(scope="module")
 def page(url):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-            page.goto(url)
-            expect(page.get_by_role("heading", name="GRIN Studio")).to_be_visible(timeout=60 * SECOND)
-            page.evaluate(SAMPLER)
-            yield page
-        finally:
-            browser.close()
+    with browser_page(url, WIDTH) as opened:
+        expect(opened.get_by_role("heading", name="GRIN Studio")).to_be_visible(timeout=60 * SECOND)
+        opened.evaluate(SAMPLER)
+        yield opened
 
 
 def _shot(page, name: str) -> None:

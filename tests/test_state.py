@@ -12,7 +12,7 @@ def test_a_failing_model_name_leaves_the_shared_model_in_place(tiny, monkeypatch
     store = state.ModelStore()
     store._current = tiny
 
-    def failing(spec):
+    def failing(spec, on_stage=None):
         raise GrinError(f"model: could not load {spec.name!r}")
 
     monkeypatch.setattr(state, "load_model", failing)
