@@ -21,6 +21,7 @@ from .data import QAItem, qa_batches
 from .influence import (Selection, candidate_parameters, gradient_pair, influence_scores, jaccard, random_selection,
                         require_finite, select_top_fraction)
 from .models import LoadedModel, copy_model
+from .score_cache import TopScores
 from .pipeline import RunResult, RunStopped, evaluate_both, require_items, run, run_grun
 
 METHODS = {
@@ -103,8 +104,8 @@ def mask_scores(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
         work = base if in_place else copy_model(base)
         candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
         grad_forget, grad_retain = gradient_pair(
-            work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length),
-            qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length), list(candidates),
+            work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.label_layout),
+            qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout), list(candidates),
             on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean, park_forget=True)
         del work
         if "forget-grad" in methods:  # before the in-place ratio below consumes the gradients; on G_r's (the
@@ -127,12 +128,21 @@ def method_selection(name: str, scores: dict[str, dict], base: LoadedModel, cfg:
     return None
 
 
+def reusable(top: TopScores | None, methods: list[str], p_values: list[float]) -> list[str]:
+    """`methods` without those whose mask `top` (kept GRIN scores) gives exactly at every p: no gradients for them."""
+    if top is None or not all(top.covers(p) for p in p_values):
+        return list(methods)
+    return [m for m in methods if m not in ("grin", "grin-nonoise")]
+
+
 def _selections(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                methods: list[str], say, in_place: bool = False) -> dict[str, Selection]:
-    """The masks of the masked methods at cfg.p, from one pair of gradients (mask_scores)."""
-    scores = mask_scores(base, forget, retain, cfg, methods, say, in_place)
+                methods: list[str], say, in_place: bool = False, top: TopScores | None = None) -> dict[str, Selection]:
+    """The masks of the masked methods at cfg.p, from one pair of gradients (mask_scores), or GRIN's from `top`."""
+    scores = mask_scores(base, forget, retain, cfg, reusable(top, methods, [cfg.p]), say, in_place)
     selections = {name: method_selection(name, scores, base, cfg) for name in ("forget-grad", "grin")
                   if name in scores}
+    if {"grin", "grin-nonoise"} & set(methods) and "grin" not in selections:
+        selections["grin"] = top.select(cfg.p, {n: p.device for n, p in base.model.named_parameters()})
     if "grin" in selections:
         selections["grin-nonoise"] = selections["grin"]
     del scores
@@ -155,13 +165,17 @@ def run_method(name: str, base: LoadedModel, forget: list[QAItem], retain: list[
 
 
 def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-            on_progress=None, should_stop=None, in_place: bool = False) -> Comparison:
+            on_progress=None, should_stop=None, in_place: bool = False, before: dict | None = None,
+            grin_top: TopScores | None = None) -> Comparison:
     """Run each method on a private copy of `base` with the same data, steps and seed; evaluate each the same way.
     (in_place=True: each method trains `base` itself and restores it exactly, see pipeline.run.)
 
     on_progress(stage, done, total, *extra): stage is "before", "gradients", or "<method>/<stage>" for a run's own
     stages ("grin/unlearn", "grun/after" ...). should_stop() ends the comparison at the next check; the methods
     finished by then are kept and the result is marked stopped.
+    Re-used when given (the web app computes them once): `before`, the base model's evaluation on the same items
+    (pipeline.evaluate_both); `grin_top`, the same items' GRIN scores (score_cache.TopScores), which give GRIN's mask
+    bit for bit when they cover cfg.p, so that only |G_f|-only needs gradients.
     """
     require_items(forget, retain)
     methods = parse_methods(",".join(methods))
@@ -178,11 +192,12 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
     stopped = False
     try:
         start = time.perf_counter()
-        before = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                               on_item=lambda done, total: say("before", done, total))
+        if before is None:
+            before = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
+                                   on_item=lambda done, total: say("before", done, total))
         timings["eval_before_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        selections = _selections(base, forget, retain, cfg, methods, say, in_place)
+        selections = _selections(base, forget, retain, cfg, methods, say, in_place, grin_top)
         timings["gradients_s"] = time.perf_counter() - start
         for name in methods:
             def report(stage, done, total, *extra, _name=name):

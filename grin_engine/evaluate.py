@@ -78,8 +78,10 @@ def generation_token_bytes(model) -> int:
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
-                     batch_size: int | None = None, on_batch=None) -> list[str]:
+                     batch_size: int | None = None, on_batch=None, return_cut: bool = False):
     """Greedy answers: chat template with generation prompt, left padding, cut at EOS, special tokens dropped.
+    With return_cut=True: (answers, cut), cut[i] true when answer i ended at max_new_tokens without EOS (so it
+    may stop mid-word; `shown_answer` marks it for a reader).
 
     On a GPU prompts are sorted by length and batched by a token budget (`length_batches`; `batch_size`, if given,
     caps the rows); on a CPU they keep their order, 16 rows at most. generate() ends a batch once every row has
@@ -94,6 +96,9 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
     was_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
     answers: list[str | None] = [None] * len(questions)
+    cut = [False] * len(questions)
+    eos = tokenizer.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else -1])
     done = 0
     try:
         for rows in batches:
@@ -103,14 +108,32 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
             new_tokens = out[:, enc["input_ids"].shape[1]:]
-            for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            ended = torch.isin(new_tokens.cpu(), eos_ids).any(dim=1)
+            for row, (i, text) in enumerate(zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True))):
                 answers[i] = text.strip()
+                cut[i] = not bool(ended[row]) and new_tokens.shape[1] >= max_new_tokens
             done += len(rows)
             if on_batch is not None:
                 on_batch(done, len(questions))
     finally:
         tokenizer.padding_side = was_side
-    return answers
+    return (answers, cut) if return_cut else answers
+
+
+CUT_MARK = " …[cut]"
+
+
+def shown_answer(text: str, cut: bool) -> str:
+    """An answer as a reader sees it: one that hit the token limit ends at its last sentence end (when that keeps
+    at least half of it) or else its last whole word, then CUT_MARK; so no answer stops mid-word unmarked.
+    Display only: the metrics score the answer as generated."""
+    if not cut:
+        return text
+    sentence = max(text.rfind(". "), text.rfind("! "), text.rfind("? "), text.rfind(".\n"))
+    if sentence >= len(text) // 2:
+        return text[:sentence + 1] + CUT_MARK
+    word = text.rstrip().rfind(" ")
+    return (text[:word].rstrip(" ,;:-") if word > 0 else text) + CUT_MARK
 
 
 @torch.no_grad()
@@ -221,12 +244,13 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
                    max_length: int = 256, on_batch=None) -> dict:
     """Generations and metrics for one split ("forget" or "retain").
 
-    Returns {"generations": [...], "metrics": {name: MetricResult}, "truth_ratios": [...] or None}.
+    Returns {"generations": [...], "metrics": {name: MetricResult}, "truth_ratios": [...] or None,
+    "cut": [...] (true where an answer hit max_new_tokens without ending)}.
     on_batch(done, total) reports the generation progress (items answered so far).
     """
     model.eval()
-    generations = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens,
-                                   on_batch=on_batch)
+    generations, cut = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens,
+                                        on_batch=on_batch, return_cut=True)
     keywords = [it.keywords or metrics.derive_keywords(it.question, it.answer) for it in items]
     sums, counts = pair_nlls(model, tokenizer, [(it.question, it.answer) for it in items], max_length=max_length)
     results = {
@@ -239,7 +263,7 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
     if tr_inputs is not None:
         results["truth_ratio"] = metrics.truth_ratio(*tr_inputs, split=split)
         ratios = metrics.truth_ratios(*tr_inputs)
-    return {"generations": generations, "metrics": results, "truth_ratios": ratios}
+    return {"generations": generations, "metrics": results, "truth_ratios": ratios, "cut": cut}
 
 
 @torch.no_grad()

@@ -24,13 +24,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .compare import mask_scores, method_selection, parse_methods, run_method
+from .compare import mask_scores, method_selection, parse_methods, reusable, run_method
 from .config import GrinConfig, GrinError
 from .data import QAItem
 from .frontier import summarize
 from .metrics import MetricResult
 from .models import LoadedModel
-from .pipeline import RunStopped, _aggregate, _reporter, evaluate_both, require_items
+from .pipeline import RunStopped, _aggregate, _shown, _reporter, evaluate_both, require_items
 from .until import parse_target
 
 # The knobs each method reads ("seed": the method has randomness of its own: noise, a random mask, GRUN's init).
@@ -211,13 +211,16 @@ def result_from_file(path: str | Path, config: dict, model: dict, grid: dict, to
 
 def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid: SweepGrid,
           out: str | Path | None = None, on_point=None, on_progress=None, should_stop=None,
-          in_place: bool = False) -> SweepResult:
+          in_place: bool = False, before: dict | None = None, grin_top=None) -> SweepResult:
     """Run every point of `grid` not already finished in `out` (JSON lines), appending each as it finishes.
     (in_place=True: each point trains `base` itself and restores it exactly, see pipeline.run; the CLI's choice.)
 
     on_point(record, done, total) after each finished point (done counts the skipped ones too);
     on_progress(stage, done, total, *extra) as in compare ("before", "gradients", "<method>/<stage>").
     should_stop() ends the sweep at the next check: the finished points stay in the file and in the result.
+    Re-used when given (the web app computes them once): `before`, the base model's evaluation on the same items;
+    `grin_top`, the same items' GRIN scores (score_cache.TopScores): when they cover every p of the grid, the GRIN
+    points select from them (bit for bit the same masks) and only |G_f|-only needs gradients.
     """
     require_items(forget, retain)
     points = grid.points()
@@ -236,13 +239,13 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     try:
         if before_line is None:
             start = time.perf_counter()
-            evaluation = evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                       on_item=lambda d, t: say("before", d, t))
+            evaluation = before or evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
+                                                 on_item=lambda d, t: say("before", d, t))
             timings["eval_before_s"] = time.perf_counter() - start
             values, _ = _aggregate(evaluation)
             before_line = {"kind": "before", "fingerprint": fp, "metrics": values,
                            "generations": [{"split": split, "question": it.question, "answer": it.answer,
-                                            "before": evaluation[split]["generations"][i]}
+                                            "before": _shown(evaluation[split], i)}
                                            for split, items in (("forget", forget), ("retain", retain))
                                            for i, it in enumerate(items)],
                            "evaluation": evaluation_to_json(evaluation)}
@@ -251,7 +254,9 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
         scores = {}
         if todo:
             start = time.perf_counter()
-            scores = mask_scores(base, forget, retain, cfg, sorted({pt["method"] for pt, _ in todo}), say, in_place)
+            needed = reusable(grin_top, sorted({pt["method"] for pt, _ in todo}),
+                              [pt["p"] for pt, _ in todo if pt["method"] in ("grin", "grin-nonoise")])
+            scores = mask_scores(base, forget, retain, cfg, needed, say, in_place)
             timings["gradients_s"] = time.perf_counter() - start
         cache: dict[tuple, object] = {}
         for point, key in todo:
@@ -264,7 +269,11 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
                 cache_key = ("forget-grad" if point["method"] == "forget-grad" else "grin", point["p"])
                 if cache_key not in cache:
                     cache = {k: v for k, v in cache.items() if k[1] == point["p"]}  # keep one p's masks only
-                    cache[cache_key] = method_selection(point["method"], scores, base, point_cfg)
+                    if cache_key[0] == "grin" and "grin" not in scores:  # from the kept scores, bit for bit
+                        devices = {n: w.device for n, w in base.model.named_parameters()}
+                        cache[cache_key] = grin_top.select(point["p"], devices)
+                    else:
+                        cache[cache_key] = method_selection(point["method"], scores, base, point_cfg)
                 selection = cache[cache_key]
             elif point["method"] == "random":
                 selection = method_selection("random", scores, base, point_cfg)

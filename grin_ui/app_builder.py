@@ -8,7 +8,7 @@ import gradio as gr
 
 from . import attack_view
 from . import callbacks as cb
-from . import layout, sweep_view, tofu_view
+from . import layout, show_me, sweep_view, tofu_view
 from .public import caps
 from .slots import HEAVY, LIGHT, FairBlocks
 from .state import delete_session
@@ -81,7 +81,7 @@ def build_app() -> gr.Blocks:
                 slug = "preset_" + ("gentle" if "gently" in name else "aggressive")
                 component.click(functools.partial(cb.preset, name), None, controls, api_name=slug, queue=False)
         u["run_btn"].click(
-            cb.unlearn, controls + [s["max_items"], session],
+            cb.unlearn, controls + [s["max_items"], session, u["until"]],
             [u["run_status"], u["loss_plot"], session, c["forget_gen"], c["retain_gen"], c["metrics"]],
             api_name="unlearn", show_progress_on=u["run_status"], **MODEL)
         u["stop_btn"].click(cb.stop, None, u["run_status"], api_name="stop", concurrency_id="stop",
@@ -105,6 +105,7 @@ def build_app() -> gr.Blocks:
         m["answers_split"].change(cb.methods_answers, [m["answers_split"], session], m["methods_answers"],
                                   api_name="methods_answers", api_visibility="undocumented", queue=False)
         m["compare_report_btn"].click(cb.compare_report, session, m["compare_report"], api_name="compare_report")
+        show_me.wire(s, i, u, c, session, MODEL)
         attack_view.wire(a, session, MODEL)
         tofu_view.wire(t, session, MODEL)
         sweep_view.wire(w, s, u, session, MODEL)

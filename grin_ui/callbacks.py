@@ -26,11 +26,14 @@ from grin_engine.compare import parse_methods
 from grin_engine.config import GrinConfig, GrinError, as_number
 from grin_engine.data import builtin_names, load_items
 from grin_engine.pipeline import retain_collapse
+from grin_engine.score_cache import evaluation_key, score_key
 
 from . import gpu, plots, public, tables
 from .presets import PRESETS
+from .progress import compare_plan, format_seconds, influence_plan, load_plan, observe, unlearn_plan
 from .slots import release_memory
-from .state import STORE, Session, check_model_name, local_models_allowed, session_of, stop_flag
+from .state import (BEFORE, SCORES, STORE, Session, check_model_name, local_models_allowed, model_token, session_of,
+                    stop_flag)
 
 log = logging.getLogger("grin_ui")
 
@@ -130,16 +133,21 @@ def load(model_source, model_name, forget_builtin, forget_tofu, forget_file, ret
     for which, upload, items in (("forget", forget_file, forget), ("retain", retain_file, retain)):
         if upload:  # built-in and Hub sets are known; an upload is whatever a visitor sent
             public.check_item_count(len(items), which, limits)
-    progress(0.1, desc=f"loading model {name!r} ...")
+    plan = load_plan()
+
+    def on_stage(stage):
+        fraction, text = plan.update(stage, 0, 0)
+        progress(fraction, desc=text)
+    on_stage("locating")
     start = time.perf_counter()
-    base = STORE.get(name)
+    base = STORE.get(name, on_stage=on_stage)
     seconds = time.perf_counter() - start
     changed = (session.model_name, session.forget, session.retain) != (name, forget, retain)
     session.model_name, session.forget, session.retain = name, forget, retain
     session.sources = tuple(os.path.basename(s) if s not in builtin_names() and not s.startswith("tofu:") else s
                             for s in sources)
     if changed:  # results of other data or another model no longer apply
-        session.hist = session.hist_key = session.run = session.before = session.before_key = None
+        session.hist = session.run = None
         session.comparison = None
     status = (f"Loaded **{name}** in {seconds:.1f} s; forget set **{session.sources[0]}** ({len(forget)} items), "
               f"retain set **{session.sources[1]}** ({len(retain)} items). Next: **Influence**.")
@@ -178,21 +186,32 @@ def influence(max_items, p_percent, session, request: gr.Request, progress=gr.Pr
         yield ("Stopped while waiting in the queue; the previous scores are kept.", session) + nothing
         return
     try:
-        yield from _influence_job(session, forget, retain, p_percent, stop, progress)
+        yield from _influence_job(session, forget, retain, p_percent, stop, progress, _owner(request))
     finally:
         stop.clear()
         release_memory()
 
 
-def _influence_job(session, forget, retain, p_percent, stop, progress):
+def _influence_job(session, forget, retain, p_percent, stop, progress, owner=None):
     nothing = (gr.skip(),) * 4
-    hist = None
+    key = score_key(model_token(session.model_name), forget, retain, GrinConfig())
+    kept = SCORES.get(key)
+    if kept is not None and kept[1] is not None:  # the same model and items: scores computed earlier, by anybody
+        SCORES.put(key, kept, owner)
+        session.hist, session.influence_s = kept[1], kept[0].seconds
+        yield (f"Influence scores of these {len(forget)} forget and {len(retain)} retain items re-used: computed "
+               f"earlier on this server in {kept[0].seconds:.0f} s, no new gradients.", session) + \
+            _influence_outputs(session, p_percent)
+        return
+    hist = top = None
+    plan = influence_plan(len(forget), len(retain))
+    yield (f"Computing influence scores: {plan.update('influence', 0, 0)[1]}", session) + nothing
     for kind, *payload in gpu.influence_work(session.model_name, forget, retain, stop):
         if kind == "progress":
             latest = payload[0]
             stage, done, total = latest.get("summary") or latest.get("influence")
-            text = "summarising scores ..." if stage == "summary" else f"gradients: batch {done} of {total}"
-            progress((done, total) if stage == "influence" else None, desc=text)
+            fraction, text = plan.update(stage, done, total)
+            progress(fraction, desc=text)
             yield (f"Computing influence scores: {text}", session) + nothing
         elif kind == "stopped":
             yield ("Influence computation stopped; the previous scores (if any) are kept.", session) + nothing
@@ -200,9 +219,10 @@ def _influence_job(session, forget, retain, p_percent, stop, progress):
         elif kind == "error":
             raise payload[0]
         else:
-            hist = payload[0]
-    session.hist, session.influence_s = hist  # only a finished computation replaces the visitor's scores
-    session.hist_key = (session.model_name, len(forget), len(retain))
+            hist, top = payload[0]
+    session.hist, session.influence_s = hist, top.seconds  # only a finished computation replaces the visitor's
+    observe({"scores_s": top.seconds}, len(forget) + len(retain), 0, GrinConfig().batch_size)
+    SCORES.put(key, (top, hist), owner)  # for Unlearn, Compare methods and Sweep, and for every visitor
     yield (f"Influence computed on {len(forget)} forget and {len(retain)} retain items.", session) + \
         _influence_outputs(session, p_percent)
 
@@ -248,7 +268,7 @@ def slider_index(p_percent):
 # Unlearn
 
 
-def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -> GrinConfig:
+def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, until=None) -> GrinConfig:
     """The Unlearn tab's values as a GrinConfig: each number checked (type, finiteness, range) by the engine's
     shared check, so a script sending text or NaN gets the same message as the CLI."""
     if not isinstance(method, str):
@@ -262,18 +282,15 @@ def _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask) -
         raise GrinError(f"mask must be true or false, got {use_mask!r}")
     return GrinConfig(method=method, p=_fraction(p_percent), sigma2=sigma2, lr=as_number(lr, "lr"),
                       steps=as_number(steps, "steps"), alpha=as_number(alpha, "alpha"), beta=beta or None,
-                      seed=as_number(seed, "seed"), use_mask=use_mask)
-
-
-_STAGE_WORDS = {"before": "answering with the base model", "influence": "influence scores",
-                "unlearn": "unlearning", "after": "answering with the unlearned model"}
+                      seed=as_number(seed, "seed"), use_mask=use_mask, until=_text(until, "stop once").strip() or None)
 
 
 @user_errors
-def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
-            request: gr.Request, progress=gr.Progress()):
-    """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare."""
-    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask)  # numbers first: no work yet
+def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session, until=None,
+            request: gr.Request = None, progress=gr.Progress()):
+    """One GRIN run on a copy of the base, streaming progress and the loss curve; results go to Compare.
+    `until` (optional, e.g. forget_keyword_accuracy<=0.25): stop unlearning once the forget set meets it."""
+    cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, until)  # checks: no work yet
     session = session_of(session)
     session.require_loaded()
     forget, retain = session.items(max_items)
@@ -286,44 +303,79 @@ def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, m
                plots.loss_curve([], cfg.steps), session) + (gr.skip(),) * 3
         return
     try:
-        yield from _unlearn_job(session, cfg, forget, retain, limits, stop, progress)
+        yield from _unlearn_job(session, cfg, forget, retain, limits, stop, progress, _owner(request))
     finally:
         stop.clear()
         release_memory()
 
 
-def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
-    before_key = (session.model_name, tuple(it.question for it in forget), tuple(it.question for it in retain),
-                  cfg.max_new_tokens, cfg.max_length)
-    cached = session.before if session.before_key == before_key else None
+def _owner(request) -> str | None:
+    """Who pins a shared result (state.SharedResults): the browser session."""
+    return getattr(request, "session_hash", None)
+
+
+def shared_inputs(session: Session, forget, retain, cfg: GrinConfig) -> tuple[str, str, dict | None, object]:
+    """The keys of this data's shared results and what the server holds for them: (evaluation key, score key,
+    the base model's evaluation or None, the kept influence scores or None)."""
+    token = model_token(session.model_name)
+    before_key, key = evaluation_key(token, forget, retain, cfg), score_key(token, forget, retain, cfg)
+    kept = SCORES.get(key)
+    return before_key, key, BEFORE.get(before_key), kept[0] if kept else None
+
+
+def reuse_note(cached_before, top, cfg: GrinConfig) -> str:
+    """What a run re-uses, in words (the status)."""
+    parts = []
+    if cached_before is not None:
+        parts.append("the base model's answers")
+    if cfg.use_mask and top is not None and top.covers(cfg.p):
+        parts.append("the influence scores")
+    note = f" Re-used (computed earlier on this server): {' and '.join(parts)}." if parts else ""
+    if cfg.use_mask and top is not None and not top.covers(cfg.p):
+        note += (f" p = {100 * cfg.p:g}% is above the kept top {100 * top.keep:g}% of the scores, so they were "
+                 f"computed again.")
+    return note
+
+
+def _unlearn_job(session, cfg, forget, retain, limits, stop, progress, owner=None):
+    before_key, key, cached, top = shared_inputs(session, forget, retain, cfg)
     nothing = (gr.skip(),) * 3
     before = result = None
-    for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop):
+    plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None,
+                        top is not None and top.covers(cfg.p))
+    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", plots.loss_curve([], cfg.steps),
+           session) + nothing
+    for kind, *payload in gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop, top):
         if kind == "progress":
             latest, losses = payload
             stage = list(latest)[-1]
             _, done, total, *_ = latest[stage]
-            text = f"{_STAGE_WORDS.get(stage, stage)}: {done} of {total}"
+            fraction, text = plan.update(stage, done, total)
             if stage == "unlearn" and losses:
                 text += f" (loss {losses[-1]:.4f})"
             if stop.is_set():
                 text += " — stopping ..."
-            progress((done, total), desc=text)
+            progress(fraction, desc=text)
             yield (f"Running: {text}", plots.loss_curve(losses, cfg.steps), session) + nothing
         elif kind == "error":
             raise payload[0]
         elif kind == "done":
-            before, result = payload[0]
+            before, result, kept = payload[0]
+    if before is not None:
+        BEFORE.put(before_key, before, owner)  # every visitor with these items and lengths re-uses it
+    if result is not None and kept is not None and kept is not top:
+        SCORES.put(key, (kept, None), owner)
     if result is None:
-        yield ("**Stopped** before training started (while answering with the base model); your previous run "
-               "(if any) is kept.", plots.loss_curve([], cfg.steps), session) + nothing
+        yield ("**Stopped** before training started; your previous run (if any) is kept.",
+               plots.loss_curve([], cfg.steps), session) + nothing
         return
-    session.before_key, session.before = before_key, before
     if result.stopped:  # a stopped run is not evaluated: the visitor's previous good run stays theirs
         yield (tables.run_text(result) + (" Your previous finished run is kept for Compare and the downloads."
                                           if session.run is not None else ""),
                plots.loss_curve(result.losses, cfg.steps), session) + nothing
         return
+    observe(result.timings, len(forget) + len(retain), len(result.losses), cfg.batch_size)
     notes = []
     if limits.patch_bytes is not None and public.patch_bytes(result.patch) > limits.patch_bytes:
         result.patch = None  # a session keeps small data only (README: what each visitor holds)
@@ -334,7 +386,8 @@ def _unlearn_job(session, cfg, forget, retain, limits, stop, progress):
     if warning:
         notes.insert(0, f"**Warning**: {warning}")
     session.run = result
-    yield (" ".join([tables.run_text(result)] + notes), plots.loss_curve(result.losses, cfg.steps), session,
+    yield (" ".join([tables.run_text(result) + reuse_note(cached, top, cfg)] + notes),
+           plots.loss_curve(result.losses, cfg.steps), session,
            tables.generations(result, "forget"), tables.generations(result, "retain"), tables.metrics_view(result))
 
 
@@ -379,16 +432,11 @@ def generate(prompt, session):
 # Compare methods
 
 
-def _compare_stage(stage: str, done: int, total: int) -> str:
-    method, _, step = stage.rpartition("/")
-    words = {"gradients": "gradients for the masks (batches)"}.get(step, _STAGE_WORDS.get(step, step))
-    return f"{method + ': ' if method else ''}{words} {done} of {total}"
-
-
 @user_errors
 def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, grun_steps, method, p_percent, sigma2, lr, steps, alpha, beta,
                     seed, use_mask, max_items, answers_split, session, request: gr.Request, progress=gr.Progress()):
     """GRIN, GRUN and baselines on the same items with the Unlearn tab's settings: table, scatter, answers."""
+    started = time.perf_counter()  # the wall time the visitor waits, not the sum of the engine's stage timings
     session = session_of(session)
     if not methods:
         raise GrinError("choose at least one method to compare")
@@ -413,26 +461,36 @@ def compare_methods(methods, grun_method, grun_gate, grun_lr, grun_gate_weight, 
             + (gr.skip(),) * 4
         return
     try:
-        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress)
+        yield from _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, _owner(request),
+                                started)
     finally:
         stop.clear()
         release_memory()
 
 
-def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress):
-    started = time.perf_counter()  # the wall time the visitor waited, not the sum of the engine's stage timings
+def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progress, owner=None, started=None):
+    started = started or time.perf_counter()
     nothing = (gr.skip(),) * 4
+    before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)
     comparison = None
-    for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop):
+    grin_needed = bool({"grin", "grin-nonoise"} & set(names))
+    plan = compare_plan(len(forget), len(retain), cfg, names, cached is not None,
+                        "forget-grad" in names or (grin_needed and not (top is not None and top.covers(cfg.p))))
+    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", session) + nothing
+    for kind, *payload in gpu.compare_work(session.model_name, forget, retain, cfg, names, stop, cached, top):
         if kind == "progress":
             stage, (_, done, total, *_) = list(payload[0].items())[-1]
-            text = _compare_stage(stage, done, total) + (" — stopping ..." if stop.is_set() else "")
-            progress((done, total), desc=text)
+            fraction, text = plan.update(stage, done, total)
+            text += " — stopping ..." if stop.is_set() else ""
+            progress(fraction, desc=text)
             yield (f"Running: {text}", session) + nothing
         elif kind == "error":
             raise payload[0]
         elif kind == "done":
-            comparison = payload[0]
+            before, comparison = payload[0]
+            if before is not None:
+                BEFORE.put(before_key, before, owner)
     if comparison is None:
         yield ("Stopped; your previous comparison (if any) is kept.", session) + nothing
         return
@@ -442,7 +500,12 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
             + nothing
         return
     session.comparison = comparison
+    for name in finished:
+        result = comparison.results[name]
+        observe(result.timings, len(forget) + len(retain), len(result.losses) if name != "grun" else 0,
+                cfg.batch_size)
     done = ", ".join(finished)
+    outputs = _comparison_outputs(session, answers_split)  # built before the time is taken: it is part of the wait
     stopped = [name for name, r in comparison.results.items() if r.stopped]
     status = (f"**Stopped** — finished: {done or 'none'}" + (f"; stopped: {', '.join(stopped)}" if stopped else "")
               + "." if comparison.stopped else
@@ -450,9 +513,11 @@ def _compare_job(session, cfg, names, forget, retain, answers_split, stop, progr
               f"{time.perf_counter() - started:.0f} s.")
     collapsed = [f"{name}: {w}" for name, r in comparison.results.items() if not r.stopped
                  for w in [retain_collapse(r.metrics)] if w]
+    if not comparison.stopped:
+        status += reuse_note(cached, top if {"grin", "grin-nonoise"} & set(names) else None, cfg)
     if collapsed:
         status += " **Warning** — " + "; ".join(collapsed)
-    yield (status, session) + _comparison_outputs(session, answers_split)
+    yield (status, session) + outputs
 
 
 def _comparison_outputs(session: Session, split: str):

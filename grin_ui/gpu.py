@@ -26,10 +26,10 @@ from __future__ import annotations
 import logging
 import time
 
-from grin_engine import compare, pipeline, score_summary, sweep
+from grin_engine import compare, pipeline, score_cache, score_summary, sweep
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem
-from grin_engine.evaluate import generate_answers
+from grin_engine.evaluate import generate_answers, shown_answer
 from grin_engine.models import copy_model, save_weights
 from grin_engine.grun import GrunState, save_grun
 from grin_engine.patch import WeightPatch, apply_patch, unlearned_copy
@@ -77,19 +77,20 @@ def influence_seconds(model_name, forget, retain, stop) -> int:
     return gpu_seconds(model_name, gradient_items=len(forget) + len(retain))
 
 
-def unlearn_seconds(model_name, forget, retain, cfg, before, stop) -> int:
+def unlearn_seconds(model_name, forget, retain, cfg, before, stop, top=None) -> int:
     items = len(forget) + len(retain)
     answers = items * (1 if before else 2) * cfg.max_new_tokens / 48  # the base's answers may come cached
     return gpu_seconds(model_name, answers=answers, gradient_items=items, steps=cfg.steps)
 
 
-def compare_seconds(model_name, forget, retain, cfg, methods, stop) -> int:
+def compare_seconds(model_name, forget, retain, cfg, methods, stop, before=None, top=None) -> int:
     items, runs = len(forget) + len(retain), len(methods)
-    return gpu_seconds(model_name, answers=items * (1 + runs) * cfg.max_new_tokens / 48, gradient_items=items,
+    return gpu_seconds(model_name, answers=items * (runs + (0 if before else 1)) * cfg.max_new_tokens / 48,
+                       gradient_items=items,
                        steps=runs * max(cfg.steps, cfg.grun_steps))
 
 
-def sweep_seconds(model_name, forget, retain, cfg, grid, out, stop) -> int:
+def sweep_seconds(model_name, forget, retain, cfg, grid, out, stop, before=None, top=None) -> int:
     items, points = len(forget) + len(retain), len(grid.points())
     return gpu_seconds(model_name, answers=items * (1 + points) * cfg.max_new_tokens / 48, gradient_items=items,
                        steps=points * max(max(grid.steps), max(grid.grun_steps)))
@@ -131,70 +132,125 @@ def stoppable(report, stage: str, stop: StopFlag):
 
 @gpu(duration=influence_seconds)
 def influence_work(model_name: str, forget: list[QAItem], retain: list[QAItem], stop: StopFlag):
-    """Influence scores on a copy of the base, summarised as per-matrix histograms: done -> (histograms, seconds)."""
+    """Influence scores on a copy of the base, kept as per-matrix histograms (the Influence tab's preview) and as the
+    top KEEP of the scores (score_cache.TopScores: any p up to KEEP re-selected exactly, with no gradients):
+    done -> (histograms, top scores)."""
     cfg = GrinConfig()
 
     def work(report):
-        copy = copy_model(STORE.get(model_name))
-        scores = pipeline.compute_influence_scores(copy.model, copy.tokenizer, forget, retain, cfg,
-                                                   on_batch=stoppable(report, "influence", stop))
+        top, scores = _scores(model_name, forget, retain, cfg, stoppable(report, "influence", stop))
         report("summary", 0, 1)
         hist = score_summary.score_histograms(scores.scores, scores.candidates)
-        return hist, scores.seconds  # the scores (as big as the model) and the copy are dropped here
+        return hist, top  # the scores (as big as the model) and the copy are dropped here
 
     yield from _stream(work, stop)
 
 
+def _scores(model_name: str, forget, retain, cfg: GrinConfig, on_batch):
+    """(TopScores, the full Influence) of the base's weights, computed on a private copy (gradients need one)."""
+    copy = copy_model(STORE.get(model_name))
+    scores = pipeline.compute_influence_scores(copy.model, copy.tokenizer, forget, retain, cfg, on_batch=on_batch)
+    top = score_cache.TopScores.from_scores(scores.scores, scores.candidates, seconds=scores.seconds)
+    return top, scores
+
+
+def _devices(model_name: str) -> dict:
+    return {name: p.device for name, p in STORE.get(model_name).model.named_parameters()}
+
+
+def _evaluate_base(model_name: str, forget, retain, cfg: GrinConfig, report, stop: StopFlag) -> tuple[dict, float]:
+    """The base model's answers and NLLs on both sets (shared by every visitor: state.BEFORE): (evaluation, s)."""
+    base = STORE.get(model_name)
+    start = time.perf_counter()
+    evaluated = pipeline.evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
+                                       on_item=stoppable(report, "before", stop))
+    return evaluated, time.perf_counter() - start
+
+
+def _selection(model_name: str, forget, retain, cfg: GrinConfig, top, report, stop: StopFlag):
+    """GRIN's mask at cfg.p: from `top` when it covers p (no gradients), else from scores computed now.
+    (top scores to keep, the Selection or None for a run without a mask, {"scores_s", "select_s"})."""
+    if not cfg.use_mask:
+        return top, None, {"scores_s": 0.0, "select_s": 0.0}
+    scores_s = 0.0
+    if top is None or not top.covers(cfg.p):  # none yet, or p above the kept share: computed now
+        fresh, scores = _scores(model_name, forget, retain, cfg, stoppable(report, "influence", stop))
+        scores_s = scores.seconds
+        if not fresh.covers(cfg.p):
+            start = time.perf_counter()
+            selection = pipeline.select(scores, cfg.p)[0]
+            return top or fresh, selection, {"scores_s": scores_s, "select_s": time.perf_counter() - start}
+        top = fresh
+        del scores
+    report("select", 0, 1)
+    start = time.perf_counter()
+    selection = top.select(cfg.p, _devices(model_name))
+    return top, selection, {"scores_s": scores_s, "select_s": time.perf_counter() - start}
+
+
 @gpu(duration=unlearn_seconds)
 def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                 before: dict | None, stop: StopFlag):
-    """One GRIN run on a copy of the base: done -> (base evaluation, RunResult), or (None, None) when stopped
-    while answering with the base. `before`, an earlier evaluation of the base on the same items, is reused."""
+                 before: dict | None, stop: StopFlag, top: score_cache.TopScores | None = None):
+    """One GRIN run on a copy of the base: done -> (base evaluation, RunResult, top scores), or (None, None, None)
+    when stopped while answering with the base. Re-used when given: `before`, an earlier evaluation of the base on
+    the same items and lengths; `top`, the same items' influence scores (a selection from them equals a fresh one
+    bit for bit). The top scores come back (new ones when they had to be computed) for the next run."""
     def work(report):
-        base = STORE.get(model_name)
-        start = time.perf_counter()
         try:  # the base evaluation runs here, not in run(), so that the app can keep it for the next run
-            evaluated = before or pipeline.evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                                         on_item=stoppable(report, "before", stop))
+            evaluated, before_s = (before, 0.0) if before else _evaluate_base(model_name, forget, retain, cfg,
+                                                                              report, stop)
+            kept, selection, timings = _selection(model_name, forget, retain, cfg, top, report, stop)
         except pipeline.RunStopped:
-            return None, None
-        before_s = time.perf_counter() - start
-        result = pipeline.run(base, forget, retain, cfg, on_progress=report, should_stop=stop.is_set,
-                              before=evaluated)  # the run's changes come back as result.patch (CPU data)
-        result.timings["eval_before_s"] = before_s  # its real time (run() was handed a ready evaluation)
+            return None, None, None
+        result = pipeline.run(STORE.get(model_name), forget, retain, cfg, on_progress=report,
+                              should_stop=stop.is_set, before=evaluated,
+                              selection=selection)  # the run's changes come back as result.patch (CPU data)
+        result.timings.update(timings, eval_before_s=before_s)  # real times (0: re-used); run() got them ready
         if "eval_after_s" in result.timings:
             result.timings["eval_s"] = before_s + result.timings["eval_after_s"]
-        return evaluated, result
+        return evaluated, result, kept
 
     yield from _stream(work, stop)
 
 
 @gpu(duration=compare_seconds)
 def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-                 stop: StopFlag):
-    """Several methods on the same data (grin_engine.compare): done -> Comparison, with the patches of the masked
-    methods and GRUN (a few MB, for the Attack view) but not an unmasked run's (the size of the model)."""
+                 stop: StopFlag, before: dict | None = None, top: score_cache.TopScores | None = None):
+    """Several methods on the same data (grin_engine.compare): done -> (base evaluation, Comparison), with the
+    patches of the masked methods and GRUN (a few MB, for the Attack view) but not an unmasked run's (the size of
+    the model); (None, None) when stopped while answering with the base. `before` and `top` as in unlearn_work."""
     def work(report):
+        try:
+            evaluated = before or _evaluate_base(model_name, forget, retain, cfg, report, stop)[0]
+        except pipeline.RunStopped:
+            return None, None
         comparison = compare.compare(STORE.get(model_name), forget, retain, cfg, methods, on_progress=report,
-                                     should_stop=stop.is_set)
+                                     should_stop=stop.is_set, before=evaluated, grin_top=top)
         for result in comparison.results.values():
             if not _small_patch(result.patch):
                 result.patch = None
-        return comparison
+        return evaluated, comparison
 
     yield from _stream(work, stop)
 
 
 @gpu(duration=sweep_seconds)
 def sweep_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid, out: str,
-               stop: StopFlag):
+               stop: StopFlag, before: dict | None = None, top: score_cache.TopScores | None = None):
     """A grid of runs (grin_engine.sweep), each finished point appended to the JSON-lines file `out` as it
-    finishes (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data)."""
+    finishes (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data).
+    `before` and `top` as in unlearn_work (a continued sweep has its base evaluation in `out` already)."""
     def work(report):
         return sweep.sweep(STORE.get(model_name), forget, retain, cfg, grid, out, on_progress=report,
-                           should_stop=stop.is_set)
+                           should_stop=stop.is_set, before=before, grin_top=top)
 
     yield from _stream(work, stop)
+
+
+def _answer(loaded, prompt: str, max_new_tokens: int) -> str:
+    """One greedy answer, marked where it hit the token limit (evaluate.shown_answer)."""
+    answers, cut = generate_answers(loaded.model, loaded.tokenizer, [prompt], max_new_tokens, return_cut=True)
+    return shown_answer(answers[0], cut[0])
 
 
 @gpu(duration=generate_seconds)
@@ -202,11 +258,10 @@ def generate_work(model_name: str, prompt: str, patch: WeightPatch | None, max_n
     """The prompt answered by the base model and, when there is a patch, by base + patch: (before, after | None)."""
     try:
         base = STORE.get(model_name)
-        before = generate_answers(base.model, base.tokenizer, [prompt], max_new_tokens)[0]
+        before = _answer(base, prompt, max_new_tokens)
         if patch is None:
             return before, None
-        work = unlearned_copy(base, patch)  # a private copy: base + what the run changed
-        return before, generate_answers(work.model, work.tokenizer, [prompt], max_new_tokens)[0]
+        return before, _answer(unlearned_copy(base, patch), prompt, max_new_tokens)  # base + what the run changed
     except Exception as exc:
         raise _as_user_error(exc) from None
 

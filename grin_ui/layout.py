@@ -9,7 +9,7 @@ from grin_engine.config import GrinConfig
 from grin_engine.data import builtin_names
 from grin_engine.losses import LOSSES, describe_losses
 
-from . import inputs, plots, tables
+from . import inputs, plots, show_me, tables
 from .callbacks import MODEL_SOURCES, P_STEPS, SIGMA2_CHOICES
 from .learn import LEARN_MD
 from .presets import PRESETS
@@ -55,8 +55,11 @@ def setup_tab() -> dict:
                                                 "(small = fast; 16 takes ~1-2 min on a CPU)")
             c.update(_data_inputs("forget", "harry_potter"))
             c.update(_data_inputs("retain", "general_knowledge"))
-        c["load_btn"] = gr.Button("Load", variant="primary")
+        with gr.Row():
+            c["load_btn"] = gr.Button("Load", variant="primary", scale=3)
+            c.update(show_me.button())
         c["load_status"] = gr.Markdown(elem_id="load_status")
+        c["show_me_status"] = gr.Markdown(elem_id="show_me_status")
         with gr.Row():
             c["facts"] = gr.Dataframe(tables.model_facts({}), label="model", scale=1, interactive=False,
                                       elem_id="facts")
@@ -91,6 +94,7 @@ PRESET_NOTE = ("<small>Presets fill the controls below. On the full built-in set
                "fact (keyword accuracy 1.00 → 0.47 forget, 1.00 → 1.00 retain); *aggressively* (GradDiff, p 5%) "
                "forgets all of them but the model pays: forget answers collapse into repeated words and retain "
                "accuracy falls to 0.58.</small>")
+UNTIL_EXAMPLE = "forget_keyword_accuracy<=0.25"
 UNLEARN_CONTROLS = ("method", "u_p_percent", "sigma2", "lr", "steps", "alpha", "beta", "seed", "use_mask")
 
 
@@ -120,6 +124,10 @@ def unlearn_tab() -> dict:
             c["alpha"] = inputs.Number(DEFAULTS.alpha, label="alpha (retain weight)", minimum=0)
             c["beta"] = inputs.Number(None, label="beta (0 or empty: method default)", minimum=0)
             c["seed"] = inputs.Number(DEFAULTS.seed, label="seed", precision=0)
+        c["until"] = gr.Textbox("", label="stop once (optional)", placeholder=UNTIL_EXAMPLE, elem_id="until",
+                                info=f"a forget-set target, checked every {DEFAULTS.until_every} steps with the "
+                                     "evaluation's own code (each check answers the forget questions); steps is "
+                                     "then the most. Empty: always all steps")
         with gr.Row():
             c["run_btn"] = gr.Button("Run", variant="primary")
             c["stop_btn"] = gr.Button("Stop", variant="stop")

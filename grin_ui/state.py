@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,15 +52,83 @@ class ModelStore:
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str, on_stage=None) -> LoadedModel:
+        """The model `name`, loaded now if another one (or none) is loaded; on_stage(stage) reports the load."""
         with self._lock:
             if self._current is None or self._current.name != name:
                 # the new model loads first: a name that fails to load leaves everybody's model in place
-                self._current = load_model(ModelSpec(name))
+                self._current = load_model(ModelSpec(name), on_stage=on_stage)
             return self._current
 
 
 STORE = ModelStore()
+
+
+def model_token(name: str) -> str:
+    """Names the loaded model object (not just its name): results of another model loaded under the same name, or
+    of a model loaded again, never match."""
+    return f"{name}@{id(STORE.get(name))}"
+
+
+class SharedResults:
+    """Results computed from the shared base model that every visitor may re-use, read-only (README: "what each
+    visitor holds"): influence scores (score_cache.TopScores with the histograms) and the base model's evaluations.
+
+    Bounded twice: the whole store keeps at most `max_bytes` (least recently used dropped first), and each owner (a
+    visitor's session) pins at most `per_owner` entries: storing a new one drops the owner's oldest unless another
+    visitor still pins it. Values are never changed after put(): they are shared.
+    """
+
+    def __init__(self, max_bytes: int, per_owner: int, size=lambda value: 0):
+        self.max_bytes, self.per_owner, self._size = max_bytes, per_owner, size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[object, int, set]] = OrderedDict()  # key -> (value, bytes, owners)
+
+    def get(self, key: str | None):
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key][0]
+
+    def put(self, key: str, value, owner: str | None = None) -> None:
+        size = self._size(value)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            owners = old[2] if old else set()
+            if owner is not None:
+                owners.add(owner)
+                mine = [k for k, (_, _, o) in self._entries.items() if owner in o]
+                for k in mine[:max(0, len(mine) - self.per_owner + 1)]:  # the owner's oldest, beyond its share
+                    self._entries[k][2].discard(owner)
+                    if not self._entries[k][2]:
+                        del self._entries[k]
+            if size > self.max_bytes:
+                return  # larger than the whole store: computed, used once, not kept
+            self._entries[key] = (value, size, owners)
+            while sum(e[1] for e in self._entries.values()) > self.max_bytes:
+                self._entries.popitem(last=False)
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e[1] for e in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _score_bytes(value) -> int:
+    top, hist = value  # hist: None when an Unlearn run computed the scores (the Influence tab makes its own)
+    return top.nbytes() + (sum(c.nbytes for c in hist.counts.values()) if hist is not None else 0)
+
+
+# Influence scores: 85 MB per score set of the default model (top 10%), so 1 GB holds about a dozen visitors' sets;
+# GRIN_SCORE_CACHE_MB sets the bound (0: no cache). Each visitor pins one set, their latest.
+SCORES = SharedResults(int(float(os.environ.get("GRIN_SCORE_CACHE_MB", "1024")) * 2**20), per_owner=1,
+                       size=_score_bytes)
+# The base model's answers and NLLs (kilobytes each; counted as 64 kB so that at most 1,024 are kept); a visitor pins
+# the evaluations of their last two item sets (Unlearn and Compare may use different max items).
+BEFORE = SharedResults(1024 * 2**16, per_owner=2, size=lambda value: 2**16)
 
 
 @dataclass
@@ -70,12 +139,9 @@ class Session:
     retain: list[QAItem] = field(default_factory=list)
     sources: tuple[str, str] = ("", "")  # what the forget / retain sets were loaded from (for the report)
     hist: object = None  # score_summary.ScoreHistograms of the last influence computation
-    hist_key: tuple | None = None  # (model name, items used) the histograms belong to
     influence_s: float | None = None
     run: object = None  # pipeline.RunResult of the last run (its patch = what it changed)
     comparison: object = None  # compare.Comparison of the last Compare-methods run (no patches)
-    before_key: tuple | None = None  # the base-model evaluation is reused while model, items and lengths stay
-    before: dict | None = None
     files: str | None = None  # the visitor's download folder (one file of each kind, replaced; deleted with us)
 
     def require_loaded(self) -> None:

@@ -20,13 +20,13 @@ import plotly.graph_objects as go
 from grin_engine.compare import METHODS
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.frontier import summarize
-from grin_engine.sweep import SweepGrid, read_lines, result_from_file, write_outputs
+from grin_engine.sweep import SweepGrid, evaluation_from_json, read_lines, result_from_file, write_outputs
 from grin_engine.until import TARGET_METRICS, parse_target
 
 from . import gpu, public
-from .callbacks import stop, user_errors
+from .callbacks import shared_inputs, stop, user_errors
 from .plots import METHOD_COLOURS
-from .state import session_of, stop_flag
+from .state import BEFORE, session_of, stop_flag
 
 METRIC_CHOICES = [f"{split}_{m}" for split in ("forget", "retain") for m in TARGET_METRICS]
 DEFAULT_TARGET = "forget_keyword_accuracy<=0.25"
@@ -247,7 +247,9 @@ def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_met
     shown = -1
     outcome = None
     yield (f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3
-    for kind, *payload in gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop):
+    before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)  # computed once per server
+    for kind, *payload in gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop,
+                                         cached, top):
         if kind == "error":
             raise payload[0]
         if kind == "done":
@@ -265,7 +267,9 @@ def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_met
             yield (text, state) + _views(state, forget_metric, retain_metric)
         else:
             yield (text, state) + (gr.skip(),) * 3
-    _, points = _read(state)
+    before_line, points = _read(state)
+    if cached is None and before_line and "evaluation" in before_line:  # the base evaluation, for everybody
+        BEFORE.put(before_key, evaluation_from_json(before_line["evaluation"]), getattr(request, "session_hash", None))
     stopped = outcome is None or outcome.stopped
     status = (f"**Stopped** — {len(points)} of {state['total']} points kept; Run sweep again to continue." if stopped
               else f"**Done**: {len(points)} points ({outcome.skipped} from before) on {len(forget)} forget and "

@@ -124,8 +124,13 @@ def run_text(result) -> str:
                 f"no unlearned model; Compare shows the base model's scores only. {times}")
     sel = result.selection
     loss = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
-    return (f"**Done**: {len(result.losses)} steps{loss}. Trained {sel['selected']:,} of {sel['candidates']:,} "
-            f"candidate weights. {times} See **Compare** for the answers and metrics.")
+    until = getattr(result, "until", None) or {}
+    early = ""
+    if until.get("target"):
+        early = (f" The forget set met {until['target']} at step {until['stopped_at']}, so unlearning stopped there."
+                 if until.get("stopped_at") else f" The forget set had not met {until['target']} by the last step.")
+    return (f"**Done**: {len(result.losses)} steps{loss}.{early} Trained {sel['selected']:,} of "
+            f"{sel['candidates']:,} candidate weights. {times} See **Compare** for the answers and metrics.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

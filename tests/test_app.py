@@ -331,3 +331,102 @@ def test_weights_leave_one_file_per_visitor(visitor):
     for folder in mine:
         assert [f.name for f in folder.iterdir() if f.name.endswith(".safetensors")] == ["grin_unlearned.safetensors"]
         assert not [f for f in folder.iterdir() if f.name.startswith(".")]  # no temporary left
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Compute once, reuse everywhere (issue 9): scores and the base model's evaluation are shared server-wide
+
+
+def _counting(monkeypatch, module, name, keep=lambda *a, **k: True):
+    """Wrap module.name so that its calls (those for which keep(...) holds) are counted."""
+    calls, real = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        if keep(*args, **kwargs):
+            calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_unlearn_after_influence_does_no_second_gradient_pass(tiny_app, monkeypatch):
+    from grin_engine import influence
+
+    passes = _counting(monkeypatch, influence, "accumulate_gradients")  # one call per set: 2 per gradient pair
+    client = gradio_client.Client(tiny_app, verbose=False)
+    client.predict(*LOAD_DEFAULT, api_name="/load")
+    items = 3  # no other test of this module uses 3 items: nothing of this data is on the server yet
+    status = client.submit(items, 1.0, api_name="/influence").result(timeout=300)[0]
+    assert "Influence computed" in status and len(passes) == 2
+    run = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, items]
+    for p in (1.0, 5.0, 0.1):  # any p up to the kept 10%: selected from the kept scores
+        run[1] = p
+        final = _finish(client.submit(*run, api_name="/unlearn"))[-1]
+        assert "Done" in final[0] and "the influence scores" in final[0], final[0]
+        report = json.loads(open(client.predict(api_name="/report")[0]).read())
+        assert report["config"]["p"] == pytest.approx(p / 100) and report["timings"]["scores_s"] == 0
+    assert len(passes) == 2, "Unlearn computed the gradients again"
+    final = _finish(client.submit(["grin", "grin-nonoise", "random", "full"], "idk", "linear", 1e-2, 3.0, 2, *run,
+                                  "forget", api_name="/compare"))[-1]
+    assert "Done" in final[0] and "the influence scores" in final[0], final[0]
+    assert len(passes) == 2, "Compare methods computed the gradients again"
+    run[1] = 20.0  # above the kept 10%: computed again, and the status says so
+    final = _finish(client.submit(*run, api_name="/unlearn"))[-1]
+    assert "Done" in final[0] and "computed again" in final[0], final[0]
+    assert len(passes) == 4
+    # a second visitor with the same data gets the Influence tab's scores at once
+    other = gradio_client.Client(tiny_app, verbose=False)
+    other.predict(*LOAD_DEFAULT, api_name="/load")
+    status = other.submit(items, 1.0, api_name="/influence").result(timeout=300)[0]
+    assert "re-used" in status and len(passes) == 4
+
+
+def test_two_visitors_share_one_base_evaluation(tiny_app, monkeypatch):
+    from grin_engine import pipeline
+    from grin_ui.state import STORE
+
+    base = STORE.get("default").model
+    evaluations = _counting(monkeypatch, pipeline, "evaluate_both", keep=lambda model, *a, **k: model is base)
+    items = 4  # no other test of this module uses 4 items
+    run = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, items]
+    visitors = [gradio_client.Client(tiny_app, verbose=False) for _ in range(2)]
+    finals = []
+    for visitor in visitors:
+        visitor.predict(*LOAD_DEFAULT, api_name="/load")
+        finals.append(_finish(visitor.submit(*run, api_name="/unlearn"))[-1])
+    assert all("Done" in final[0] for final in finals), [final[0] for final in finals]
+    assert len(evaluations) == 1, "the base model answered the same items twice"
+    assert "the base model's answers" in finals[1][0] and "the base model's answers" not in finals[0][0]
+    before = [[row[2] for row in _data(final[2])] for final in finals]
+    assert before[0] == before[1]  # the same answers, shown to both
+    final = _finish(visitors[1].submit(["grin", "full"], "idk", "linear", 1e-2, 3.0, 2, *run, "forget",
+                                       api_name="/compare"))[-1]
+    assert "Done" in final[0] and len(evaluations) == 1
+
+
+def test_show_me_runs_the_demo_and_fills_the_tabs(tiny_app):
+    """One click: load, influence at 1%, unlearn until forgotten, answers before / after; a sentence per step."""
+    from grin_ui import show_me
+
+    client = gradio_client.Client(tiny_app, verbose=False)
+    outputs = _finish(client.submit(api_name="/show_me"))
+    statuses = [frame[0] for frame in outputs]
+    for step in ("load", "influence", "unlearn", "compare"):  # every step said what to look at, in order
+        assert show_me.SAY[step] in statuses, step
+    assert statuses.index(show_me.SAY["load"]) < statuses.index(show_me.SAY["influence"]) < \
+        statuses.index(show_me.SAY["unlearn"]) < statuses.index(show_me.SAY["compare"])
+    assert statuses[-1] == show_me.SAY["compare"]
+
+    def seen(index):
+        """The last value an output got (a frame may skip it)."""
+        values = [frame[index] for frame in outputs if not (isinstance(frame[index], dict)
+                                                           and frame[index].get("__type__") == "update"
+                                                           and "value" not in frame[index])]
+        return values[-1] if values else None
+
+    assert seen(1) == show_me.SHOW_ME_ITEMS  # Setup's max items now says what the demo used
+    assert "Loaded" in seen(4) and "Influence computed" in seen(5) and "p = 1%" in seen(6)
+    assert "Done" in seen(14), seen(14)
+    assert len(_data(seen(16))) == show_me.SHOW_ME_ITEMS and len(_data(seen(17))) == show_me.SHOW_ME_ITEMS
+    report = json.loads(open(client.predict(api_name="/report")[0]).read())  # the run is the visitor's own
+    assert report["config"]["until"] == show_me.SHOW_ME_UNTIL and report["until"]["checks"]

@@ -7,6 +7,7 @@ install` is not used). Loads the real default model, like test_app.py's full flo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -37,8 +38,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def url():
+@contextlib.contextmanager
+def served_app():
+    """The app (as app.py serves it: one job at a time, theme and css) on a free port: its URL."""
     from grin_ui import build_app, launch_kwargs
 
     demo = build_app()
@@ -51,16 +53,29 @@ def url():
         demo.close()
 
 
-@pytest.fixture(scope="module")
-def page(url):
+@contextlib.contextmanager
+def browser_page(url: str, width: int = WIDTH):
+    """A headless Chromium page `width` px wide, opened at `url`."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            page = browser.new_page(viewport={"width": width, "height": 1000})
             page.goto(url)
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def url():
+    with served_app() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with browser_page(url) as opened:
+        yield opened
 
 
 def _tab(page, name: str) -> None:

@@ -118,3 +118,35 @@ def test_compare_in_place_equals_compare_on_copies_and_restores_the_base(tiny, f
     assert in_place.overlap == on_copies.overlap
     for name, value in tiny.model.state_dict().items():
         assert torch.equal(value, saved[name]), name
+
+
+def _kept_scores(tiny, forget_items, retain_items, cfg):
+    from grin_engine import pipeline
+    from grin_engine.models import copy_model
+    from grin_engine.score_cache import TopScores
+
+    work = copy_model(tiny)
+    scores = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    return TopScores.from_scores(scores.scores, scores.candidates)
+
+
+def test_compare_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, retain_items, monkeypatch):
+    """Given the kept GRIN scores and the base evaluation, compare needs no gradients and no base answers, and
+    gives the same runs as computing them itself."""
+    import grin_engine.compare as compare_module
+    from grin_engine import influence
+    from grin_engine.pipeline import evaluate_both
+
+    cfg = _cfg()
+    fresh = compare(tiny, forget_items, retain_items, cfg, ["grin", "random"])
+    top = _kept_scores(tiny, forget_items, retain_items, cfg)
+    before = evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
+    calls = []
+    monkeypatch.setattr(influence, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(compare_module, "evaluate_both", lambda *a, **k: calls.append("before"))
+    reused = compare(tiny, forget_items, retain_items, cfg, ["grin", "random"], before=before, grin_top=top)
+    assert calls == []
+    assert reused.masks_selected == fresh.masks_selected and reused.overlap == fresh.overlap
+    for name in ("grin", "random"):
+        assert reused.results[name].losses == fresh.results[name].losses
+        assert reused.results[name].metrics == fresh.results[name].metrics

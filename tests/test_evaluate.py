@@ -114,3 +114,26 @@ def test_batched_nlls_equal_one_pair_at_a_time(tokenizer, monkeypatch):
         for (one_sums, one_counts), s, c in zip(singles, sums, counts):
             assert c == one_counts[0]
             assert math.isclose(s, one_sums[0], rel_tol=1e-5, abs_tol=1e-5), budget
+
+
+def test_answers_at_the_token_limit_are_flagged_and_shown_marked(tiny):
+    """An answer that hit max_new_tokens without EOS is flagged cut (the tiny random model never says EOS in 3
+    tokens: its EOS logit is one of ~1,000); one that ended is not; the shown text ends at a boundary or the mark."""
+    questions = ["Who wrote Hamlet?", "What is the capital of France?"]
+    answers, cut = evaluate.generate_answers(tiny.model, tiny.tokenizer, questions, 3, return_cut=True)
+    assert answers == evaluate.generate_answers(tiny.model, tiny.tokenizer, questions, 3)  # same answers
+    eos = tiny.tokenizer.eos_token_id
+    prompt = tiny.tokenizer([evaluate.format_prompt(tiny.tokenizer, questions[0])], add_special_tokens=False,
+                            return_tensors="pt")
+    generated = tiny.model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=eos,
+                                    eos_token_id=eos)[0, prompt["input_ids"].shape[1]:]
+    assert cut[0] == (eos not in generated.tolist())
+
+    shown = evaluate.shown_answer
+    assert shown("Harry's friend is Ron Weasley.", False) == "Harry's friend is Ron Weasley."
+    assert shown("He was born in 1980 in a small town. His uncle was Ver", True) == \
+        "He was born in 1980 in a small town." + evaluate.CUT_MARK  # the last sentence end keeps most of it
+    assert shown("He was born. His uncle was named Vernon Dursley of Pri", True) == \
+        "He was born. His uncle was named Vernon Dursley of" + evaluate.CUT_MARK  # it would not: the last word
+    assert shown("His uncle was named Zaf", True) == "His uncle was named" + evaluate.CUT_MARK
+    assert shown("Supercalifragilistic", True) == "Supercalifragilistic" + evaluate.CUT_MARK

@@ -88,15 +88,16 @@ def test_influence_and_unlearn_send_plain_cpu_data(stored_tiny, forget_items, re
     assert [m[0] for m in messages][-1] == "done"
     for message in messages:
         _cpu_only(message)
-    hist, seconds = messages[-1][1]
-    assert seconds > 0 and int(hist.total.sum()) > 0
+    hist, top = messages[-1][1]
+    assert top.seconds > 0 and int(hist.total.sum()) > 0 and 0 < top.kept < top.n
 
     cfg = GrinConfig(method="graddiff", p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4)
     messages = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))
     assert messages[-1][0] == "done"
     for message in messages:
         _cpu_only(message)
-    before, result = messages[-1][1]
+    before, result, kept = messages[-1][1]
+    assert kept is not None and kept.covers(cfg.p)  # the scores it computed, for the next run
     assert len(result.losses) == 2 and result.patch is not None and result.unlearned_model is None
     assert set(before) == {"forget", "retain"}
     assert _checksum(stored_tiny.model) == checksum  # the shared base is only read
@@ -109,7 +110,7 @@ def test_stop_set_from_outside_ends_the_run(stored_tiny, forget_items, retain_it
     kinds = [m[0] for m in gpu.influence_work("tiny", forget_items, retain_items, stop)]
     assert kinds[-1] == "stopped"
     final = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))[-1]
-    assert final == ("done", (None, None))  # stopped while answering with the base
+    assert final == ("done", (None, None, None))  # stopped while answering with the base
 
 
 def test_errors_come_back_as_user_errors(stored_tiny, tmp_path):

@@ -136,8 +136,12 @@ def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget
         assert result.losses == on_copy.losses and result.metrics == on_copy.metrics
         kept = pipeline.run_grun(tiny, forget_items, retain_items, cfg, in_place=True, keep_model=True)
         assert kept.unlearned_model.model is not tiny.model
+        from grin_engine.evaluate import shown_answer
+
+        answers, cut = generate_answers(kept.unlearned_model.model, tiny.tokenizer, questions, cfg.max_new_tokens,
+                                        return_cut=True)
         assert [g["after"] for g in kept.generations if g["split"] == "forget"] == \
-            generate_answers(kept.unlearned_model.model, tiny.tokenizer, questions, cfg.max_new_tokens)
+            [shown_answer(a, c) for a, c in zip(answers, cut)]  # as shown: marked where cut
         _assert_same(tiny.model, saved)
 
 

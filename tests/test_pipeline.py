@@ -212,7 +212,7 @@ def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain
     """GRUN's patch (CPU data) attached to a fresh copy answers exactly as the trained model did."""
     import pickle
 
-    from grin_engine.evaluate import generate_answers
+    from grin_engine.evaluate import generate_answers, shown_answer
     from grin_engine.patch import unlearned_copy
 
     weights = _snapshot(tiny.model)
@@ -224,7 +224,8 @@ def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain
     rebuilt = unlearned_copy(tiny, result.patch)
     after = [g["after"] for g in result.generations if g["split"] == "forget"]
     questions = [it.question for it in forget_items]
-    assert generate_answers(rebuilt.model, rebuilt.tokenizer, questions, cfg.max_new_tokens) == after
+    answers, cut = generate_answers(rebuilt.model, rebuilt.tokenizer, questions, cfg.max_new_tokens, return_cut=True)
+    assert [shown_answer(a, c) for a, c in zip(answers, cut)] == after  # as shown: marked where cut
     assert all(torch.equal(v, weights[k]) for k, v in tiny.model.state_dict().items())
     assert result.to_report()["gates"] == result.gates
 

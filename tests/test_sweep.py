@@ -207,3 +207,27 @@ def test_in_place_sweep_gives_the_same_points_and_restores_the_base(tiny, forget
     assert all(torch.equal(v, tiny.model.state_dict()[k]) for k, v in state.items())
     strip = lambda pts: [{k: v for k, v in p.items() if not k.endswith("_s") and k != "seconds"} for p in pts]  # noqa: E731
     assert strip(copies.points) == strip(in_place.points)
+
+
+def test_sweep_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, retain_items, tmp_path, monkeypatch):
+    """Given the kept GRIN scores (covering every p of the grid) and the base evaluation, a sweep computes no
+    gradients and no base answers, and its points equal those of a sweep that computed them itself."""
+    from grin_engine import influence, pipeline
+    from grin_engine.models import copy_model
+    from grin_engine.score_cache import TopScores
+
+    cfg, grid = _cfg(), _grid(p=[0.01, 0.05], seeds=[0])
+    fresh = sweep(tiny, forget_items, retain_items, cfg, grid, tmp_path / "fresh.jsonl")
+    work = copy_model(tiny)
+    scores = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    top = TopScores.from_scores(scores.scores, scores.candidates)
+    before = pipeline.evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
+    calls = []
+    monkeypatch.setattr(influence, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(sweep_module, "evaluate_both", lambda *a, **k: calls.append("before"))
+    reused = sweep(tiny, forget_items, retain_items, cfg, grid, tmp_path / "reused.jsonl", before=before,
+                   grin_top=top)
+    assert calls == []
+    strip = ("seconds", "select_s", "unlearn_s", "eval_after_s")
+    assert [{k: v for k, v in p.items() if k not in strip} for p in reused.points] == \
+        [{k: v for k, v in p.items() if k not in strip} for p in fresh.points]

@@ -1,0 +1,101 @@
+""""Show me": one button on Setup runs a small, fast demo end to end, with a sentence at each step saying what to
+look at, and leaves the tabs filled for exploration.
+
+The steps are the app's own handlers, in the order a person clicks them (callbacks.load, influence, unlearn), on
+SHOW_ME_ITEMS items per set, so every tab shows what it would after those clicks: Setup's model facts and items,
+Influence's heatmap at p = 1%, Unlearn's loss curve, Compare's answers before and after. Unlearning stops once the
+forget set meets SHOW_ME_UNTIL (checked every 2 steps), so the demo takes the fewest steps that forget, and the
+Unlearn tab shows that target in its "stop once" box. No tensors here.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from grin_engine.config import GrinConfig
+
+from . import callbacks
+from .callbacks import user_errors
+from .state import session_of
+
+SHOW_ME_ITEMS = 4
+SHOW_ME_P = 1.0
+SHOW_ME_STEPS = 10  # the most; the until-target usually ends it sooner
+SHOW_ME_UNTIL = "forget_keyword_accuracy<=0.25"
+SAY = {
+    "load": "**1 of 4 — Setup.** Loading the default model and the two built-in sets: Harry Potter facts to "
+            "forget, general-knowledge facts to keep. Look at the *items* table below: questions, gold answers and "
+            "the keywords the metrics look for.",
+    "influence": "**2 of 4 — Influence.** Scoring every weight: how much it matters for the Harry Potter answers "
+                 "compared with the general-knowledge ones. Open the **Influence** tab: the heatmap shows where the "
+                 "top 1% sit (which layers, attention or feed-forward).",
+    "unlearn": "**3 of 4 — Unlearn.** Shaking and fine-tuning only those 1% of the weights, until the forget answers "
+               f"lose their keywords ({SHOW_ME_UNTIL}). On the **Unlearn** tab the loss curve grows step by step.",
+    "compare": "**4 of 4 — Compare.** Done. Open the **Compare** tab: forget answers before and after (the facts "
+               "should be gone, the sentences still fluent), retain answers (they should stay), and the metrics. "
+               "Then try another p, loss or step count, or **Compare methods**.",
+}
+
+
+def button() -> dict:
+    """The Show me button (in Setup's button row)."""
+    return {"show_me_btn": gr.Button("Show me (a 4-item demo, every step explained)", variant="secondary",
+                                     scale=2, elem_id="show_me_btn")}
+
+
+def wire(s: dict, i: dict, u: dict, c: dict, session, model_queue: dict) -> None:
+    outputs = [s["show_me_status"], s["max_items"], s["facts"], s["preview"], s["load_status"],
+               i["influence_status"], i["selection_md"], i["heatmap"], i["layer_bars"], i["score_hist"],
+               i["p_percent"], u["u_p_percent"], u["steps"], u["until"], u["run_status"], u["loss_plot"],
+               c["forget_gen"], c["retain_gen"], c["metrics"], session]
+    s["show_me_btn"].click(show_me, session, outputs, api_name="show_me", show_progress_on=s["show_me_status"],
+                           **model_queue)
+
+
+@user_errors
+def show_me(session, request: gr.Request = None, progress=gr.Progress()):
+    """Load, influence at 1%, unlearn until forgotten, answers before / after: each step with its sentence."""
+    d = GrinConfig()
+    sigma2 = next((c for c in callbacks.SIGMA2_CHOICES if float(c) == d.sigma2), callbacks.SIGMA2_CHOICES[2])
+    out = {"status": "", "session": session_of(session)}
+    keys = ["status", "max_items", "facts", "preview", "load_status", "influence_status", "selection", "heatmap",
+            "bars", "hist", "p", "u_p", "steps", "until", "run_status", "loss", "forget_gen", "retain_gen",
+            "metrics", "session"]
+
+    def emit(**values):
+        out.update(values)
+        frame = tuple(out.get(k, gr.skip()) for k in keys)
+        for k in keys:  # a component is sent once per change, not again with every frame
+            if k not in ("status", "session"):
+                out.pop(k, None)
+        return frame
+
+    yield emit(status=SAY["load"], max_items=SHOW_ME_ITEMS, p=SHOW_ME_P, u_p=SHOW_ME_P, steps=SHOW_ME_STEPS,
+               until=SHOW_ME_UNTIL)
+    facts, preview, load_status, out["session"] = callbacks.load(
+        "default", "", "harry_potter", "", None, "general_knowledge", "", None, out["session"], progress=progress)
+    yield emit(facts=facts, preview=preview, load_status=load_status, status=SAY["influence"])
+
+    # Each handler's last frame goes out together with the next sentence: a table sent and then skipped in a later
+    # frame of the same event is shown empty by Gradio's page, so nothing follows a frame that carries results.
+    last = {}
+    for status, out["session"], *figures in callbacks.influence(SHOW_ME_ITEMS, SHOW_ME_P, out["session"], request,
+                                                                progress=progress):
+        if last:
+            yield emit(**last)
+        last = dict(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
+    if out["session"].hist is None:
+        yield emit(**last, status="Stopped during the influence step; press **Show me** again to start over.")
+        return
+    yield emit(**last, status=SAY["unlearn"])
+
+    run = (d.method, SHOW_ME_P, sigma2, d.lr, SHOW_ME_STEPS, d.alpha, None, d.seed, True, SHOW_ME_ITEMS)
+    previous, last = out["session"].run, {}
+    for status, loss, out["session"], *tables in callbacks.unlearn(*run, out["session"], SHOW_ME_UNTIL,
+                                                                   request=request, progress=progress):
+        if last:
+            yield emit(**last)
+        last = dict(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))
+    finished = out["session"].run is not previous
+    yield emit(**last, status=SAY["compare"] if finished else
+               "Stopped during unlearning; press **Show me** again to start over.")
