@@ -113,6 +113,11 @@ class SharedResults:
         with self._lock:
             return sum(e[1] for e in self._entries.values())
 
+    def clear(self) -> None:
+        """Forget everything (a fresh server; the tests start each module from one)."""
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 

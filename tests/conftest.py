@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -53,6 +54,18 @@ def build_tokenizer():
 
 
 _TOKENIZER = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_server_results():
+    """Each test module starts like a fresh server: no influence scores or base evaluations kept by an earlier
+    module's app (they are shared server-wide on purpose, grin_ui/state.py, so in one pytest process they would
+    otherwise leak from module to module and change what a test sees, e.g. "re-used" instead of "computed")."""
+    state = sys.modules.get("grin_ui.state")  # not imported yet: nothing to clear (engine-only modules stay light)
+    if state is not None:
+        state.SCORES.clear()
+        state.BEFORE.clear()
+    yield
 
 
 @pytest.fixture(scope="session")
