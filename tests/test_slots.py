@@ -35,7 +35,8 @@ def _wait_for(condition, timeout=120.0):
 
 
 def _training(job) -> bool:
-    return any("unlearning" in str(out[0]) for out in job.outputs())
+    """The job's status says it is training (GRIN's "unlearning", GRUN's "training the gated edits")."""
+    return any(word in str(out[0]) for out in job.outputs() for word in ("unlearning", "training the gated edits"))
 
 
 def _last(job, timeout=300.0):
