@@ -85,6 +85,8 @@ def test_stop_keeps_points_and_run_again_continues(client):
     assert "Stopped" in status and "of 8 points kept" in status
     kept = int(status.split("—")[1].split("of")[0])
     assert 1 <= kept < 8
+    json_path, _ = client.predict("forget_keyword_accuracy", "retain_keyword_accuracy", api_name="/sweep_report")
+    assert len(json.load(open(json_path))["points"]) == kept  # the points said to be kept are the ones in the file
 
     status, plot, areas, point = client.predict(*grid, api_name="/sweep")  # the same grid: continues
     assert f"8 points ({kept} from before)" in status
