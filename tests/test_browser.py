@@ -200,14 +200,7 @@ def test_full_flow_in_a_browser(page):
     # Attack: each method of the comparison (grin and grun; the full baseline's patch is not kept), two attacks
     _tab(page, "Attack")
     page.get_by_role("radio", name="each method of the last comparison").check()
-    for name in ("relearn", "gguf_q4_1"):  # keep quant4 and prefix of the default choice
-        page.get_by_role("checkbox", name=re.compile(f"^{name} — ")).uncheck()
-    page.get_by_role("button", name="Attack", exact=True).click()
-    expect(page.locator("#attack_status")).to_contain_text("Done: 4 attack(s) on grin, grun", timeout=900 * SECOND)
-    bars = page.locator("#attack_bars .js-plotly-plot")
-    expect(bars).to_contain_text("before, after unlearning, after the attack")
-    expect(bars).to_contain_text("recovery")
-    expect(bars.locator("g.barlayer .trace")).to_have_count(3)  # before, unlearned, attacked
+    fast_attacks_and_bars(page, "Done: 4 attack(s) on grin, grun", 900)
     attack_table = page.locator("#attack_table")
     for name in ("grin", "grun", "quant4", "prefix"):
         expect(attack_table.get_by_role("gridcell", name=name, exact=True).first).to_be_visible()
@@ -229,6 +222,21 @@ def test_full_flow_in_a_browser(page):
     expect(page.get_by_role("heading", name=re.compile("GRUN: unlearning without changing a weight"))).to_be_visible()
     expect(page.get_by_role("heading", name="Is it really gone? The attacks")).to_be_visible()
     _shot(page, "8_learn")
+
+
+def fast_attacks_and_bars(page, done: str, timeout_s: float):
+    """On the Attack tab: untick the two slowest default attacks (relearn, gguf_q4_1: relearning is tested through
+    the API in test_attack_view), press Attack, wait for `done`; the bars show before / unlearned / attacked with the
+    recovery written on them. Returns the bars' locator."""
+    for name in ("relearn", "gguf_q4_1"):
+        page.get_by_role("checkbox", name=re.compile(f"^{name} — ")).uncheck()
+    page.get_by_role("button", name="Attack", exact=True).click()
+    expect(page.locator("#attack_status")).to_contain_text(done, timeout=timeout_s * SECOND)
+    bars = page.locator("#attack_bars .js-plotly-plot")
+    expect(bars).to_contain_text("before, after unlearning, after the attack")
+    expect(bars).to_contain_text("recovery")
+    expect(bars.locator("g.barlayer .trace")).to_have_count(3)  # before, unlearned, attacked
+    return bars
 
 
 def sweep_figure_and_answers(page) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-from test_browser import SECOND, _number, _shot, _tab, expect, page, pytestmark, url  # noqa: F401
+from test_browser import (SECOND, _number, _shot, _tab, expect, fast_attacks_and_bars, page,  # noqa: F401
+                          pytestmark, url)
 
 
 def test_attack_the_last_run_in_a_browser(page):  # noqa: F811
@@ -28,14 +29,7 @@ def test_attack_the_last_run_in_a_browser(page):  # noqa: F811
     _tab(page, "Attack")
     for name in ("relearn", "quant4", "gguf_q4_1", "prefix"):  # the default choice
         expect(page.get_by_role("checkbox", name=re.compile(f"^{name} — "))).to_be_checked()
-    for name in ("relearn", "gguf_q4_1"):  # the slowest two (relearning is tested through the API in test_attack_view)
-        page.get_by_role("checkbox", name=re.compile(f"^{name} — ")).uncheck()
-    page.get_by_role("button", name="Attack", exact=True).click()
-    expect(page.locator("#attack_status")).to_contain_text("Done: 2 attack(s) on grin", timeout=1800 * SECOND)
-    bars = page.locator("#attack_bars .js-plotly-plot")
-    expect(bars).to_contain_text("before, after unlearning, after the attack")
-    expect(bars).to_contain_text("recovery")
-    expect(bars.locator("g.barlayer .trace")).to_have_count(3)  # before, unlearned, attacked
+    bars = fast_attacks_and_bars(page, "Done: 2 attack(s) on grin", 1800)
     table = page.locator("#attack_table")
     for name in ("quant4", "prefix"):
         expect(table.get_by_role("gridcell", name=name, exact=True)).to_be_visible()
