@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .config import GrinError
 from .data import QAItem, qa_batches
-from .evaluate import evaluate_split
+from .evaluate import evaluate_split, shown_answers
 from .grun import GrunState
 from .influence import candidate_parameters
 from .metrics import keyword_hit
@@ -399,7 +399,7 @@ def relearn(ctx: Context) -> AttackResult:
         result.baseline[group] = _baseline(ctx.target, "forget", idx)
         if group == "forget_B":
             result.answers = _answers([ctx.forget[i].question for i in idx], [unlearned[i] for i in idx],
-                                      evaluation["generations"])
+                                      shown_answers(evaluation))
     result.metrics["retain"] = _values(ctx.evaluate(work, ctx.retain, "retain"))
     result.baseline["retain"] = _baseline(ctx.target, "retain")
     result.details = {"A": a_idx, "B": b_idx, "steps": ctx.acfg.relearn_steps, "lr": ctx.acfg.relearn_lr,
@@ -421,7 +421,7 @@ def _quantisation(name: str):
             result.baseline[split] = _baseline(ctx.target, split)
             if split == "forget":
                 result.answers = _answers([it.question for it in items], ctx.target.answers("forget"),
-                                          evaluation["generations"])
+                                          shown_answers(evaluation))
         return result
     attack.__doc__ = f"{QUANTISERS[name][1]} of every 2-D weight of the transformer blocks, then evaluate."
     return attack
@@ -439,7 +439,7 @@ def prefix(ctx: Context) -> AttackResult:
     result.metrics["forget"] = _values(evaluation)
     result.baseline["forget"] = _baseline(ctx.target, "forget")
     result.answers = _answers([it.question for it in ctx.forget], ctx.target.answers("forget"),
-                              evaluation["generations"])
+                              shown_answers(evaluation))
     return result
 
 
@@ -468,7 +468,7 @@ def _reworded(ctx: Context, name: str, items: list[QAItem], origin: list[int], d
     result.metrics["forget"] = _values(evaluation)
     result.baseline["forget"] = _baseline(ctx.target, "forget", origin)
     unlearned = ctx.target.answers("forget")
-    result.answers = _answers([it.question for it in items], [unlearned[i] for i in origin], evaluation["generations"])
+    result.answers = _answers([it.question for it in items], [unlearned[i] for i in origin], shown_answers(evaluation))
     return result
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 
 from .config import GrinConfig, GrinError
 from .data import QAItem, qa_batches
-from .influence import (Selection, candidate_parameters, gradient_pair, influence_scores, jaccard, random_selection,
-                        require_finite, select_top_fraction)
+from .influence import (Selection, accumulate_gradients, candidate_parameters, gradient_pair, influence_scores,
+                        jaccard, random_selection, require_finite, select_top_fraction)
 from .models import LoadedModel, copy_model
 from .score_cache import TopScores
 from .pipeline import RunResult, RunStopped, evaluate_both, require_items, run, run_grun
@@ -100,21 +100,28 @@ def mask_scores(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
     the base, whose weights gradients do not change): "grin" -> |G_f| / (|G_r| + eps) (grin and grin-nonoise),
     "forget-grad" -> |G_f|. Random masks need none."""
     scores = {}
-    if {"grin", "grin-nonoise", "forget-grad"} & set(methods):
-        work = base if in_place else copy_model(base)
-        candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
-        grad_forget, grad_retain = gradient_pair(
-            work.model, qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.label_layout),
-            qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout), list(candidates),
-            on_batch=lambda done, total: say("gradients", done, total), mean=cfg.grad_mean, park_forget=True)
+    ratio_needed = bool({"grin", "grin-nonoise"} & set(methods))
+    if not ratio_needed and "forget-grad" not in methods:
+        return scores
+    work = base if in_place else copy_model(base)
+    candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
+    forget_batches = qa_batches(work.tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.label_layout)
+    report = lambda done, total: say("gradients", done, total)  # noqa: E731
+    if not ratio_needed:  # |G_f| alone: no retain gradients to form
+        grad_forget = accumulate_gradients(work.model, forget_batches, list(candidates), report, mean=cfg.grad_mean)
         del work
-        if "forget-grad" in methods:  # before the in-place ratio below consumes the gradients; on G_r's (the
-            # weight's) device, where a parked G_f is not
-            scores["forget-grad"] = require_finite({n: g.to(grad_retain[n].device).abs()
-                                                    for n, g in grad_forget.items()})
-        if {"grin", "grin-nonoise"} & set(methods):
-            scores["grin"] = require_finite(influence_scores(grad_forget, grad_retain, cfg.eps, in_place=True))
-        del grad_forget, grad_retain
+        scores["forget-grad"] = require_finite({n: g.abs_() for n, g in grad_forget.items()})
+        return scores
+    grad_forget, grad_retain = gradient_pair(
+        work.model, forget_batches, qa_batches(work.tokenizer, retain, cfg.batch_size, cfg.max_length,
+                                               cfg.label_layout),
+        list(candidates), on_batch=report, mean=cfg.grad_mean, park_forget=True)
+    del work
+    if "forget-grad" in methods:  # before the in-place ratio below consumes the gradients; on G_r's (the weight's)
+        # device, where a parked G_f is not
+        scores["forget-grad"] = require_finite({n: g.to(grad_retain[n].device).abs() for n, g in grad_forget.items()})
+    scores["grin"] = require_finite(influence_scores(grad_forget, grad_retain, cfg.eps, in_place=True))
+    del grad_forget, grad_retain
     return scores
 
 

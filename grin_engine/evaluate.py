@@ -136,6 +136,13 @@ def shown_answer(text: str, cut: bool) -> str:
     return (text[:word].rstrip(" ,;:-") if word > 0 else text) + CUT_MARK
 
 
+def shown_answers(evaluation: dict) -> list[str]:
+    """An evaluation's answers (evaluate_split) as shown in reports and tables: each marked where it hit the token
+    limit (shown_answer)."""
+    cut = evaluation.get("cut") or []
+    return [shown_answer(text, i < len(cut) and cut[i]) for i, text in enumerate(evaluation["generations"])]
+
+
 @torch.no_grad()
 def pair_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int | None = None,
               max_length: int = 256, layout: str = "answer_eos") -> tuple[list[float], list[int]]:

@@ -17,7 +17,7 @@ import torch
 from . import metrics
 from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, qa_batches
-from .evaluate import evaluate_split, shown_answer
+from .evaluate import evaluate_split, shown_answers
 from .grun import Grun, GrunSpec, GrunState, default_layers, export_state, gate_values, train_grun
 from .influence import (Candidate, Selection, candidate_parameters, compute_influence, select_top_fraction,
                         summarize_counts, summarize_selection, top_fraction_counts)
@@ -171,21 +171,17 @@ def _stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict | N
                      generations=[], losses=losses, timings=timings, stopped=True)
 
 
-def _shown(evaluation: dict, i: int) -> str:
-    """Answer i of an evaluation as shown in reports and tables: marked where it hit the token limit (the metrics
-    score it as generated)."""
-    cut = evaluation.get("cut") or []
-    return shown_answer(evaluation["generations"][i], i < len(cut) and cut[i])
-
-
 def _finished(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict, after: dict, forget: list[QAItem],
               retain: list[QAItem], losses: list[float], timings: dict, **extra) -> RunResult:
     """A finished run's result: metrics and generations before and after, side by side."""
     values_before, items_before = _aggregate(before)
     values_after, items_after = _aggregate(after)
+    shown = {(when, split): shown_answers(evaluation[split]) for when, evaluation in (("before", before),
+                                                                                     ("after", after))
+             for split in ("forget", "retain")}
     generations = [
         {"split": split, "question": it.question, "answer": it.answer,
-         "before": _shown(before[split], i), "after": _shown(after[split], i)}
+         "before": shown["before", split][i], "after": shown["after", split][i]}
         for split, items in (("forget", forget), ("retain", retain)) for i, it in enumerate(items)
     ]
     return RunResult(config=cfg.to_dict(), model=base.facts(), selection=summary,

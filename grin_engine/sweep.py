@@ -30,7 +30,8 @@ from .data import QAItem
 from .frontier import summarize
 from .metrics import MetricResult
 from .models import LoadedModel
-from .pipeline import RunStopped, _aggregate, _shown, _reporter, evaluate_both, require_items
+from .evaluate import shown_answers
+from .pipeline import RunStopped, _aggregate, _reporter, evaluate_both, require_items
 from .until import parse_target
 
 # The knobs each method reads ("seed": the method has randomness of its own: noise, a random mask, GRUN's init).
@@ -245,7 +246,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             values, _ = _aggregate(evaluation)
             before_line = {"kind": "before", "fingerprint": fp, "metrics": values,
                            "generations": [{"split": split, "question": it.question, "answer": it.answer,
-                                            "before": _shown(evaluation[split], i)}
+                                            "before": shown_answers(evaluation[split])[i]}
                                            for split, items in (("forget", forget), ("retain", retain))
                                            for i, it in enumerate(items)],
                            "evaluation": evaluation_to_json(evaluation)}

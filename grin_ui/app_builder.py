@@ -80,12 +80,20 @@ def build_app() -> gr.Blocks:
                 name = key.split("::", 1)[1]
                 slug = "preset_" + ("gentle" if "gently" in name else "aggressive")
                 component.click(functools.partial(cb.preset, name), None, controls, api_name=slug, queue=False)
-        u["run_btn"].click(
+        run = u["run_btn"].click(
             cb.unlearn, controls + [s["max_items"], session, u["until"]],
             [u["run_status"], u["loss_plot"], session, c["forget_gen"], c["retain_gen"], c["metrics"]],
             api_name="unlearn", show_progress_on=u["run_status"], **MODEL)
         u["stop_btn"].click(cb.stop, None, u["run_status"], api_name="stop", concurrency_id="stop",
                             concurrency_limit=None)
+        # the time a Run would take, shown before Run: on opening the tab and on every change of what it depends on
+        expected_inputs = controls + [s["max_items"], session, u["until"]]
+        run.then(cb.expected_time, expected_inputs, u["expected"], api_name="expected_time_after_run",
+                 api_visibility="private", queue=False,
+                 show_progress="hidden")  # what the next Run re-uses has changed
+        gr.on([u["tab"].select, s["max_items"].change, u["until"].change] + [control.change for control in controls],
+              cb.expected_time, expected_inputs, u["expected"], api_name="expected_time", queue=False,
+              show_progress="hidden")
 
         c["generate_btn"].click(cb.generate, [c["prompt"], session], [c["answer_before"], c["answer_after"]],
                                 api_name="generate", **SHORT_MODEL)

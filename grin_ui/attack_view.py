@@ -238,7 +238,7 @@ def recovery_bars(rows: list[dict] | None, metric: str, results: list[dict] | No
 
 def recovery_frame(rows: list[dict] | None) -> pd.DataFrame:
     columns = ["method", "attack", "items", "before", "unlearned", "attacked", "recovery", "retain (unlearned)",
-               "retain (attacked)", "seconds"]
+               "retain (attacked)", "time (s)"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     out = []
     for r in rows or []:
@@ -251,7 +251,7 @@ def recovery_frame(rows: list[dict] | None) -> pd.DataFrame:
                     "before": fmt(r["before"]), "unlearned": fmt(r["unlearned"]), "attacked": fmt(r["attacked"]),
                     "recovery": NOT_FORGOTTEN if r["recovery"] is None else fmt(r["recovery"]),
                     "retain (unlearned)": fmt(r["retain_unlearned"]),
-                    "retain (attacked)": fmt(r["retain_attacked"]), "seconds": f"{r['seconds']:.0f}"})
+                    "retain (attacked)": fmt(r["retain_attacked"]), "time (s)": f"{r['seconds']:.0f}"})
     return pd.DataFrame(out, columns=columns)
 
 

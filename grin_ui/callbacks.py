@@ -309,6 +309,29 @@ def unlearn(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, m
         release_memory()
 
 
+def expected_time(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, max_items, session,
+                  until=None) -> str:
+    """The line under Run: what a run with these settings is expected to take on this server, before it starts
+    (the same plan and seconds per unit as the run's own progress bar). Never raises: while a visitor is still
+    typing, a half-made value shows a hint, and Run gives the full message."""
+    try:
+        cfg = _config(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_mask, until)
+        session = session_of(session)
+        session.require_loaded()
+        forget, retain = session.items(max_items)
+    except GrinError:
+        return "<small>Expected time: shown here once a model is loaded and the settings are valid.</small>"
+    _, _, cached, top = shared_inputs(session, forget, retain, cfg)
+    plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None, top is not None and top.covers(cfg.p))
+    until_note = f" (fewer if it stops once {cfg.until})" if cfg.until else ""
+    reused = [words for words, held in (("the base model's answers", cached is not None),
+                                        ("the influence scores", cfg.use_mask and top is not None and top.covers(cfg.p)))
+              if held]
+    reuse = f"; re-uses {' and '.join(reused)} computed earlier on this server" if reused else ""
+    return (f"<small>Expected: about **{format_seconds(plan.expected_seconds())}** on this server for "
+            f"{len(forget)} forget + {len(retain)} retain items and {cfg.steps} steps{until_note}{reuse}.</small>")
+
+
 def _owner(request) -> str | None:
     """Who pins a shared result (state.SharedResults): the browser session."""
     return getattr(request, "session_hash", None)

@@ -101,7 +101,7 @@ UNLEARN_CONTROLS = ("method", "u_p_percent", "sigma2", "lr", "steps", "alpha", "
 def unlearn_tab() -> dict:
     c = {}
     methods = describe_losses()
-    with gr.Tab("Unlearn", id="unlearn"):
+    with gr.Tab("Unlearn", id="unlearn") as c["tab"]:
         with gr.Row():
             for name in PRESETS:
                 c[f"preset::{name}"] = gr.Button(f"Preset: {name}", variant="secondary", size="md")
@@ -131,6 +131,7 @@ def unlearn_tab() -> dict:
         with gr.Row():
             c["run_btn"] = gr.Button("Run", variant="primary")
             c["stop_btn"] = gr.Button("Stop", variant="stop")
+        c["expected"] = gr.Markdown(elem_id="run_expected")  # the time a Run would take (callbacks.expected_time)
         c["run_status"] = gr.Markdown(elem_id="run_status")
         c["loss_plot"] = gr.Plot(plots.loss_curve([], DEFAULTS.steps), label="loss", elem_id="loss_plot")
     return c

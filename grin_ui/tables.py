@@ -144,17 +144,17 @@ METHOD_COLUMNS = [("forget_keyword_accuracy", "forget KA"), ("forget_rougeL_reca
 
 def methods_table(rows: list[dict] | None) -> pd.DataFrame:
     """One row per method (Comparison.table()), after unlearning; the first row is the base model before."""
-    columns = ["method"] + [label for _, label in METHOD_COLUMNS] + ["weights trained", "seconds"]
+    columns = ["method"] + [label for _, label in METHOD_COLUMNS] + ["weights trained", "time (s)"]
     if not rows:
         return pd.DataFrame([], columns=columns)
     out = [{"method": "base model (before)",
             **{label: _num(rows[0].get(key + "_before")) for key, label in METHOD_COLUMNS if "gate" not in key},
-            "gate (forget)": "-", "gate (retain)": "-", "weights trained": "-", "seconds": "-"}]
+            "gate (forget)": "-", "gate (retain)": "-", "weights trained": "-", "time (s)": "-"}]
     for r in rows:
         out.append({"method": r["method"] + (" (stopped)" if r["stopped"] else ""),
                     **{label: _num(r.get(key)) for key, label in METHOD_COLUMNS},
                     "weights trained": f"{r['trainable']:,}" if r.get("trainable") is not None else "-",
-                    "seconds": f"{r['seconds']:.0f}"})
+                    "time (s)": f"{r['seconds']:.0f}"})
     return pd.DataFrame(out, columns=columns)
 
 

@@ -356,9 +356,15 @@ def test_unlearn_after_influence_does_no_second_gradient_pass(tiny_app, monkeypa
     client = gradio_client.Client(tiny_app, verbose=False)
     client.predict(*LOAD_DEFAULT, api_name="/load")
     items = 3  # no other test of this module uses 3 items: nothing of this data is on the server yet
+    run = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, items]
+    # the line under Run says what a run will take and re-use, before Run
+    expected = client.predict(*run, "", api_name="/expected_time")
+    assert "Expected: about" in expected and f"{items} forget + {items} retain items and 2 steps" in expected
+    assert "re-uses" not in expected, expected
     status = client.submit(items, 1.0, api_name="/influence").result(timeout=300)[0]
     assert "Influence computed" in status and len(passes) == 2
-    run = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, items]
+    assert "re-uses the influence scores" in client.predict(*run, "", api_name="/expected_time")
+    assert "re-uses" not in client.predict(*run[:1], 20.0, *run[2:], "", api_name="/expected_time")  # above 10%
     for p in (1.0, 5.0, 0.1):  # any p up to the kept 10%: selected from the kept scores
         run[1] = p
         final = _finish(client.submit(*run, api_name="/unlearn"))[-1]

@@ -13,6 +13,7 @@ from grin_engine.attacks import (AttackConfig, Target, attack_targets, leak_shar
                                  sample_answers, split_halves)
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem, format_prompt
+from grin_engine.evaluate import CUT_MARK
 from grin_engine.pipeline import run
 
 
@@ -229,6 +230,9 @@ def test_every_attack_leaves_the_base_and_the_run_unchanged(tiny, retain_items, 
     assert 0 <= by_name["quant4"].details["survival"] <= 1
     assert by_name["paraphrase"].details["paraphrases"] == len(items)
     assert by_name["paraphrase"].answers[0]["question"].startswith("Tell me:")
+    for r in results:  # greedy answers that hit the 4-token limit are shown marked as cut, as in Compare
+        if r.attack != "sample":
+            assert any(a["attacked"].endswith(CUT_MARK) for a in r.answers), (r.attack, r.answers)
     report = attacks.attacks_report(results)
     assert set(report["grin"]) == set(attacks.ATTACKS)
     rows = attacks.recovery_table(results)

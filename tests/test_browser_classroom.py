@@ -73,6 +73,25 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"classroom_{name}.png"), full_page=True)
 
 
+# The header words of a table drawn across two lines: a Range over one word has one client box per line it is on.
+BROKEN_WORDS = """e => {
+  const broken = [];
+  for (const th of e.querySelectorAll('thead th, [role=columnheader]')) {
+    const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        if (lines.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
 def _samples(page, since: float) -> list[dict]:
     page.wait_for_timeout(500)  # the sampler's next tick has seen what the last expect saw
     return [s for s in page.evaluate("window.__samples") if s["t"] >= since]
@@ -118,6 +137,10 @@ def test_show_me_then_every_phase_speaks_and_times_are_true(page):
     _tab(page, "Unlearn")
     page.locator("#until textarea").fill("")
     _number(page, "number input for steps", 3)
+    # before Run, the page says what the run will take and what it re-uses
+    expected = page.locator("#run_expected")
+    expect(expected).to_contain_text("and 3 steps")
+    expect(expected).to_contain_text("re-uses the base model's answers and the influence scores")
     since = _now(page)
     page.get_by_role("button", name="Run", exact=True).click()
     status = page.locator("#run_status")
@@ -152,4 +175,7 @@ def test_show_me_then_every_phase_speaks_and_times_are_true(page):
     fits = table.evaluate("e => { const t = e.querySelector('table') || e; "
                           "return [t.scrollWidth, e.clientWidth, e.getBoundingClientRect().right]; }")
     assert fits[0] <= fits[1] + 1 and fits[2] <= WIDTH, fits  # nothing cut off on the right, no side scrolling
+    # no column header breaks inside a word ("second / s"): a word drawn on two lines has two boxes
+    broken = table.evaluate(BROKEN_WORDS)
+    assert not broken, broken
     _shot(page, "4_compare_methods")

@@ -150,3 +150,19 @@ def test_compare_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, 
     for name in ("grin", "random"):
         assert reused.results[name].losses == fresh.results[name].losses
         assert reused.results[name].metrics == fresh.results[name].metrics
+
+
+def test_forget_grad_alone_forms_only_the_forget_gradients(tiny, forget_items, retain_items, monkeypatch):
+    """The |G_f| mask needs no retain gradients: one gradient pass (the forget set's) instead of two, and the same
+    scores as taking |G_f| from the pair that GRIN needs."""
+    import grin_engine.compare as compare_module
+    from grin_engine.compare import mask_scores
+
+    cfg = _cfg()
+    with_grin = mask_scores(tiny, forget_items, retain_items, cfg, ["grin", "forget-grad"], lambda *a: None)
+    real, passes = compare_module.accumulate_gradients, []
+    monkeypatch.setattr(compare_module, "accumulate_gradients", lambda *a, **k: passes.append(1) or real(*a, **k))
+    alone = mask_scores(tiny, forget_items, retain_items, cfg, ["forget-grad"], lambda *a: None)
+    assert len(passes) == 1 and set(alone) == {"forget-grad"}
+    for name, score in with_grin["forget-grad"].items():
+        assert torch.equal(alone["forget-grad"][name], score)
