@@ -95,6 +95,10 @@ PRESET_NOTE = ("<small>Presets fill the controls below. On the full built-in set
                "forgets all of them but the model pays: forget answers collapse into repeated words and retain "
                "accuracy falls to 0.58.</small>")
 UNTIL_EXAMPLE = "forget_keyword_accuracy<=0.25"
+# The app's default: stop once forgotten. At the app's 16 + 16 items a fixed 20 steps over-unlearns (2 of 16 forget
+# answers loop: "The official website of the official website ..."); stopping once the target held (step 10) left
+# every forget answer wrong but fluent, retain 16 of 16 intact, in less time (bench/until.py --max-items 16; README).
+STOP_ONCE_DEFAULT = UNTIL_EXAMPLE
 UNLEARN_CONTROLS = ("method", "u_p_percent", "sigma2", "lr", "steps", "alpha", "beta", "seed", "use_mask")
 
 
@@ -124,10 +128,12 @@ def unlearn_tab() -> dict:
             c["alpha"] = inputs.Number(DEFAULTS.alpha, label="alpha (retain weight)", minimum=0)
             c["beta"] = inputs.Number(None, label="beta (0 or empty: method default)", minimum=0)
             c["seed"] = inputs.Number(DEFAULTS.seed, label="seed", precision=0)
-        c["until"] = gr.Textbox("", label="stop once (optional)", placeholder=UNTIL_EXAMPLE, elem_id="until",
+        c["until"] = gr.Textbox(STOP_ONCE_DEFAULT, label="stop once (optional)", placeholder=UNTIL_EXAMPLE,
+                                elem_id="until",
                                 info=f"a forget-set target, checked every {DEFAULTS.until_every} steps with the "
                                      "evaluation's own code (each check answers the forget questions); steps is "
-                                     "then the most. Empty: always all steps")
+                                     "then the most. On by default: a fixed step count over-unlearns small sets. "
+                                     "Empty: always all steps")
         with gr.Row():
             c["run_btn"] = gr.Button("Run", variant="primary")
             c["stop_btn"] = gr.Button("Stop", variant="stop")
