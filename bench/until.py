@@ -5,7 +5,9 @@
 Runs GRIN twice with the same settings: once for --steps steps, once with --until (--steps is then the most),
 and prints forget / retain metrics of both and the step where the until-run stopped. One model load and one base
 evaluation serve both runs. --held-out SET also answers a set neither run trains on (e.g. facts like the forget
-set's: what over-unlearning costs beyond the retain items that GradDiff trains on) with the base and both results. The numbers are measured, not asserted: this is a measurement, not a test.
+set's: what over-unlearning costs beyond the retain items that GradDiff trains on) with the base and both results.
+--method, --lr, --sigma2, --alpha set the rest (e.g. the app's "aggressively" preset). The numbers are measured,
+not asserted: this is a measurement, not a test.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def main() -> None:
     parser.add_argument("--max-items", type=int, default=13)
     parser.add_argument("--steps", type=int, default=GrinConfig.steps)
     parser.add_argument("--p", type=float, default=GrinConfig.p)
+    parser.add_argument("--method", default=GrinConfig.method)
+    parser.add_argument("--lr", type=float, default=GrinConfig.lr)
+    parser.add_argument("--sigma2", type=float, default=GrinConfig.sigma2)
+    parser.add_argument("--alpha", type=float, default=GrinConfig.alpha)
     parser.add_argument("--until", default="forget_keyword_accuracy<=0.25")
     parser.add_argument("--until-every", type=int, default=GrinConfig.until_every)
     parser.add_argument("--held-out", default=None, help="a set no run trains on, answered by every model")
@@ -44,7 +50,8 @@ def main() -> None:
     retain = data.load_items(args.retain, args.max_items)
     held_out = data.load_items(args.held_out, args.held_out_items) if args.held_out else None
     base = models.load_model(ModelSpec("default"))
-    fixed_cfg = GrinConfig(steps=args.steps, p=args.p)
+    fixed_cfg = GrinConfig(steps=args.steps, p=args.p, method=args.method, lr=args.lr, sigma2=args.sigma2,
+                           alpha=args.alpha)
     until_cfg = replace(fixed_cfg, until=args.until, until_every=args.until_every)
     GrinConfig(**until_cfg.to_dict())  # validated like any config
     start = time.perf_counter()
@@ -70,7 +77,8 @@ def main() -> None:
             del unlearned
         print(f"{name}: done in {rows[name]['seconds']:.0f} s", flush=True)
     metrics = ("keyword_accuracy", "rougeL_recall", "probability")
-    print(f"{len(forget)} forget + {len(retain)} retain items, p = {args.p}, up to {args.steps} steps; until "
+    print(f"{len(forget)} forget + {len(retain)} retain items, {args.method}, p = {args.p}, lr = {args.lr}, "
+          f"sigma2 = {args.sigma2}, alpha = {args.alpha}, up to {args.steps} steps; until "
           f"{args.until} checked every {args.until_every} steps")
     splits = ("forget", "retain") + (("held_out",) if held_out else ())
     print(f"{'':<8}{'steps':>6}" + "".join(f"{s[0]}:{m[:8]:>10}" for s in splits for m in metrics))
