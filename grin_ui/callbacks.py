@@ -320,16 +320,17 @@ def expected_time(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_m
         session.require_loaded()
         forget, retain = session.items(max_items)
     except GrinError:
-        return "<small>Expected time: shown here once a model is loaded and the settings are valid.</small>"
+        return "<small>The time a Run takes is shown here once a model is loaded and the settings are valid.</small>"
     _, _, cached, top = shared_inputs(session, forget, retain, cfg)
     plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None, top is not None and top.covers(cfg.p))
     until_note = f" (fewer if it stops once {cfg.until})" if cfg.until else ""
+    scores_kept = cfg.use_mask and top is not None and top.covers(cfg.p)
     reused = [words for words, held in (("the base model's answers", cached is not None),
-                                        ("the influence scores", cfg.use_mask and top is not None and top.covers(cfg.p)))
-              if held]
-    reuse = f"; re-uses {' and '.join(reused)} computed earlier on this server" if reused else ""
-    return (f"<small>Expected: about **{format_seconds(plan.expected_seconds())}** on this server for "
-            f"{len(forget)} forget + {len(retain)} retain items and {cfg.steps} steps{until_note}{reuse}.</small>")
+                                        ("the influence scores", scores_kept)) if held]
+    reuse = f"; it re-uses {' and '.join(reused)} computed earlier on this server" if reused else ""
+    expected = format_seconds(plan.expected_seconds())
+    return (f"<small>A Run with these settings: about **{expected}** on this server for {len(forget)} forget + "
+            f"{len(retain)} retain items and {cfg.steps} steps{until_note}{reuse}.</small>")
 
 
 def _owner(request) -> str | None:

@@ -359,7 +359,7 @@ def test_unlearn_after_influence_does_no_second_gradient_pass(tiny_app, monkeypa
     run = ["graddiff", 1.0, "1e-6", 5e-4, 2, 1.0, None, 0, True, items]
     # the line under Run says what a run will take and re-use, before Run
     expected = client.predict(*run, "", api_name="/expected_time")
-    assert "Expected: about" in expected and f"{items} forget + {items} retain items and 2 steps" in expected
+    assert "A Run with these settings: about" in expected and f"{items} forget + {items} retain items and 2 steps" in expected
     assert "re-uses" not in expected, expected
     status = client.submit(items, 1.0, api_name="/influence").result(timeout=300)[0]
     assert "Influence computed" in status and len(passes) == 2

@@ -140,7 +140,7 @@ def test_show_me_then_every_phase_speaks_and_times_are_true(page):
     # before Run, the page says what the run will take and what it re-uses
     expected = page.locator("#run_expected")
     expect(expected).to_contain_text("and 3 steps")
-    expect(expected).to_contain_text("re-uses the base model's answers and the influence scores")
+    expect(expected).to_contain_text("it re-uses the base model's answers and the influence scores")
     since = _now(page)
     page.get_by_role("button", name="Run", exact=True).click()
     status = page.locator("#run_status")
