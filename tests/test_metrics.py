@@ -457,3 +457,19 @@ def test_privleak_by_hand():
     assert privleak(0.9, 0.5) == pytest.approx(-80.0, rel=1e-8)
     assert privleak(0.5, 0.5) == 0.0
     assert privleak(0.2, 0.6) == pytest.approx(((0.8 - 0.4) / (0.4 + 1e-10)) * 100, rel=1e-12)
+
+
+def test_forget_quality_is_the_same_on_both_truth_ratio_definitions_in_the_normal_range():
+    """prob_mean's T = P(c) / (P(c) + P(w)) = 1 / (1 + R) is a decreasing function of R away from the 1e-10 guards,
+    and the KS p-value depends only on the order of the pooled values: the two forget qualities agree (what the
+    TOFU report shows in every row). Where the guards bite (a collapsed model) they may differ."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for shift in (0.0, 0.7):  # two models: the second prefers the wrong answers more
+        correct = list(rng.uniform(0.5, 4.0, size=30))
+        wrong = [list(c + shift + rng.normal(0, 0.8, size=5)) for c in correct]
+        samples.append((correct, wrong))
+    r = [truth_ratios(c, w) for c, w in samples]
+    t = [truth_ratios_prob_mean(c, w) for c, w in samples]
+    assert forget_quality(t[0], t[1]) == pytest.approx(forget_quality(r[0], r[1]), rel=1e-12)
+    assert forget_quality(r[0], r[1]) < 0.9  # the two models differ: the agreement is not two p-values of 1
