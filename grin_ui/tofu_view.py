@@ -23,6 +23,7 @@ from .state import session_of, stop_flag
 METHOD_CHOICES = ["grin", "grun", *LOSSES]
 TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model utility", "privleak",
                  "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "note"]
+TABLE_WIDTHS = ["8%", "9%", "10%", "8%", "8%", "8%", "8%", "9%", "9%", "23%"]
 MAX_REPORT_BYTES = 20_000_000
 
 
@@ -50,7 +51,8 @@ def tofu_tab() -> dict:
                                        elem_classes="download")
         t["status"] = gr.Markdown(elem_id="tofu_status")
         t["table"] = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="ours: one row per model",
-                                  interactive=False, elem_id="tofu_table")
+                                  interactive=False, elem_id="tofu_table", wrap=True,  # fits 1440 px, note included
+                                  column_widths=TABLE_WIDTHS)
         with gr.Row():
             t["scatter"] = gr.Plot(scatter(None), label="forget quality vs model utility", scale=3,
                                    elem_id="tofu_scatter")
@@ -109,10 +111,15 @@ def scatter(report: dict | None) -> go.Figure:
                                  marker={"symbol": symbol, "size": 14, "color": colour},
                                  hovertemplate=f"<b>{name}</b> (ours)<br>FQ %{{x:.3g}}, MU %{{y:.3f}}<extra></extra>"))
     title = "Forget quality vs model utility" + ("" if report else " — run TOFU or open a report")
+    # room on each side (a decade, or an eighth of the span; log axis ranges are in log10 units) and a margin round utility 0 and 1, so the
+    # points at the edges (a collapsed method: FQ 1e-23, utility 0) keep their markers and labels on the plot
+    low, high = (math.log10(f(x for trace in fig.data for x in trace.x)) for f in (min, max))
+    pad = max(1.0, 0.12 * (high - low))
+    x_range = [low - pad, high + pad]
     fig.update_layout(title=title, height=440, showlegend=False,
                       xaxis={"title": "forget quality (log; right = indistinguishable from the retain model)",
-                             "type": "log"},
-                      yaxis={"title": "model utility (higher = kept more)", "range": [0, 1]},
+                             "type": "log", "range": x_range},
+                      yaxis={"title": "model utility (higher = kept more)", "range": [-0.08, 1.08]},
                       annotations=[{"text": "grey hollow: open-unlearning's published forget01 (another model)",
                                     "xref": "paper", "yref": "paper", "x": 0, "y": -0.22, "showarrow": False,
                                     "font": {"size": 11, "color": "#718096"}}])

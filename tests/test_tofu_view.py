@@ -101,6 +101,10 @@ def test_tofu_tab_in_the_browser(url, report_path):
                                                                            timeout=60_000)
             sync_api.expect(page.locator("#tofu_table")).to_contain_text("graddiff")
             sync_api.expect(page.locator("#tofu_published")).to_contain_text("NPO")
+            table = page.locator("#tofu_table")  # every column, the note included, fits the page: no side scrolling
+            fits = table.evaluate("e => { const t = e.querySelector('table') || e; "
+                                  "return [t.scrollWidth, e.clientWidth, e.getBoundingClientRect().right]; }")
+            assert fits[0] <= fits[1] + 1 and fits[2] <= 1400, fits
             page.wait_for_timeout(1000)
             shots.mkdir(exist_ok=True)
             page.screenshot(path=str(shots / "tofu.png"), full_page=True)
