@@ -88,12 +88,15 @@ def influence_tab() -> dict:
     return c
 
 
-# Measured with the default model on the full built-in sets (python -m grin_engine run with each preset's values).
-PRESET_NOTE = ("<small>Presets fill the controls below. On the full built-in sets with the default model: "
-               "*gently* (NPO, p 0.5%) forgets about half the Harry Potter facts and keeps every general-knowledge "
-               "fact (keyword accuracy 1.00 → 0.47 forget, 1.00 → 1.00 retain); *aggressively* (GradDiff, p 5%) "
-               "forgets all of them but the model pays: forget answers collapse into repeated words and retain "
-               "accuracy falls to 0.58.</small>")
+# Measured with the default model at the app's 16 + 16 items (bench/until.py --max-items 16 with each preset's values:
+# a fixed run and a stop-once run from one base evaluation; README).
+PRESET_NOTE = ("<small>Presets fill the controls below (the stop-once box stays as it is). Measured with the default "
+               "model at the app's 16 + 16 items: *gently* (NPO, p 0.5%) forgets about half the Harry Potter facts "
+               "(forget keyword accuracy 1.00 → 0.44), keeps every capital and stays fluent; it never reaches the "
+               "stop-once target, so it runs all 20 steps. *Aggressively* (GradDiff, p 5%, lr 1e-3) stops once "
+               "forgotten at step 2 (forget 0.12), and the model pays: 3 of 16 forget answers loop and the retain "
+               "answers' probability halves (0.81 → 0.37); with the stop-once box emptied, its 40 steps turn every "
+               "forget answer into \"The franchise franchise franchise ...\".</small>")
 UNTIL_EXAMPLE = "forget_keyword_accuracy<=0.25"
 # The app's default: stop once forgotten. At the app's 16 + 16 items a fixed 20 steps over-unlearns (2 of 16 forget
 # answers loop: "The official website of the official website ..."); stopping once the target held (step 10) left
