@@ -88,12 +88,14 @@ def build_app() -> gr.Blocks:
                             concurrency_limit=None)
         # the time a Run would take, shown before Run: on opening the tab and on every change of what it depends on
         expected_inputs = controls + [s["max_items"], session, u["until"]]
+        # one at a time, in the order of the changes (unqueued calls could finish out of order and leave an older
+        # setting's time on the page)
+        in_order = {"concurrency_id": "expected_time", "concurrency_limit": 1, "show_progress": "hidden"}
         run.then(cb.expected_time, expected_inputs, u["expected"], api_name="expected_time_after_run",
-                 api_visibility="private", queue=False,
-                 show_progress="hidden")  # what the next Run re-uses has changed
+                 api_visibility="private", **in_order)  # what the next Run re-uses has changed
         gr.on([u["tab"].select, s["max_items"].change, u["until"].change] + [control.change for control in controls],
-              cb.expected_time, expected_inputs, u["expected"], api_name="expected_time", queue=False,
-              show_progress="hidden")
+              cb.expected_time, expected_inputs, u["expected"], api_name="expected_time", trigger_mode="always_last",
+              **in_order)
 
         c["generate_btn"].click(cb.generate, [c["prompt"], session], [c["answer_before"], c["answer_after"]],
                                 api_name="generate", **SHORT_MODEL)
