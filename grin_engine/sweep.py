@@ -246,9 +246,9 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             values, _ = _aggregate(evaluation)
             before_line = {"kind": "before", "fingerprint": fp, "metrics": values,
                            "generations": [{"split": split, "question": it.question, "answer": it.answer,
-                                            "before": shown_answers(evaluation[split])[i]}
+                                            "before": shown}
                                            for split, items in (("forget", forget), ("retain", retain))
-                                           for i, it in enumerate(items)],
+                                           for it, shown in zip(items, shown_answers(evaluation[split]))],
                            "evaluation": evaluation_to_json(evaluation)}
             _append(path, before_line)
         before = evaluation_from_json(before_line["evaluation"])

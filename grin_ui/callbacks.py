@@ -324,9 +324,7 @@ def expected_time(method, p_percent, sigma2, lr, steps, alpha, beta, seed, use_m
     _, _, cached, top = shared_inputs(session, forget, retain, cfg)
     plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None, top is not None and top.covers(cfg.p))
     until_note = f" (fewer if it stops once {cfg.until})" if cfg.until else ""
-    scores_kept = cfg.use_mask and top is not None and top.covers(cfg.p)
-    reused = [words for words, held in (("the base model's answers", cached is not None),
-                                        ("the influence scores", scores_kept)) if held]
+    reused = reused_parts(cached, top, cfg)
     reuse = f"; it re-uses {' and '.join(reused)} computed earlier on this server" if reused else ""
     expected = format_seconds(plan.expected_seconds())
     return (f"<small>A Run with these settings: about **{expected}** on this server for {len(forget)} forget + "
@@ -347,13 +345,19 @@ def shared_inputs(session: Session, forget, retain, cfg: GrinConfig) -> tuple[st
     return before_key, key, BEFORE.get(before_key), kept[0] if kept else None
 
 
-def reuse_note(cached_before, top, cfg: GrinConfig) -> str:
-    """What a run re-uses, in words (the status)."""
+def reused_parts(cached_before, top, cfg: GrinConfig) -> list[str]:
+    """What a run with cfg re-uses of the server's shared results, in words."""
     parts = []
     if cached_before is not None:
         parts.append("the base model's answers")
     if cfg.use_mask and top is not None and top.covers(cfg.p):
         parts.append("the influence scores")
+    return parts
+
+
+def reuse_note(cached_before, top, cfg: GrinConfig) -> str:
+    """What a run re-uses, in words (the status)."""
+    parts = reused_parts(cached_before, top, cfg)
     note = f" Re-used (computed earlier on this server): {' and '.join(parts)}." if parts else ""
     if cfg.use_mask and top is not None and not top.covers(cfg.p):
         note += (f" p = {100 * cfg.p:g}% is above the kept top {100 * top.keep:g}% of the scores, so they were "
