@@ -64,13 +64,16 @@ def build_app() -> gr.Blocks:
                                  [i["influence_status"], session] + figures, api_name="influence",
                                  show_progress_on=i["influence_status"], **MODEL)
         select_outputs = figures + [u["u_p_percent"]]
+        # the three ways to choose p share one queue, served in the order they came: a click on the slider first
+        # blurs the p box, and that blur's selection (the old p) must not land after the slider's (the new p)
+        one_selection_at_a_time = {"concurrency_id": "select", "concurrency_limit": 1}
         i["p_percent"].submit(cb.select, [i["p_percent"], session], select_outputs, api_name="select",
-                              concurrency_limit=4)
+                              **one_selection_at_a_time)
         i["p_percent"].blur(cb.select_quiet, [i["p_percent"], session], select_outputs, api_name="select_blur",
-                            api_visibility="undocumented", concurrency_limit=4)
+                            api_visibility="undocumented", **one_selection_at_a_time)
         i["p_slider"].release(cb.select_index, [i["p_slider"], session], [i["p_percent"]] + select_outputs,
-                              api_name="select_slider", api_visibility="undocumented", concurrency_limit=4,
-                              trigger_mode="always_last")
+                              api_name="select_slider", api_visibility="undocumented", trigger_mode="always_last",
+                              **one_selection_at_a_time)
         i["p_percent"].change(cb.slider_index, i["p_percent"], i["p_slider"], api_visibility="private", queue=False,
                               show_progress="hidden")  # the slider follows a typed p (its release is the user's only)
 

@@ -276,6 +276,16 @@ def test_bad_model_names_through_the_app(tiny_app, name, message):
                  api_name="/load", match=message)
 
 
+def test_the_ways_to_choose_p_are_served_in_order():
+    """A click on the p slider first blurs the p box: the blur's selection (the old p) and the slider's (the new p)
+    must finish in the order they came, or the page shows the old p's selection under the new p (a CI run saw it)."""
+    from grin_ui import build_app
+
+    events = {f.api_name: f for f in build_app().fns.values()}
+    ways = [events[name] for name in ("select", "select_blur", "select_slider")]
+    assert {(f.concurrency_id, f.concurrency_limit) for f in ways} == {("select", 1)}
+
+
 def test_calls_out_of_order_through_the_app(tiny_app):
     fresh = gradio_client.Client(tiny_app, verbose=False)
     _clear_error(lambda: fresh.submit(*UNLEARN_OK, api_name="/unlearn").result(timeout=60), match="nothing loaded")
