@@ -1,6 +1,8 @@
-"""Benchmark: peak memory of influence scoring (G_f, G_r, the scores), in bytes and in float32 sets of the candidates.
+"""Benchmark: peak memory of influence scoring (G_f, G_r, the scores) and of masked unlearning steps, in bytes and
+in float32 sets of the candidates.
 
     python bench/score_memory.py [--model default] [--items 8] [--batch-size 2] [--no-park] [--threads 1]
+                                 [--train-steps 2] [--p 1]
 
 One float32 set = 4 bytes per candidate parameter. README's memory plan: on an accelerator scoring holds weights + one
 set (G_f parked in CPU memory), plus activations; on a CPU, weights + two sets (G_f and G_r). Before the plan it
@@ -9,7 +11,9 @@ was one more set (a batch's whole gradient set next to both accumulators).
 On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown as a multiple of the weights (issue 8's
 target for `score`: <= 3x the bf16 weights). On a CPU it is the rise of the process's peak RSS (Linux VmHWM, reset
 before scoring) over its RSS before scoring, after a one-weight warm-up; also the same scoring of one weight only,
-whose peak is the activations'. glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
+whose peak is the activations'. Then `--train-steps` steps of masked unlearning (GradDiff) at the top p%
+of those scores: their peak above the model, the mask and the scores (the run holds a gradient for one weight at a
+time, kept to its selected entries, plus the optimiser's state for the selection). glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
 every tensor is its own mapping and RSS follows the live tensors.
 """
 
@@ -28,7 +32,9 @@ from common import bench_parser, device_name, load_for_bench, reset_peak  # noqa
 
 from grin_engine.config import GrinConfig  # noqa: E402
 from grin_engine.data import load_items, qa_batches  # noqa: E402
-from grin_engine.influence import candidate_parameters, compute_influence  # noqa: E402
+from grin_engine.data import forget_batches  # noqa: E402
+from grin_engine.influence import candidate_parameters, compute_influence, select_top_fraction  # noqa: E402
+from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
 
 
 def _status_kib(key: str) -> int:
@@ -54,6 +60,8 @@ def peak_bytes(run, device: torch.device) -> int:
 def main() -> None:
     parser = bench_parser(__doc__, "items of each set used")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=2, help="masked unlearning steps measured (0: none)")
+    parser.add_argument("--p", type=float, default=1.0, help="percent of the candidates trained")
     parser.add_argument("--no-park", action="store_true", help="keep G_f on the device (compute_influence "
                                                                  "park_forget=False)")
     args = parser.parse_args()
@@ -92,6 +100,20 @@ def main() -> None:
           f"({seconds:.0f} s); weights + peak = {(weights + peak) / weights:.2f}x the weights")
     print(f"scoring one weight only (the activations' peak): {activations / 2**20:,.0f} MiB = "
           f"{activations / one_set:.2f} sets; scoring peak minus that = {(peak - activations) / one_set:.2f} sets")
+    if args.train_steps > 0:
+        scores = compute_influence(model, f_batches, r_batches, candidates, cfg.eps, **chosen_park)
+        masks = select_top_fraction(scores, args.p / 100).masks
+        del scores
+        train_cfg = GrinConfig(batch_size=args.batch_size, method="graddiff", steps=args.train_steps)
+        f_train = forget_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length, seed=0)
+        attach_reference(model, f_train)
+        start = time.perf_counter()
+        trained = peak_bytes(lambda: unlearn(model, f_train, r_batches, train_cfg, list(candidates), masks),
+                             base.device)
+        seconds = time.perf_counter() - start
+        print(f"masked unlearning, {args.train_steps} GradDiff steps at p = {args.p:g}%: peak {trained / 2**20:,.0f} MiB "
+              f"above the model and the masks = {trained / one_set:.2f} float32 sets ({seconds:.0f} s); the "
+              f"activations alone (above) {activations / one_set:.2f} sets")
 
 
 if __name__ == "__main__":

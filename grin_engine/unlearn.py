@@ -6,6 +6,10 @@ hand that vector to AdamW, and after each step write it back into the selected p
 weight decay therefore only ever touches selected weights (masking just the gradient would not be enough: weight
 decay would still shrink the others), and the optimiser state is the size of the selection, not of the model.
 
+Memory: a hook on each such weight takes its full-size gradient the moment backward has formed it, keeps the
+selected entries and drops the rest, so at most one weight's full gradient exists at a time (not a gradient for every
+trained weight at once, which is the model's size again: 2 bytes per parameter in bf16).
+
 With no mask (the plain-unlearning baseline) every candidate weight trains as an ordinary parameter.
 """
 
@@ -28,12 +32,15 @@ class TrainableSlice:
     values: torch.Tensor  # the leaf the optimiser updates (the selected entries, or the parameter itself)
 
     def load_gradient(self):
-        """Move the weight's gradient onto the leaf (only the selected entries)."""
+        """Move the weight's gradient onto the leaf (only the selected entries, added to what the leaf holds) and
+        drop the weight's full-size gradient."""
         if self.index is None:
             return
-        grad = self.param.grad
-        self.values.grad = None if grad is None else grad.reshape(-1)[self.index].float()
-        self.param.grad = None
+        grad, self.param.grad = self.param.grad, None
+        if grad is None:
+            return
+        entries = grad.reshape(-1)[self.index].float()
+        self.values.grad = entries if self.values.grad is None else self.values.grad + entries
 
     def write_back(self):
         """Copy the updated entries into the weight; nothing else in it is written."""
@@ -150,20 +157,20 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
         retain = move_batch(retain_batches[step % len(retain_batches)], device)
         return loss_fn(model, forget, retain, cfg)
 
-    def load_gradients():  # the selected entries' gradients onto the optimiser's leaves
-        for s in slices:
-            s.load_gradient()
-
     @torch.no_grad()
     def write_back():  # the updated entries into the weights; nothing else in them is written
         for s in slices:
             s.write_back()
 
+    # each selected weight's gradient goes onto its leaf inside backward, as soon as autograd has formed it
+    handles = [s.param.register_post_accumulate_grad_hook(lambda param, s=s: s.load_gradient())
+               for s in slices if s.index is not None]
     try:
         return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, on_step, should_stop,
-                          after_backward=load_gradients, after_update=write_back,
-                          hint="a smaller learning rate or sigma2", until=until)
+                          after_update=write_back, hint="a smaller learning rate or sigma2", until=until)
     finally:
+        for handle in handles:
+            handle.remove()
         for param in model.parameters():
             param.requires_grad_(False)
             param.grad = None

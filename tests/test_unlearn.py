@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from grin_engine import losses
+from grin_engine import unlearn as unlearn_module
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import forget_batches, qa_batches
 from grin_engine.influence import candidate_parameters, random_selection
@@ -61,6 +62,53 @@ def test_masked_unlearning_moves_only_selected_weights(tokenizer, forget_items, 
     assert changed >= 0.99 * total, f"only {changed} of {total} selected weights moved"
     assert not any(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_each_weights_gradient_is_taken_as_backward_forms_it(tokenizer, forget_items, retain_items, monkeypatch):
+    """Memory: no trained weight keeps its full-size gradient once backward has formed it (the engine's hook takes
+    the selected entries and drops the rest), and the optimiser gets exactly the selected entries of autograd's
+    gradient of the step's loss. Before the hook every trained weight held a full gradient until backward ended."""
+    model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
+    masks = _masks(model, candidates)
+    params = dict(model.named_parameters())
+    trained = [name for name in candidates if masks[name].any()]
+    cfg = GrinConfig(method="graddiff", lr=1e-2, steps=1, max_grad_norm=0.0)  # no clipping: the step sees raw grads
+
+    for name in trained:  # the reference: step 1's whole gradient of every trained weight, from autograd
+        params[name].requires_grad_(True)
+    loss = losses.get_loss(cfg.method)(model, f_batches[0], r_batches[0], cfg)
+    reference = dict(zip(trained, torch.autograd.grad(loss, [params[name] for name in trained])))
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+    held, stepped = [], []
+    real_loop = unlearn_module.train_loop
+
+    def spying_loop(step_loss, leaves, optimizer, *args, **kwargs):
+        def count_held(_):  # runs after the engine's hook on the arriving weight
+            held.append(sum(params[name].grad is not None for name in trained))
+
+        hooks = [params[name].register_post_accumulate_grad_hook(count_held) for name in trained]
+        real_step = optimizer.step
+
+        def step(*a, **k):
+            stepped.append([leaf.grad.clone() for leaf in leaves])
+            return real_step(*a, **k)
+
+        optimizer.step = step
+        try:
+            return real_loop(step_loss, leaves, optimizer, *args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(unlearn_module, "train_loop", spying_loop)
+    unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
+    assert len(held) == len(trained) and max(held) == 0, f"weights holding a full gradient: {held}"
+    (grads,) = stepped
+    for name, grad in zip(trained, grads, strict=True):
+        index = masks[name].reshape(-1).nonzero().squeeze(1)
+        assert torch.equal(grad, reference[name].reshape(-1)[index].float()), name
 
 
 def test_weight_decay_alone_moves_only_selected_weights(tokenizer, forget_items, retain_items, monkeypatch):
