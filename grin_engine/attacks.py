@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from .config import GrinError
 from .data import QAItem, qa_batches
-from .evaluate import evaluate_split, shown_answers
+from .evaluate import cut_rows, evaluate_split, shown_answer, shown_answers
 from .grun import GrunState
 from .influence import candidate_parameters
 from .metrics import keyword_hit
-from .models import LoadedModel
+from .models import LoadedModel, input_device
 from .patch import WeightPatch, unlearned_copy
 
 FORCED_PREFIX = "Sure, here is the answer:"
@@ -294,18 +294,21 @@ def one_shot_items(items: list[QAItem], seed: int) -> tuple[list[QAItem], list[i
 
 @torch.no_grad()
 def sample_answers(model, tokenizer, questions: list[str], n: int = 8, temperature: float = 1.0,
-                   max_new_tokens: int = 48, seed: int = 0, batch_size: int = 8, on_batch=None) -> list[list[str]]:
-    """n sampled answers per question (temperature sampling, no top-k / top-p cut), seeded.
+                   max_new_tokens: int = 48, seed: int = 0, batch_size: int = 8, on_batch=None,
+                   return_cut: bool = False):
+    """n sampled answers per question (temperature sampling, no top-k / top-p cut), seeded. With return_cut=True:
+    (answers, cut), cut[i][k] true when answer k to question i stopped at max_new_tokens without EOS.
 
     The seed is set inside torch.random.fork_rng, so the same seed gives the same answers and the caller's random
     state is left as it was. Prompts are formatted and padded as in evaluate.generate_answers.
     """
     from .data import format_prompt
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     was_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     answers: list[list[str]] = []
+    cut: list[list[bool]] = []
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -316,13 +319,16 @@ def sample_answers(model, tokenizer, questions: list[str], n: int = 8, temperatu
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                      top_k=0, top_p=1.0, num_return_sequences=n,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                new_tokens = out[:, enc["input_ids"].shape[1]:]
+                texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                cuts = cut_rows(new_tokens, tokenizer, max_new_tokens)
                 answers += [[t.strip() for t in texts[k * n: (k + 1) * n]] for k in range(len(prompts))]
+                cut += [cuts[k * n: (k + 1) * n] for k in range(len(prompts))]
                 if on_batch is not None:
                     on_batch(len(answers), len(questions))
     finally:
         tokenizer.padding_side = was_side
-    return answers
+    return (answers, cut) if return_cut else answers
 
 
 def leak_share(samples: list[list[str]], keywords: list[list[str]]) -> tuple[float | None, list[float | None]]:
@@ -484,19 +490,22 @@ def sample(ctx: Context) -> AttackResult:
 
     def draw(loaded):
         return sample_answers(loaded.model, loaded.tokenizer, questions, acfg.samples, acfg.temperature,
-                              cfg.max_new_tokens, cfg.seed, on_batch=ctx.say)
+                              cfg.max_new_tokens, cfg.seed, on_batch=ctx.say, return_cut=True)
     key = ("sample", tuple(questions), acfg.samples, acfg.temperature, cfg.max_new_tokens, cfg.seed)
     if key not in ctx.cache:
-        ctx.cache[key] = leak_share(draw(ctx.base), keywords)
+        ctx.cache[key] = leak_share(draw(ctx.base)[0], keywords)
     before_share, before_items = ctx.cache[key]
-    samples = draw(ctx.unlearned())
+    samples, cut = draw(ctx.unlearned())
     share, per_item = leak_share(samples, keywords)
     result = AttackResult("sample", ctx.target.method)
     result.metrics["forget"] = {"keyword_accuracy": share}
     baseline = _baseline(ctx.target, "forget")
     result.baseline["forget"] = {w: {"keyword_accuracy": v.get("keyword_accuracy")} for w, v in baseline.items()}
-    leaked = [next((s for s in answers if keyword_hit(s, kw)), answers[0]) if answers else ""
-              for answers, kw in zip(samples, keywords)]
+    # shown per question: the first sampled answer with a keyword (else the first), marked where it was cut
+    leaked = []
+    for answers, cuts, kw in zip(samples, cut, keywords):
+        k = next((k for k, text in enumerate(answers) if keyword_hit(text, kw)), 0)
+        leaked.append(shown_answer(answers[k], cuts[k]) if answers else "")
     result.answers = _answers(questions, ctx.target.answers("forget"), leaked)
     result.details = {"n": acfg.samples, "temperature": acfg.temperature, "leak_before": before_share,
                       "leak_unlearned": share, "leak_per_item_before": before_items, "leak_per_item": per_item}

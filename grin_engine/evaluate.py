@@ -97,8 +97,6 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
     tokenizer.padding_side = "left"  # so every prompt ends right where generation starts
     answers: list[str | None] = [None] * len(questions)
     cut = [False] * len(questions)
-    eos = tokenizer.eos_token_id
-    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else -1])
     done = 0
     try:
         for rows in batches:
@@ -108,16 +106,24 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
             new_tokens = out[:, enc["input_ids"].shape[1]:]
-            ended = torch.isin(new_tokens.cpu(), eos_ids).any(dim=1)
-            for row, (i, text) in enumerate(zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True))):
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text, was_cut in zip(rows, texts, cut_rows(new_tokens, tokenizer, max_new_tokens)):
                 answers[i] = text.strip()
-                cut[i] = not bool(ended[row]) and new_tokens.shape[1] >= max_new_tokens
+                cut[i] = was_cut
             done += len(rows)
             if on_batch is not None:
                 on_batch(done, len(questions))
     finally:
         tokenizer.padding_side = was_side
     return (answers, cut) if return_cut else answers
+
+
+def cut_rows(new_tokens: torch.Tensor, tokenizer, max_new_tokens: int) -> list[bool]:
+    """For each generated row (rows x new tokens): True when it ran to max_new_tokens without producing EOS."""
+    eos = tokenizer.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else -1])
+    ended = torch.isin(new_tokens.cpu(), eos_ids).any(dim=1)
+    return [not bool(e) and new_tokens.shape[1] >= max_new_tokens for e in ended]
 
 
 CUT_MARK = " …[cut]"

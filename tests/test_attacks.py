@@ -185,6 +185,9 @@ def test_sampling_is_seeded_and_leaves_the_global_random_state(tiny):
     other = sample_answers(tiny.model, tiny.tokenizer, questions, n=3, max_new_tokens=6, seed=6)
     assert one == two and len(one) == 2 and all(len(a) == 3 for a in one)
     assert one != other
+    answers, cut = sample_answers(tiny.model, tiny.tokenizer, questions, n=3, max_new_tokens=6, seed=5,
+                                  return_cut=True)  # the same answers, with where each ran to the token limit
+    assert answers == one and [len(c) for c in cut] == [3, 3] and any(any(c) for c in cut)
 
 
 def test_leak_share_on_hand_values():
@@ -230,9 +233,8 @@ def test_every_attack_leaves_the_base_and_the_run_unchanged(tiny, retain_items, 
     assert 0 <= by_name["quant4"].details["survival"] <= 1
     assert by_name["paraphrase"].details["paraphrases"] == len(items)
     assert by_name["paraphrase"].answers[0]["question"].startswith("Tell me:")
-    for r in results:  # greedy answers that hit the 4-token limit are shown marked as cut, as in Compare
-        if r.attack != "sample":
-            assert any(a["attacked"].endswith(CUT_MARK) for a in r.answers), (r.attack, r.answers)
+    for r in results:  # answers that hit the 4-token limit (greedy or sampled) are shown marked as cut, as in Compare
+        assert any(a["attacked"].endswith(CUT_MARK) for a in r.answers), (r.attack, r.answers)
     report = attacks.attacks_report(results)
     assert set(report["grin"]) == set(attacks.ATTACKS)
     rows = attacks.recovery_table(results)

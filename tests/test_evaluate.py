@@ -128,6 +128,10 @@ def test_answers_at_the_token_limit_are_flagged_and_shown_marked(tiny):
     generated = tiny.model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=eos,
                                     eos_token_id=eos)[0, prompt["input_ids"].shape[1]:]
     assert cut[0] == (eos not in generated.tolist())
+    # by hand: a row that reached the limit without EOS is cut; one with EOS (padded after it) or a shorter one is not
+    rows = torch.tensor([[5, 6, 7], [5, eos, eos], [eos, eos, eos]])
+    assert evaluate.cut_rows(rows, tiny.tokenizer, 3) == [True, False, False]
+    assert evaluate.cut_rows(rows[:, :2], tiny.tokenizer, 3) == [False, False, False]
 
     shown = evaluate.shown_answer
     assert shown("Harry's friend is Ron Weasley.", False) == "Harry's friend is Ron Weasley."
