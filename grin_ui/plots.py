@@ -20,6 +20,50 @@ def _empty(title: str, note: str) -> go.Figure:
     return fig
 
 
+# Where a point's text label may go, as (plotly textposition, horizontal side, vertical side): -1 left/below,
+# 0 centred, +1 right/above. The order is the preference when several places are equally free.
+LABEL_PLACES = [("top center", 0, 1), ("bottom center", 0, -1), ("middle right", 1, 0), ("middle left", -1, 0),
+                ("top right", 1, 1), ("bottom right", 1, -1), ("top left", -1, 1), ("bottom left", -1, -1)]
+
+
+def label_positions(points: list[tuple[float, float]], texts: list[str], x_range: tuple[float, float],
+                    y_range: tuple[float, float], size_px: tuple[int, int] = (560, 300), char_px: float = 7.0,
+                    line_px: float = 14.0, marker_px: float = 8.0) -> list[str]:
+    """A textposition for each labelled point so that labels cover neither each other nor other points' markers.
+
+    Greedy, in the given order: each label takes the first place in LABEL_PLACES whose box (about char_px per
+    character by line_px, at the marker's edge) overlaps least with the boxes already placed, the markers and the
+    plot's edges. Coordinates are in axis units (pass log10 of a log axis); size_px is the plot area's rough size."""
+    (x0, x1), (y0, y1) = x_range, y_range
+    width, height = size_px
+
+    def to_px(x, y):
+        return (x - x0) / ((x1 - x0) or 1) * width, (y - y0) / ((y1 - y0) or 1) * height
+
+    def overlap(a, b):  # boxes as (left, bottom, right, top)
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    centres = [to_px(x, y) for x, y in points]
+    markers = [(cx - marker_px, cy - marker_px, cx + marker_px, cy + marker_px) for cx, cy in centres]
+    plot = (0.0, 0.0, float(width), float(height))
+    placed, chosen = [], []
+    for k, ((cx, cy), text) in enumerate(zip(centres, texts)):
+        w, h = char_px * len(text) + 4, line_px
+        best = None
+        for name, sx, sy in LABEL_PLACES:
+            left = cx - w / 2 + sx * (w / 2 + marker_px)
+            bottom = cy - h / 2 + sy * (h / 2 + marker_px)
+            box = (left, bottom, left + w, bottom + h)
+            cost = sum(overlap(box, other) for other in placed)
+            cost += sum(overlap(box, m) for j, m in enumerate(markers) if j != k)
+            cost += w * h - overlap(box, plot)  # the part outside the plot is lost
+            if best is None or cost < best[0]:
+                best = (cost, name, box)
+        placed.append(best[2])
+        chosen.append(best[1])
+    return chosen
+
+
 def _layer_label(layer) -> str:
     return "emb/head" if layer is None else str(layer)
 
@@ -153,21 +197,21 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
         return _empty("Forget vs retain", "run a comparison first")
     fig = go.Figure()
     base_f, base_r = rows[0]["forget_keyword_accuracy_before"], rows[0]["retain_keyword_accuracy_before"]
-    # the ideal label sits above the star: a method that reaches the corner is drawn on the star itself
+    # methods often land on the same point (e.g. the ideal corner, on the star): labels go round it, not on each other
+    shown = [r for r in rows if r.get("forget_keyword_accuracy") is not None]  # the rest stopped before evaluation
+    points = [(0, base_r), (base_f, base_r)] + [(r["forget_keyword_accuracy"], r["retain_keyword_accuracy"])
+                                                for r in shown]
+    places = label_positions(points, ["ideal", "before"] + [r["method"] for r in shown], (-0.15, 1.1), (-0.05, 1.18))
     fig.add_trace(go.Scatter(x=[0], y=[base_r], mode="markers+text", name="ideal", text=["ideal"],
-                             textposition="top left", marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             textposition=places[0], marker={"symbol": "star", "size": 18, "color": "#38a169"},
                              hovertemplate="ideal: forgets all, keeps all the base knew<extra></extra>"))
     fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["before"],
-                             textposition="middle left", marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
+                             textposition=places[1], marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
                              hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
-    # methods often land on the same point (e.g. the ideal corner): their labels go round it, not on each other
-    positions = ["top center", "bottom center", "top right", "bottom right", "top left", "bottom left"]
-    for i, r in enumerate(rows):
-        if r.get("forget_keyword_accuracy") is None:
-            continue  # stopped before it was evaluated
+    for r, place in zip(shown, places[2:]):
         fig.add_trace(go.Scatter(
             x=[r["forget_keyword_accuracy"]], y=[r["retain_keyword_accuracy"]], mode="markers+text", name=r["method"],
-            text=[r["method"]], textposition=positions[i % len(positions)],
+            text=[r["method"]], textposition=place,
             marker={"size": 13, "color": METHOD_COLOURS.get(r["method"], "#4a5568")},
             hovertemplate=f"<b>{r['method']}</b><br>forget KA %{{x:.3f}}<br>retain KA %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title="Forget vs retain (keyword accuracy after unlearning)",

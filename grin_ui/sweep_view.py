@@ -25,7 +25,7 @@ from grin_engine.until import TARGET_METRICS, parse_target
 
 from . import gpu, public
 from .callbacks import shared_inputs, stop, user_errors
-from .plots import METHOD_COLOURS
+from .plots import METHOD_COLOURS, label_positions
 from .state import BEFORE, session_of, stop_flag
 
 METRIC_CHOICES = [f"{split}_{m}" for split in ("forget", "retain") for m in TARGET_METRICS]
@@ -51,26 +51,35 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
     method's Pareto front a line, the ideal corner (forget 0, retain 1) a star, auto-p's pick a ring."""
     fig = go.Figure()
     summary = summarize(points, forget_key, retain_key, parse_target(target) if target else None)
-    fig.add_trace(go.Scatter(x=[0], y=[1], mode="markers+text", name="ideal corner", text=["ideal"],
-                             textposition="middle right", marker={"symbol": "star", "size": 18, "color": "#38a169"},
-                             hovertemplate="ideal: forgets all, keeps all<extra></extra>"))
     metrics = (before or {}).get("metrics") or {}
     base_f = (metrics.get("forget") or {}).get(forget_key.partition("_")[2])
     base_r = (metrics.get("retain") or {}).get(retain_key.partition("_")[2])
-    if base_f is not None and base_r is not None:
+    has_base = base_f is not None and base_r is not None
+    by_method = {method: [r for r in summary["settings"] if r["method"] == method] for method in summary["fronts"]}
+    # every label placed at once, so that close points (several p of one method, methods on one spot) share out
+    # the room round them (plots.label_positions)
+    labelled = [((0, 1), "ideal")] + ([((base_f, base_r), "base")] if has_base else [])
+    labelled += [((r["forget"], r["retain"]), f"{100 * r['p']:g}%" if r.get("p") is not None else "")
+                 for rows in by_method.values() for r in rows]
+    places = iter(label_positions([xy for xy, _ in labelled], [text for _, text in labelled], (-0.05, 1.05),
+                                  (-0.05, 1.08), size_px=(560, 380), marker_px=12))
+    fig.add_trace(go.Scatter(x=[0], y=[1], mode="markers+text", name="ideal corner", text=["ideal"],
+                             textposition=next(places), marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             hovertemplate="ideal: forgets all, keeps all<extra></extra>"))
+    if has_base:
         fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["base"],
-                                 textposition="middle left",
+                                 textposition=next(places),
                                  marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
                                  hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
     for method, front in summary["fronts"].items():
         colour = METHOD_COLOURS.get(method, "#4a5568")
-        rows = [r for r in summary["settings"] if r["method"] == method]
+        rows = by_method[method]
         area = summary["areas"].get(method)
         name = method + (f" (area {area['mean']:.2f}±{area['std']:.2f})" if area else "")
         fig.add_trace(go.Scatter(
             x=[r["forget"] for r in rows], y=[r["retain"] for r in rows], mode="markers+text", name=name,
             legendgroup=method, text=[f"{100 * r['p']:g}%" if r.get("p") is not None else "" for r in rows],
-            textposition="top center", textfont={"color": colour, "size": 11},
+            textposition=[next(places) for _ in rows], textfont={"color": colour, "size": 11},
             marker={"size": 11, "color": colour},
             error_x={"type": "data", "array": [r["forget_std"] for r in rows], "visible": True, "thickness": 1},
             error_y={"type": "data", "array": [r["retain_std"] for r in rows], "visible": True, "thickness": 1},

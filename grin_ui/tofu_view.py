@@ -16,7 +16,7 @@ from grin_engine.config import GrinConfig, GrinError
 from grin_engine.losses import LOSSES
 from grin_engine.tofu import FORGET_AUTHORS, PUBLISHED, TofuRecipe, parse_methods
 
-from . import gpu, public
+from . import gpu, plots, public
 from .callbacks import user_errors
 from .state import session_of, stop_flag
 
@@ -91,35 +91,39 @@ def scatter(report: dict | None) -> go.Figure:
     """Forget quality (log x) against model utility (y): target and retain model as reference points, each method a
     point, open-unlearning's published forget01 points hollow and grey (another model and recipe)."""
     fig = go.Figure()
-    # points often sit close together: their labels go round them, not on each other
-    positions = ["top center", "bottom center", "middle right", "middle left", "top right", "bottom right"]
-    for i, (method, (fq, mu)) in enumerate(PUBLISHED["forget01"].items()):
+    published = list(PUBLISHED["forget01"].items())
+    style = {"target": ("diamond", "#1a202c"), "retain": ("star", "#38a169")}
+    ours = [(name, row["forget_quality"], row["model_utility"]) for name, row in ((report or {}).get("rows") or {}).items()
+            if row.get("forget_quality") is not None and row.get("model_utility") is not None]
+    # room on each side (a decade, or an eighth of the span; log axis ranges are in log10 units) and a margin round
+    # utility 0 and 1, so the points at the edges (a collapsed method: FQ 1e-23, utility 0) keep their markers and
+    # labels on the plot
+    xs = [max(fq, 1e-300) for _, (fq, _) in published] + [max(fq, 1e-300) for _, fq, _ in ours]
+    low, high = math.log10(min(xs)), math.log10(max(xs))
+    pad = max(1.0, 0.12 * (high - low))
+    x_range, y_range = [low - pad, high + pad], [-0.08, 1.08]
+    # points often sit close together (the published three, a method on the target): labels go round, not on each other
+    points = [(math.log10(x), mu) for x, mu in zip(xs, [mu for _, (_, mu) in published] + [mu for *_, mu in ours])]
+    texts = [f"{method} (OU)" for method, _ in published] + [name for name, *_ in ours]
+    places = iter(plots.label_positions(points, texts, x_range, y_range))
+    for method, (fq, mu) in published:
         fig.add_trace(go.Scatter(x=[fq], y=[mu], mode="markers+text", text=[f"{method} (OU)"],
-                                 textposition=positions[i % len(positions)], name="open-unlearning, Llama-3.2-1B",
+                                 textposition=next(places), name="open-unlearning, Llama-3.2-1B",
                                  marker={"symbol": "circle-open", "size": 10, "color": "#a0aec0"},
                                  textfont={"color": "#a0aec0"}, showlegend=False,
                                  hovertemplate=f"open-unlearning {method} (Llama-3.2-1B, another recipe)<br>"
                                                "FQ %{x:.3g}, MU %{y:.2f}<extra></extra>"))
-    style = {"target": ("diamond", "#1a202c"), "retain": ("star", "#38a169")}
-    for i, (name, row) in enumerate(((report or {}).get("rows") or {}).items()):
-        fq, mu = row.get("forget_quality"), row.get("model_utility")
-        if fq is None or mu is None:
-            continue
+    for name, fq, mu in ours:
         symbol, colour = style.get(name, ("circle", "#c53030" if name == "grin" else "#2b6cb0"))
         fig.add_trace(go.Scatter(x=[max(fq, 1e-300)], y=[mu], mode="markers+text", text=[name],
-                                 textposition=positions[i % len(positions)], showlegend=False,
+                                 textposition=next(places), showlegend=False,
                                  marker={"symbol": symbol, "size": 14, "color": colour},
                                  hovertemplate=f"<b>{name}</b> (ours)<br>FQ %{{x:.3g}}, MU %{{y:.3f}}<extra></extra>"))
     title = "Forget quality vs model utility" + ("" if report else " — run TOFU or open a report")
-    # room on each side (a decade, or an eighth of the span; log axis ranges are in log10 units) and a margin round utility 0 and 1, so the
-    # points at the edges (a collapsed method: FQ 1e-23, utility 0) keep their markers and labels on the plot
-    low, high = (math.log10(f(x for trace in fig.data for x in trace.x)) for f in (min, max))
-    pad = max(1.0, 0.12 * (high - low))
-    x_range = [low - pad, high + pad]
     fig.update_layout(title=title, height=440, showlegend=False,
                       xaxis={"title": "forget quality (log; right = indistinguishable from the retain model)",
                              "type": "log", "range": x_range},
-                      yaxis={"title": "model utility (higher = kept more)", "range": [-0.08, 1.08]},
+                      yaxis={"title": "model utility (higher = kept more)", "range": y_range},
                       annotations=[{"text": "grey hollow: open-unlearning's published forget01 (another model)",
                                     "xref": "paper", "yref": "paper", "x": 0, "y": -0.22, "showarrow": False,
                                     "font": {"size": 11, "color": "#718096"}}])
