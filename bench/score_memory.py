@@ -2,7 +2,7 @@
 in float32 sets of the candidates.
 
     python bench/score_memory.py [--model default] [--items 8] [--batch-size 2] [--no-park] [--threads 1]
-                                 [--train-steps 2] [--p 1]
+                                 [--train-steps 2] [--p 1] [--method graddiff]
 
 One float32 set = 4 bytes per candidate parameter. README's memory plan: on an accelerator scoring holds weights + one
 set (G_f parked in CPU memory), plus activations; on a CPU, weights + two sets (G_f and G_r). Before the plan it
@@ -12,8 +12,8 @@ On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown a
 target for `score`: <= 3x the bf16 weights). On a CPU it is the rise of the process's peak RSS (Linux VmHWM, reset
 before scoring) over its RSS before scoring, after a one-weight warm-up; also the same scoring of one weight only,
 whose peak is the activations'. Then `--train-steps` steps of masked unlearning (GradDiff) at the top p%
-of those scores: their peak above the model, the mask and the scores (the run holds a gradient for one weight at a
-time, kept to its selected entries, plus the optimiser's state for the selection). glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
+of those scores: the selection's peak keeping the scores and consuming them (as a run does), then the training
+steps' peak above the model and the masks. glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
 every tensor is its own mapping and RSS follows the live tensors.
 """
 
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=2, help="masked unlearning steps measured (0: none)")
     parser.add_argument("--p", type=float, default=1.0, help="percent of the candidates trained")
+    parser.add_argument("--method", default="graddiff", help="the unlearning loss of the measured steps")
     parser.add_argument("--no-park", action="store_true", help="keep G_f on the device (compute_influence "
                                                                  "park_forget=False)")
     args = parser.parse_args()
@@ -102,16 +103,23 @@ def main() -> None:
           f"{activations / one_set:.2f} sets; scoring peak minus that = {(peak - activations) / one_set:.2f} sets")
     if args.train_steps > 0:
         scores = compute_influence(model, f_batches, r_batches, candidates, cfg.eps, **chosen_park)
-        masks = select_top_fraction(scores, args.p / 100).masks
-        del scores
-        train_cfg = GrinConfig(batch_size=args.batch_size, method="graddiff", steps=args.train_steps)
+        kept_masks = peak_bytes(lambda: held.update(masks=select_top_fraction(scores, args.p / 100).masks),
+                                base.device)
+        held.clear()
+        consumed = peak_bytes(lambda: held.update(masks=select_top_fraction(scores, args.p / 100, consume=True).masks),
+                              base.device)
+        masks = held.pop("masks")
+        print(f"selection at p = {args.p:g}%: peak above the scores {kept_masks / one_set:.2f} float32 sets keeping "
+              f"the scores, {consumed / one_set:.2f} consuming them (a run's choice; one set = 4 bytes, a mask 1 byte "
+              f"per candidate)")
+        train_cfg = GrinConfig(batch_size=args.batch_size, method=args.method, steps=args.train_steps)
         f_train = forget_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length, seed=0)
         attach_reference(model, f_train)
         start = time.perf_counter()
         trained = peak_bytes(lambda: unlearn(model, f_train, r_batches, train_cfg, list(candidates), masks),
                              base.device)
         seconds = time.perf_counter() - start
-        print(f"masked unlearning, {args.train_steps} GradDiff steps at p = {args.p:g}%: peak {trained / 2**20:,.0f} MiB "
+        print(f"masked unlearning, {args.train_steps} {args.method} steps at p = {args.p:g}%: peak {trained / 2**20:,.0f} MiB "
               f"above the model and the masks = {trained / one_set:.2f} float32 sets ({seconds:.0f} s); the "
               f"activations alone (above) {activations / one_set:.2f} sets")
 

@@ -307,10 +307,15 @@ def top_fraction_threshold(scores: dict[str, torch.Tensor], p: float) -> tuple[f
     return kth_largest(scores, min(n, max(1, round(p * n)))), n
 
 
-def select_top_fraction(scores: dict[str, torch.Tensor], p: float) -> Selection:
-    """Select the round(p * n) highest-scoring weights over the whole model (more only where scores tie at tau)."""
+def select_top_fraction(scores: dict[str, torch.Tensor], p: float, consume: bool = False) -> Selection:
+    """Select the round(p * n) highest-scoring weights over the whole model (more only where scores tie at tau).
+
+    consume=True takes each score tensor out of `scores` as its mask is made, so a caller that needs the scores no
+    more peaks at the scores plus one tensor's mask (4 bytes per candidate, not 4 + 1; README's memory plan)."""
     tau, n = top_fraction_threshold(scores, p)
-    masks = {name: t >= tau for name, t in scores.items()}
+    masks = {}
+    for name in list(scores):
+        masks[name] = (scores.pop(name) if consume else scores[name]) >= tau
     selected = int(sum(m.sum() for m in masks.values()))
     return Selection(p=p, threshold=tau, selected=selected, candidates=n, masks=masks)
 

@@ -86,9 +86,10 @@ def require_items(forget: list[QAItem], retain: list[QAItem]) -> None:
             raise GrinError(f"data: the {which} set has no items")
 
 
-def select(influence: Influence, p: float) -> tuple[Selection, dict]:
-    """The top-p selection and its summary (per layer and module, attention vs feed-forward)."""
-    selection = select_top_fraction(influence.scores, p)
+def select(influence: Influence, p: float, consume: bool = False) -> tuple[Selection, dict]:
+    """The top-p selection and its summary (per layer and module, attention vs feed-forward). consume=True: the
+    scores are taken out of `influence` as the masks are made (for a run that needs them no more)."""
+    selection = select_top_fraction(influence.scores, p, consume=consume)
     return selection, summarize_selection(selection, influence.candidates)
 
 
@@ -226,10 +227,11 @@ def run(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Grin
                                                  on_batch=lambda done, total: say("influence", done, total))
             timings["scores_s"] = influence.seconds
             start = time.perf_counter()
-            selection, summary = select(influence, cfg.p)
+            # the scores are as big as the model: each is freed as its mask is made, none is left for training
+            selection, summary = select(influence, cfg.p, consume=True)
             timings["select_s"] = time.perf_counter() - start
             masks = selection.masks
-            del influence  # the scores are as big as the model; free them before training
+            del influence
         else:
             timings["scores_s"] = timings["select_s"] = 0.0
             summary = summarize_counts({n: c.numel for n, c in candidates.items()}, candidates, 1.0, None)

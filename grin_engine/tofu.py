@@ -377,7 +377,7 @@ def unlearn_method(target: LoadedModel, method: str, data: TofuData, cfg: GrinCo
     candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
     if method == "grin":
         influence = compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg, say("influence"))
-        selection, summary = select(influence, cfg.p)
+        selection, summary = select(influence, cfg.p, consume=True)
         del influence
         masks, run_cfg = selection.masks, cfg
         facts = {"kind": "grin", "loss": cfg.method, "selected": summary["selected"], "fraction": summary["fraction"]}

@@ -178,7 +178,7 @@ def _selection(model_name: str, forget, retain, cfg: GrinConfig, top, report, st
         scores_s = scores.seconds
         if not fresh.covers(cfg.p):
             start = time.perf_counter()
-            selection = pipeline.select(scores, cfg.p)[0]
+            selection = pipeline.select(scores, cfg.p, consume=True)[0]  # the fresh top scores are kept
             return top or fresh, selection, {"scores_s": scores_s, "select_s": time.perf_counter() - start}
         top = fresh
         del scores

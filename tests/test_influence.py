@@ -629,6 +629,29 @@ def test_select_top_fraction_counts(tokenizer):
             assert torch.equal(mask, scores[name] >= n - k + 1)
 
 
+def test_select_top_fraction_consuming_the_scores_gives_the_same_selection(tokenizer):
+    """consume=True (a run that needs the scores no more): the same tau, count and masks, and each score tensor is
+    gone from the dict once its mask exists (so no moment holds every score and every mask)."""
+    model = tiny_llama(len(tokenizer))
+    scores = _distinct_scores(model)
+    kept = dict(scores)
+    alive = []
+
+    class Watched(dict):  # records how many score tensors are left each time one is taken
+        def pop(self, name, *default):
+            alive.append(len(self))
+            return super().pop(name, *default)
+
+    watched = Watched(scores)
+    consumed = select_top_fraction(watched, 0.05, consume=True)
+    plain = select_top_fraction(kept, 0.05)
+    assert (consumed.threshold, consumed.selected, consumed.candidates) == \
+        (plain.threshold, plain.selected, plain.candidates)
+    assert all(torch.equal(consumed.masks[name], plain.masks[name]) for name in plain.masks)
+    assert len(watched) == 0 and alive == list(range(len(kept), 0, -1))
+    assert len(kept) == len(plain.masks)  # without consume the scores stay
+
+
 def test_select_top_fraction_real_scores_close_to_p(tokenizer, forget_items, retain_items):
     model = tiny_llama(len(tokenizer))
     candidates = candidate_parameters(model)
