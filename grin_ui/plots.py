@@ -28,12 +28,13 @@ LABEL_PLACES = [("top center", 0, 1), ("bottom center", 0, -1), ("middle right",
 
 def label_positions(points: list[tuple[float, float]], texts: list[str], x_range: tuple[float, float],
                     y_range: tuple[float, float], size_px: tuple[int, int] = (560, 300), char_px: float = 7.0,
-                    line_px: float = 14.0, marker_px: float = 8.0) -> list[str]:
+                    line_px: float = 14.0, marker_px: float | list[float] = 8.0) -> list[str]:
     """A textposition for each labelled point so that labels cover neither each other nor other points' markers.
 
     Greedy, in the given order: each label takes the first place in LABEL_PLACES whose box (about char_px per
     character by line_px, at the marker's edge) overlaps least with the boxes already placed, the markers and the
-    plot's edges. Coordinates are in axis units (pass log10 of a log axis); size_px is the plot area's rough size."""
+    plot's edges. Coordinates are in axis units (pass log10 of a log axis); size_px is the plot area's rough size;
+    marker_px is the markers' radius, one for all or one per point (a ringed point needs more room)."""
     (x0, x1), (y0, y1) = x_range, y_range
     width, height = size_px
 
@@ -44,15 +45,16 @@ def label_positions(points: list[tuple[float, float]], texts: list[str], x_range
         return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
     centres = [to_px(x, y) for x, y in points]
-    markers = [(cx - marker_px, cy - marker_px, cx + marker_px, cy + marker_px) for cx, cy in centres]
+    radii = list(marker_px) if isinstance(marker_px, (list, tuple)) else [marker_px] * len(points)
+    markers = [(cx - r, cy - r, cx + r, cy + r) for (cx, cy), r in zip(centres, radii)]
     plot = (0.0, 0.0, float(width), float(height))
     placed, chosen = [], []
-    for k, ((cx, cy), text) in enumerate(zip(centres, texts)):
+    for k, ((cx, cy), text, radius) in enumerate(zip(centres, texts, radii)):
         w, h = char_px * len(text) + 4, line_px
         best = None
         for name, sx, sy in LABEL_PLACES:
-            left = cx - w / 2 + sx * (w / 2 + marker_px)
-            bottom = cy - h / 2 + sy * (h / 2 + marker_px)
+            left = cx - w / 2 + sx * (w / 2 + radius)
+            bottom = cy - h / 2 + sy * (h / 2 + radius)
             box = (left, bottom, left + w, bottom + h)
             cost = sum(overlap(box, other) for other in placed)
             cost += sum(overlap(box, m) for j, m in enumerate(markers) if j != k)

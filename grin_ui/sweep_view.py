@@ -58,11 +58,14 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
     by_method = {method: [r for r in summary["settings"] if r["method"] == method] for method in summary["fronts"]}
     # every label placed at once, so that close points (several p of one method, methods on one spot) share out
     # the room round them (plots.label_positions)
+    picks = [(m, r) for m, r in summary["auto_p"].items() if r is not None]
+    picked = {(m, _setting_label(r)) for m, r in picks}  # auto-p's picks: a gold ring drawn as the point's own outline, so that
+    # plotly sets the label off the ring, not inside it
     labelled = [((0, 1), "ideal")] + ([((base_f, base_r), "base")] if has_base else [])
     labelled += [((r["forget"], r["retain"]), f"{100 * r['p']:g}%" if r.get("p") is not None else "")
                  for rows in by_method.values() for r in rows]
     places = iter(label_positions([xy for xy, _ in labelled], [text for _, text in labelled], (-0.05, 1.05),
-                                  (-0.05, 1.08), size_px=(560, 380), marker_px=12))
+                                  (-0.05, 1.08), size_px=(560, 380), char_px=6.5, marker_px=10))
     fig.add_trace(go.Scatter(x=[0], y=[1], mode="markers+text", name="ideal corner", text=["ideal"],
                              textposition=next(places), marker={"symbol": "star", "size": 18, "color": "#38a169"},
                              hovertemplate="ideal: forgets all, keeps all<extra></extra>"))
@@ -80,23 +83,23 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
             x=[r["forget"] for r in rows], y=[r["retain"] for r in rows], mode="markers+text", name=name,
             legendgroup=method, text=[f"{100 * r['p']:g}%" if r.get("p") is not None else "" for r in rows],
             textposition=[next(places) for _ in rows], textfont={"color": colour, "size": 11},
-            marker={"size": 11, "color": colour},
+            marker={"size": [19 if (method, _setting_label(r)) in picked else 11 for r in rows], "color": colour,
+                    "opacity": 1,  # (plotly fades markers whose sizes vary)
+                    "line": {"color": "#d69e2e", "width": [4 if (method, _setting_label(r)) in picked else 0
+                                                           for r in rows]}},
             error_x={"type": "data", "array": [r["forget_std"] for r in rows], "visible": True, "thickness": 1},
             error_y={"type": "data", "array": [r["retain_std"] for r in rows], "visible": True, "thickness": 1},
-            customdata=[[_setting_label(r), r["n"]] for r in rows],
-            hovertemplate=f"<b>{method}</b> %{{customdata[0]}}<br>forget %{{x:.3f}}<br>retain %{{y:.3f}}"
-                          f"<br>seeds %{{customdata[1]}}<extra></extra>"))
+            customdata=[[_setting_label(r), r["n"], " (auto-p's pick)" if (method, _setting_label(r)) in picked else ""]
+                        for r in rows],
+            hovertemplate=f"<b>{method}</b> %{{customdata[0]}}%{{customdata[2]}}<br>forget %{{x:.3f}}<br>"
+                          f"retain %{{y:.3f}}<br>seeds %{{customdata[1]}}<extra></extra>"))
         fig.add_trace(go.Scatter(x=[r["forget"] for r in front], y=[r["retain"] for r in front], mode="lines",
                                  line={"color": colour, "width": 2, "dash": "dot"}, legendgroup=method,
                                  showlegend=False, hoverinfo="skip", line_shape="hv"))
-    picks = [(m, r) for m, r in summary["auto_p"].items() if r is not None]
-    if picks:
-        fig.add_trace(go.Scatter(
-            x=[r["forget"] for _, r in picks], y=[r["retain"] for _, r in picks], mode="markers",
-            name=f"auto-p ({summary['target']})", marker={"symbol": "circle-open", "size": 26, "color": "#d69e2e",
-                                                         "line": {"width": 3}},
-            customdata=[[m, _setting_label(r)] for m, r in picks],
-            hovertemplate="auto-p <b>%{customdata[0]}</b>: %{customdata[1]}<extra></extra>"))
+    if picks:  # the legend's entry for the gold outlines
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"auto-p ({summary['target']})",
+                                 marker={"symbol": "circle-open", "size": 16, "color": "#d69e2e",
+                                         "line": {"width": 3}}))
     fig.update_layout(title=title or "Forget vs retain after unlearning, one point per setting",
                       xaxis={"title": f"{forget_key} (lower = forgot more)", "range": [-0.05, 1.05]},
                       yaxis={"title": f"{retain_key} (higher = kept more)", "range": [-0.05, 1.08]},
