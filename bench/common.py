@@ -2,59 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's with its core count (bench figures are only comparable on the same device)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def reset_peak(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on a CPU the kernel's RSS high-water mark (Linux resets
-    VmHWM to the current RSS when "5" is written to /proc/self/clear_refs), so each part gets its own peak."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # not Linux: peak_memory falls back to the whole process's peak
-
-
-def _rss_high_water_kib() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from grin_engine.memory import device_name, peak_bytes, reset_peak  # noqa: E402,F401  (re-exported for the benches)
 
 
 def peak_memory(device: torch.device) -> str:
-    """torch.cuda.max_memory_allocated on CUDA, the peak RSS on a CPU (both since the last reset_peak; the whole
-    process's peak RSS where the kernel cannot reset it)."""
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)"
-    since_reset = _rss_high_water_kib()
-    if since_reset is not None:
-        return f"{since_reset / 2**20:.2f} GiB (peak RSS since this part began)"
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return f"{peak_kib / 2**20:.2f} GiB (peak RSS of the process)"
+    """The peak since the last reset_peak (grin_engine.memory: torch.cuda.max_memory_allocated on CUDA, the peak RSS
+    on a CPU), in GiB with how it was measured."""
+    peak, measured = peak_bytes(device)
+    return f"{peak / 2**30:.2f} GiB ({measured})"
 
 
 def sync():

@@ -288,7 +288,7 @@ def _check_out(path: str, flag: str = "--out") -> Path:
 
 
 def command_run(args) -> None:
-    from . import pipeline
+    from . import memory, pipeline
     from .models import check_source, load_model, save_model_folder
 
     cfg = _unlearning_config(args, use_mask=not args.no_mask)
@@ -301,11 +301,13 @@ def command_run(args) -> None:
     base, forget, retain, load_s = _load(args)
     reference = (load_model(ModelSpec(args.reference, args.device, args.dtype, args.device_map,
                                       _memory_map(args.max_memory))) if args.reference else None)
+    memory.start_measuring(base.model)  # the run's peak, from here (the loads are not in it)
     # in place: this process is the base's only user, so the run trains it and restores it (no model copy)
     result = pipeline.run(base, forget, retain, cfg, on_progress=_progress_bars(), reference=reference,
                           keep_model=save_to is not None, in_place=True)
     result.timings["load_s"] = load_s
     report = result.to_report()
+    report["memory"] = memory.memory_report(base.model)
     report["data"] = {"forget": args.forget, "retain": args.retain, "max_items": args.max_items}
     if patch_to is not None and result.patch is not None:
         report["patch_file"] = str(patch_to)
@@ -331,6 +333,7 @@ def command_run(args) -> None:
     if "patch_file" in report:
         print(f"patch written to {patch_to} (safetensors)")
     print(format_summary(report))
+    print(memory.format_memory(report["memory"]))
     if "attack_table" in report:
         print(format_attacks(report["attack_table"]))
     warning = pipeline.retain_collapse(report["metrics"])
@@ -384,7 +387,7 @@ def format_summary(report: dict) -> str:
 
 
 def command_score(args) -> None:
-    from . import pipeline
+    from . import memory, pipeline
 
     cfg = GrinConfig(p=args.p[0], batch_size=args.batch_size, eps=args.eps, include_embeddings=args.include_embeddings,
                      seed=args.seed, grad_mean=args.grad_mean)
@@ -392,6 +395,7 @@ def command_score(args) -> None:
         GrinConfig(p=p)
     out = _check_out(args.out)
     base, forget, retain, load_s = _load(args)
+    memory.start_measuring(base.model)
     # gradients change no weight, and nobody else uses this base: no copy
     influence = pipeline.compute_influence_scores(base.model, base.tokenizer, forget, retain, cfg)
     summaries = []
@@ -404,12 +408,14 @@ def command_score(args) -> None:
               f"(attention {summary['by_kind']['attention']['selected']:,}, ffn {summary['by_kind']['ffn']['selected']:,})")
     staged = outputs.Outputs()
     try:
+        usage = memory.memory_report(base.model)
         staged.text(out, json.dumps({"model": base.facts(), "timings": {"load_s": load_s,
                                                                        "scores_s": influence.seconds},
-                                     "selections": summaries}, indent=2))
+                                     "memory": usage, "selections": summaries}, indent=2))
         staged.commit()
     finally:
         staged.discard()
+    print(memory.format_memory(usage))
     print(f"selection written to {out}")
 
 

@@ -128,6 +128,8 @@ def test_run_on_the_default_model_writes_the_report(tmp_path):
     # default 48 new tokens, holds a keyword)
     assert report["metrics"]["before"]["forget"]["keyword_accuracy"] == 1.0
     assert "keyword_accuracy" in proc.stdout  # the before/after table
+    assert report["memory"]["cpu"]["peak_bytes"] > report["memory"]["cpu"]["weights_bytes"]
+    assert "memory on cpu (" in proc.stdout
     # the GGUF model was de-quantised: the saved folder is a plain safetensors model, without the gguf note
     saved = json.loads((tmp_path / "unlearned" / "config.json").read_text())
     assert "quantization_config" not in saved and saved["num_hidden_layers"] == 30
@@ -151,6 +153,9 @@ def test_score_on_a_local_model_folder(tmp_path, tokenizer):
         assert abs(s["fraction"] - s["p"]) <= 0.005 * s["p"] + 1 / s["candidates"]
         assert sum(row["selected"] for row in s["by_layer"]) == s["selected"]
     assert result["selections"][0]["selected"] < result["selections"][1]["selected"]
+    usage = result["memory"]["cpu"]  # the device and the peak, in the file and on the terminal
+    assert usage["peak_bytes"] > usage["weights_bytes"] > 0 and "cores" in usage["name"]
+    assert "memory on cpu (" in proc.stdout
 
 
 def test_run_save_patch_then_attack_a_local_model(tmp_path, tokenizer):

@@ -1,0 +1,87 @@
+"""Which device did the work and the most memory it held: the CLI's `run` and `score` print it and write it in their
+reports, and bench/ prints it beside every ratio (figures are only comparable on the same device).
+
+On CUDA the peak is torch.cuda.max_memory_allocated of each GPU the model sits on (the tensors; the caching
+allocator reserves a little more). On a CPU it is the process's resident-set high-water mark (Linux VmHWM, which
+`reset_peak` sets back to the current RSS), so it includes the loaded model, Python and the libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with its core count and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on a CPU the kernel's RSS high-water mark (Linux resets
+    VmHWM to the current RSS when "5" is written to /proc/self/clear_refs)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: peak_bytes falls back to the whole process's peak
+
+
+def peak_bytes(device: torch.device) -> tuple[int, str]:
+    """(the peak since the last reset_peak, how it was measured)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib * 1024, "peak RSS of the process"
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (since start)"
+
+
+def model_devices(model) -> list[torch.device]:
+    """The devices the model's weights sit on (several under accelerate's device_map), in a stable order."""
+    return sorted({p.device for p in model.parameters()}, key=str)
+
+
+def start_measuring(model) -> None:
+    """reset_peak on every device of the model (the CLI calls it once the model is loaded)."""
+    for device in model_devices(model):
+        reset_peak(device)
+
+
+def memory_report(model) -> dict:
+    """Per device of the model: its name, the weights on it, the peak since start_measuring and the ratio."""
+    report = {}
+    for device in model_devices(model):
+        weights = sum(p.numel() * p.element_size() for p in model.parameters() if p.device == device)
+        peak, measured = peak_bytes(device)
+        report[str(device)] = {"name": device_name(device), "weights_bytes": weights, "peak_bytes": peak,
+                               "measured": measured, "peak_over_weights": peak / weights if weights else None}
+    return report
+
+
+def format_memory(report: dict) -> str:
+    """One line per device: 'memory on cuda:0 (NVIDIA H100 80GB HBM3): peak 43.10 GiB = 3.00x the weights (...)'."""
+    return "\n".join(
+        f"memory on {device} ({r['name']}): peak {r['peak_bytes'] / 2**30:.2f} GiB"
+        + (f" = {r['peak_over_weights']:.2f}x the weights ({r['weights_bytes'] / 2**30:.2f} GiB)"
+           if r["peak_over_weights"] is not None else "") + f" [{r['measured']}]"
+        for device, r in report.items())
