@@ -5,9 +5,13 @@
 #     bash bench/gpu_figures.sh 7b      # a random 7.2B Llama: score and run --max-items 32 --steps 5   (~8 min)
 # Every step has its own time limit, so one slow step cannot spend the machine's budget; each step's log and JSON go
 # to $OUT (the device tool brings that folder back), and the last lines of each log are printed.
+# DEVICE=cpu SHAPE=135m bash bench/gpu_figures.sh 7b is the same flow on a CPU, small: a check of this script.
 set -u
 part=${1:-small}
 out=${OUT:-/tmp/gpu_figures}
+device=${DEVICE:-cuda}
+shape=${SHAPE:-7b}
+folder=/tmp/random_llama_$shape
 mkdir -p "$out"
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -18,23 +22,23 @@ step() {  # step NAME LIMIT_S COMMAND...
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     rc=$?
     echo "   exit $rc after $(( $(date +%s) - start )) s"
-    grep -v -e 'it/s]' -e 's/it]' "$out/$name.log" | tail -n 14
+    tr '\r' '\n' < "$out/$name.log" | grep -v -E '[0-9]+%\|' | tail -n 14  # (not the progress bars)
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 case $part in
     small)
-        step run_default 200 python3 -m grin_engine run --device cuda --out "$out/run_default.json"
-        step influence 150 python3 bench/influence.py --device cuda
-        step evaluation 150 python3 bench/evaluation.py --device cuda
+        step run_default 200 python3 -m grin_engine run --device "$device" --out "$out/run_default.json"
+        step influence 150 python3 bench/influence.py --device "$device"
+        step evaluation 150 python3 bench/evaluation.py --device "$device"
         ;;
     7b)
-        [ -d /tmp/m7 ] || step make_7b 150 python3 .gpu/random_llama.py /tmp/m7 7b .gpu/tok
-        step score_7b 200 python3 -m grin_engine score --model /tmp/m7 --device cuda --max-items 32 \
-            --out "$out/score_7b.json"
-        step run_7b 220 python3 -m grin_engine run --model /tmp/m7 --device cuda --max-items 32 --steps 5 \
-            --out "$out/run_7b.json"
+        [ -d "$folder" ] || step "make_$shape" 150 python3 bench/random_llama.py "$folder" "$shape"
+        step "score_$shape" 200 python3 -m grin_engine score --model "$folder" --device "$device" --max-items 32 \
+            --out "$out/score_$shape.json"
+        step "run_$shape" 220 python3 -m grin_engine run --model "$folder" --device "$device" --max-items 32 \
+            --steps 5 --out "$out/run_$shape.json"
         ;;
     *)
         echo "usage: bash bench/gpu_figures.sh small|7b" >&2
