@@ -138,7 +138,9 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
         for name in names:
             params[name].requires_grad_(False)
             params[name].grad = None
-    return grads
+    # in the order of `names` (the hook filled it in backward's order): scores, masks and everything built from them
+    # list the weights in the model's order
+    return {name: grads[name] for name in names if name in grads}
 
 
 def park(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

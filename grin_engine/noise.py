@@ -15,8 +15,9 @@ def inject_noise(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.T
                  seed: int) -> int:
     """Add Gaussian noise of variance sigma2 to the weights where mask is True; return how many weights moved.
 
-    The noise comes from one generator seeded with `seed`, drawn in the order of `masks`, so the same seed and mask
-    give the same numbers. Weights outside the mask are not written at all.
+    The noise comes from one generator per device seeded with `seed`, drawn weight by weight in the order of
+    `params` (the model's order, whatever the order of `masks`), so the same seed and mask give the same numbers.
+    Weights outside the mask are not written at all.
     """
     if sigma2 == 0:
         return 0
@@ -24,8 +25,8 @@ def inject_noise(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.T
     generators: dict[torch.device, torch.Generator] = {}
     moved = 0
     with torch.no_grad():
-        for name, mask in masks.items():
-            param = params[name]
+        for name in [name for name in params if name in masks]:
+            param, mask = params[name], masks[name]
             index = mask.reshape(-1).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue

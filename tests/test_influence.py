@@ -629,6 +629,15 @@ def test_select_top_fraction_counts(tokenizer):
             assert torch.equal(mask, scores[name] >= n - k + 1)
 
 
+def test_scores_list_the_weights_in_the_models_order(tokenizer, forget_items, retain_items):
+    """Gradients arrive in backward's order (last layer first); the scores come back in the candidates' order."""
+    model = tiny_llama(len(tokenizer))
+    candidates = candidate_parameters(model)
+    scores = compute_influence(model, qa_batches(tokenizer, forget_items, 2, MAX_LENGTH),
+                               qa_batches(tokenizer, retain_items, 2, MAX_LENGTH), candidates, EPS)
+    assert list(scores) == list(candidates)
+
+
 def test_select_top_fraction_consuming_the_scores_gives_the_same_selection(tokenizer):
     """consume=True (a run that needs the scores no more): the same tau, count and masks, and each score tensor is
     gone from the dict once its mask exists (so no moment holds every score and every mask)."""

@@ -53,6 +53,19 @@ def test_same_seed_same_noise_and_other_seed_other_noise(tokenizer):
     assert not all(torch.equal(value, other[name]) for name, value in results[0].items())
 
 
+def test_the_noise_does_not_depend_on_the_order_of_the_masks(tokenizer):
+    """The same masks listed in another order (scores used to come in backward's order, so the CLI and the app drew
+    different noise for one mask) give the same weights: the draws follow the model's order."""
+    results = []
+    for reverse in (False, True):
+        model, params, masks = _setup(tokenizer)
+        ordered = dict(reversed(list(masks.items()))) if reverse else masks
+        inject_noise(params, ordered, sigma2=1e-3, seed=3)
+        results.append(_snapshot(model))
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]), name
+
+
 def test_sigma2_zero_changes_nothing(tokenizer):
     model, params, masks = _setup(tokenizer, p=1.0)
     before = _snapshot(model)
