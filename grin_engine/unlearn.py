@@ -6,9 +6,10 @@ hand that vector to AdamW, and after each step write it back into the selected p
 weight decay therefore only ever touches selected weights (masking just the gradient would not be enough: weight
 decay would still shrink the others), and the optimiser state is the size of the selection, not of the model.
 
-Memory: a hook on each such weight takes its full-size gradient the moment backward has formed it, keeps the
-selected entries and drops the rest, so at most one weight's full gradient exists at a time (not a gradient for every
-trained weight at once, which is the model's size again: 2 bytes per parameter in bf16).
+Memory: a hook on each such weight takes its full-size gradient the moment autograd has completed it, keeps the
+selected entries and drops the rest. With one forward per step (`ga`) that leaves one weight's full gradient at a
+time; with a forget and a retain forward autograd completes a weight only when both branches reached it, so the
+first branch's gradients still wait (DESIGN.md §5a, memory of masked unlearning).
 
 With no mask (the plain-unlearning baseline) every candidate weight trains as an ordinary parameter.
 """
@@ -93,12 +94,12 @@ def move_batch(batch: dict, device) -> dict:
 
 
 def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float, on_step=None,
-               should_stop=None, after_backward=None, after_update=None, what: str = "unlearning",
+               should_stop=None, after_update=None, what: str = "unlearning",
                hint: str = "a smaller learning rate", until=None) -> UnlearnResult:
     """The one optimisation loop of the engine (masked unlearning here, GRUN in grun.py), `steps` steps of:
 
-        should_stop()? -> loss = step_loss(step) -> finite? -> backward -> after_backward() -> clip the gradient
-        norm of `leaves` to max_grad_norm (0: no clipping) -> optimizer step -> after_update() -> on_step(...)
+        should_stop()? -> loss = step_loss(step) -> finite? -> backward -> clip the gradient norm of `leaves` to
+        max_grad_norm (0: no clipping) -> optimizer step -> after_update() -> on_step(...)
 
     `should_stop()` is checked before each step, so a cancel takes effect within one step. A loss that is nan or
     inf ends the loop with a GrinError before it is applied (the model is left as after the last good step).
@@ -114,8 +115,6 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
             raise GrinError(f"{what} stopped at step {step + 1}: the loss became {value} (try {hint})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if after_backward is not None:
-            after_backward()
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm)
         optimizer.step()
