@@ -28,13 +28,16 @@ LABEL_PLACES = [("top center", 0, 1), ("bottom center", 0, -1), ("middle right",
 
 def label_positions(points: list[tuple[float, float]], texts: list[str], x_range: tuple[float, float],
                     y_range: tuple[float, float], size_px: tuple[int, int] = (560, 300), char_px: float = 7.0,
-                    line_px: float = 14.0, marker_px: float | list[float] = 8.0) -> list[str]:
+                    line_px: float = 14.0, marker_px: float | list[float] = 8.0,
+                    hide_crowded: bool = False) -> list[str | None]:
     """A textposition for each labelled point so that labels cover neither each other nor other points' markers.
 
     Greedy, in the given order: each label takes the first place in LABEL_PLACES whose box (about char_px per
-    character by line_px, at the marker's edge) overlaps least with the boxes already placed, the markers and the
-    plot's edges. Coordinates are in axis units (pass log10 of a log axis); size_px is the plot area's rough size;
-    marker_px is the markers' radius, one for all or one per point (a ringed point needs more room)."""
+    character by line_px, at the marker's edge, with a 2 px margin) overlaps least with the boxes already placed, the
+    markers and the plot's edges. Coordinates are in axis units (pass log10 of a log axis); size_px is the plot
+    area's rough size; marker_px is the markers' radius, one for all or one per point (a ringed point needs more
+    room). hide_crowded=True: a label with no place free of other labels and inside the plot gets None (draw it
+    without text; the hover still names it), for figures with many short labels such as a sweep's p values."""
     (x0, x1), (y0, y1) = x_range, y_range
     width, height = size_px
 
@@ -50,17 +53,22 @@ def label_positions(points: list[tuple[float, float]], texts: list[str], x_range
     plot = (0.0, 0.0, float(width), float(height))
     placed, chosen = [], []
     for k, ((cx, cy), text, radius) in enumerate(zip(centres, texts, radii)):
+        if not text:
+            chosen.append(LABEL_PLACES[0][0])  # nothing to draw, nothing to place
+            continue
         w, h = char_px * len(text) + 4, line_px
         best = None
         for name, sx, sy in LABEL_PLACES:
             left = cx - w / 2 + sx * (w / 2 + radius)
             bottom = cy - h / 2 + sy * (h / 2 + radius)
-            box = (left, bottom, left + w, bottom + h)
-            cost = sum(overlap(box, other) for other in placed)
-            cost += sum(overlap(box, m) for j, m in enumerate(markers) if j != k)
-            cost += w * h - overlap(box, plot)  # the part outside the plot is lost
+            box = (left - 2, bottom - 2, left + w + 2, bottom + h + 2)
+            crowding = sum(overlap(box, other) for other in placed) + w * h - overlap(box, plot)  # outside: lost
+            cost = crowding + sum(overlap(box, m) for j, m in enumerate(markers) if j != k)
             if best is None or cost < best[0]:
-                best = (cost, name, box)
+                best = (cost, name, box, crowding)
+        if hide_crowded and best[3] > 0:
+            chosen.append(None)
+            continue
         placed.append(best[2])
         chosen.append(best[1])
     return chosen

@@ -64,14 +64,16 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
     labelled = [((0, 1), "ideal")] + ([((base_f, base_r), "base")] if has_base else [])
     labelled += [((r["forget"], r["retain"]), f"{100 * r['p']:g}%" if r.get("p") is not None else "")
                  for rows in by_method.values() for r in rows]
+    # a p label with no free room is left out (points crowd the ideal corner); its hover still gives the setting
     places = iter(label_positions([xy for xy, _ in labelled], [text for _, text in labelled], (-0.05, 1.05),
-                                  (-0.05, 1.08), size_px=(560, 380), char_px=6.5, marker_px=10))
+                                  (-0.05, 1.08), size_px=(560, 290), char_px=6.5, marker_px=10, hide_crowded=True))
     fig.add_trace(go.Scatter(x=[0], y=[1], mode="markers+text", name="ideal corner", text=["ideal"],
-                             textposition=next(places), marker={"symbol": "star", "size": 18, "color": "#38a169"},
+                             textposition=next(places) or "middle right",
+                             marker={"symbol": "star", "size": 18, "color": "#38a169"},
                              hovertemplate="ideal: forgets all, keeps all<extra></extra>"))
     if has_base:
         fig.add_trace(go.Scatter(x=[base_f], y=[base_r], mode="markers+text", name="base model", text=["base"],
-                                 textposition=next(places),
+                                 textposition=next(places) or "middle left",
                                  marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
                                  hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
     for method, front in summary["fronts"].items():
@@ -79,10 +81,12 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
         rows = by_method[method]
         area = summary["areas"].get(method)
         name = method + (f" (area {area['mean']:.2f}±{area['std']:.2f})" if area else "")
+        row_places = [next(places) for _ in rows]
         fig.add_trace(go.Scatter(
             x=[r["forget"] for r in rows], y=[r["retain"] for r in rows], mode="markers+text", name=name,
-            legendgroup=method, text=[f"{100 * r['p']:g}%" if r.get("p") is not None else "" for r in rows],
-            textposition=[next(places) for _ in rows], textfont={"color": colour, "size": 11},
+            legendgroup=method, text=[f"{100 * r['p']:g}%" if r.get("p") is not None and place else ""
+                                      for r, place in zip(rows, row_places)],
+            textposition=[place or "top center" for place in row_places], textfont={"color": colour, "size": 11},
             marker={"size": [19 if (method, _setting_label(r)) in picked else 11 for r in rows], "color": colour,
                     "opacity": 1,  # (plotly fades markers whose sizes vary)
                     "line": {"color": "#d69e2e", "width": [4 if (method, _setting_label(r)) in picked else 0

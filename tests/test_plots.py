@@ -69,3 +69,30 @@ def test_the_methods_scatter_labels_do_not_cover_each_other():
     boxes = _boxes(points, texts, [t.textposition for t in fig.data], fig.layout.xaxis.range, fig.layout.yaxis.range)
     for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2):
         assert not _overlap(a, b), f"{texts[i]} and {texts[j]} overlap"
+
+
+def test_the_sweep_scatter_labels_stay_inside_and_apart():
+    """The Sweep tab's screenshot case: four points and the base on the top line (retain 1.0), two of them on one
+    spot, auto-p's pick outlined: every label inside the plot, none on another."""
+    from grin_ui.sweep_view import sweep_figure
+
+    def point(method, p, forget):
+        return {"method": method, "p": p, "sigma2": 1e-6, "lr": 5e-4, "steps": 2, "seed": 0,
+                "forget_keyword_accuracy": forget, "retain_keyword_accuracy": 1.0}
+
+    points = [point("grin", 0.05, 0.25), point("grin", 0.01, 0.5), point("random", 0.01, 0.75),
+              point("random", 0.05, 0.5)]
+    before = {"metrics": {"forget": {"keyword_accuracy": 1.0}, "retain": {"keyword_accuracy": 1.0}}}
+    fig = sweep_figure(points, before, target="forget_keyword_accuracy<=0.25")
+    labelled = [(x, y, text, place) for t in fig.data if t.text is not None
+                for x, y, text, place in zip(t.x, t.y, t.text,
+                                             t.textposition if isinstance(t.textposition, tuple) else [t.textposition])]
+    assert len(labelled) == 6
+    size = (560, 290)
+    boxes = _boxes([(x, y) for x, y, *_ in labelled], [text for *_, text, _ in labelled],
+                   [place for *_, place in labelled], fig.layout.xaxis.range, fig.layout.yaxis.range, size=size,
+                   char=6.5, marker=10.0)
+    for box, (*_, text, _) in zip(boxes, labelled):
+        assert box[0] >= 0 and box[1] >= 0 and box[2] <= size[0] and box[3] <= size[1], f"{text} leaves the plot"
+    for (i, a), (j, b) in itertools.combinations(enumerate(boxes), 2):
+        assert not _overlap(a, b), f"{labelled[i][2]} and {labelled[j][2]} overlap"
