@@ -31,7 +31,7 @@ from torch import nn
 
 from .config import GrinConfig, GrinError
 from .data import QAItem, forget_batches, format_prompt, qa_batches
-from .losses import get_loss
+from .losses import get_loss, total
 from .models import input_device
 from .unlearn import UnlearnResult, attach_reference, move_batch, train_loop
 
@@ -245,7 +245,8 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
         retain_batch = move_batch(r_batches[step % len(r_batches)], device)
         grun.records, grun.recording = [], True
         try:
-            loss = loss_fn(model, forget_batch, retain_batch, cfg)
+            # one tensor: the gate loss reads the gates of both passes, so the terms cannot be backpropagated apart
+            loss = total(loss_fn(model, forget_batch, retain_batch, cfg))
             return loss + cfg.grun_gate_weight * gate_loss(grun, forget_batch, retain_batch).to(loss.device)
         finally:
             grun.records, grun.recording = [], False

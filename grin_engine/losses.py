@@ -1,6 +1,7 @@
 """Unlearning losses: one function each, one registry table (`LOSSES`).
 
-Every loss has the signature `loss(model, forget, retain, cfg) -> scalar tensor`:
+Every loss has the signature `loss(model, forget, retain, cfg) -> scalar tensor`, or `Terms(forget_term,
+retain_term)` when the two come from separate forward passes (their sum is the loss; `Terms.item()` gives it):
 - `forget`, `retain`: batches from `data.make_batches` (input_ids, attention_mask, labels on answer tokens only).
   The forget batch also carries what the preference losses need, attached once before training:
   `ref_logp` (log pi_ref of its answers), and for idk/dpo an `idk` sub-batch (same questions, refusal answers)
@@ -45,6 +46,31 @@ def answer_logprob(model, batch: dict) -> torch.Tensor:
     return -nll_sum
 
 
+class Terms(tuple):
+    """A loss as the terms of its separate forward passes (forget, retain), summed in this order.
+
+    Why: the training loop backpropagates each term on its own, so every weight's gradient from the first pass is
+    complete, and taken by unlearn's hook, before the second pass's gradients are formed; backpropagating the sum
+    would hold one pass's gradient of every weight until the other pass reached it (DESIGN.md §5a). The gradients
+    add up to the sum's: bit for bit in float32 where each term has one pass (every loss but dpo, whose forget term
+    has two: its additions group differently, within rounding)."""
+
+    def total(self) -> torch.Tensor:
+        """The loss: the terms added in order (the same additions as writing the sum)."""
+        value = self[0]
+        for term in self[1:]:
+            value = value + term
+        return value
+
+    def item(self) -> float:
+        return self.total().item()
+
+
+def total(loss) -> torch.Tensor:
+    """The loss as one tensor, whether a loss function returned a tensor or Terms."""
+    return loss.total() if isinstance(loss, Terms) else loss
+
+
 def _beta(cfg, default: float) -> float:
     return cfg.beta if cfg.beta is not None else default
 
@@ -65,7 +91,7 @@ def gradient_ascent(model, forget, retain, cfg) -> torch.Tensor:
 
 def grad_diff(model, forget, retain, cfg) -> torch.Tensor:
     """GradDiff: -gamma * NLL(forget) + alpha * NLL(retain). Ascend on forget, keep descending on retain."""
-    return -_gamma(cfg) * mean_nll(model, forget) + cfg.alpha * mean_nll(model, retain)
+    return Terms((-_gamma(cfg) * mean_nll(model, forget), cfg.alpha * mean_nll(model, retain)))
 
 
 def npo(model, forget, retain, cfg) -> torch.Tensor:
@@ -77,7 +103,7 @@ def npo(model, forget, retain, cfg) -> torch.Tensor:
     beta = _beta(cfg, 0.1)
     log_ratio = answer_logprob(model, forget) - forget["ref_logp"]
     forget_term = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
-    return _gamma(cfg) * forget_term + cfg.alpha * mean_nll(model, retain)
+    return Terms((_gamma(cfg) * forget_term, cfg.alpha * mean_nll(model, retain)))
 
 
 def simnpo(model, forget, retain, cfg) -> torch.Tensor:
@@ -91,12 +117,12 @@ def simnpo(model, forget, retain, cfg) -> torch.Tensor:
     nll_sum, n_tokens = answer_nll(model, forget)
     per_token_nll = nll_sum / n_tokens.clamp(min=1)  # -log pi(y|x) / |y|
     forget_term = -(2.0 / beta) * F.logsigmoid(beta * (per_token_nll - cfg.delta)).mean()
-    return _gamma(cfg, 0.125) * forget_term + cfg.alpha * mean_nll(model, retain)
+    return Terms((_gamma(cfg, 0.125) * forget_term, cfg.alpha * mean_nll(model, retain)))
 
 
 def idk(model, forget, retain, cfg) -> torch.Tensor:
     """IdK: gamma * NLL of a refusal ("I don't know" variants) on the forget questions + alpha * NLL(retain)."""
-    return _gamma(cfg) * mean_nll(model, forget["idk"]) + cfg.alpha * mean_nll(model, retain)
+    return Terms((_gamma(cfg) * mean_nll(model, forget["idk"]), cfg.alpha * mean_nll(model, retain)))
 
 
 def idk_dpo(model, forget, retain, cfg) -> torch.Tensor:
@@ -108,7 +134,7 @@ def idk_dpo(model, forget, retain, cfg) -> torch.Tensor:
     win = answer_logprob(model, forget["idk"]) - forget["idk"]["ref_logp"]
     lose = answer_logprob(model, forget) - forget["ref_logp"]
     forget_term = -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).mean()
-    return _gamma(cfg) * forget_term + cfg.alpha * mean_nll(model, retain)
+    return Terms((_gamma(cfg) * forget_term, cfg.alpha * mean_nll(model, retain)))
 
 
 LOSSES = {

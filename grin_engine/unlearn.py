@@ -7,9 +7,8 @@ weight decay therefore only ever touches selected weights (masking just the grad
 decay would still shrink the others), and the optimiser state is the size of the selection, not of the model.
 
 Memory: a hook on each such weight takes its full-size gradient the moment autograd has completed it, keeps the
-selected entries and drops the rest. With one forward per step (`ga`) that leaves one weight's full gradient at a
-time; with a forget and a retain forward autograd completes a weight only when both branches reached it, so the
-first branch's gradients still wait (DESIGN.md §5a, memory of masked unlearning).
+selected entries and drops the rest; losses of two forward passes come as `losses.Terms` and are backpropagated one
+pass at a time, so one weight's full gradient exists at a time (DESIGN.md §5a, memory of masked unlearning).
 
 With no mask (the plain-unlearning baseline) every candidate weight trains as an ordinary parameter.
 """
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import GrinConfig, GrinError
-from .losses import answer_logprob, get_loss
+from .losses import Terms, answer_logprob, get_loss
 from .models import input_device
 
 
@@ -101,6 +100,9 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
         should_stop()? -> loss = step_loss(step) -> finite? -> backward -> clip the gradient norm of `leaves` to
         max_grad_norm (0: no clipping) -> optimizer step -> after_update() -> on_step(...)
 
+    A loss given as `losses.Terms` is backpropagated term by term (one backward per forward pass; the gradients add
+    up to the sum's), so a pass's weight gradients are complete before the next pass's are formed.
+
     `should_stop()` is checked before each step, so a cancel takes effect within one step. A loss that is nan or
     inf ends the loop with a GrinError before it is applied (the model is left as after the last good step).
     """
@@ -114,7 +116,9 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
         if not math.isfinite(value):
             raise GrinError(f"{what} stopped at step {step + 1}: the loss became {value} (try {hint})")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for term in (loss if isinstance(loss, Terms) else (loss,)):
+            term.backward()
+        del loss
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm)
         optimizer.step()

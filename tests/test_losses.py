@@ -194,6 +194,8 @@ def test_describe_losses_covers_every_method():
 
 
 def test_losses_are_differentiable_scalars(tokenizer, forget_items, retain_items):
+    """Each loss is a scalar, or Terms: one scalar per forward pass (forget, retain), each with its own graph (so
+    they can be backpropagated apart), whose sum is the loss and whose gradients add up to the sum's."""
     model = tiny_llama(len(tokenizer), seed=1)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, model)
     weight = model.model.layers[0].mlp.down_proj.weight
@@ -201,9 +203,17 @@ def test_losses_are_differentiable_scalars(tokenizer, forget_items, retain_items
     try:
         for method, fn in LOSSES.items():
             value = fn(model, f_batches[0], r_batches[0], GrinConfig(method=method))
-            assert value.dim() == 0, method
-            (grad,) = torch.autograd.grad(value, weight)
-            assert grad.abs().max() > 0, method
+            parts = value if isinstance(value, losses.Terms) else (value,)
+            assert all(part.dim() == 0 for part in parts), method
+            assert value.item() == sum(parts[1:], parts[0]).item(), method
+            (whole,) = torch.autograd.grad(losses.total(value), weight, retain_graph=True)
+            apart = [torch.autograd.grad(part, weight)[0] for part in parts]  # each part alone: graphs are separate
+            assert whole.abs().max() > 0, method
+            if method == "dpo":  # three passes (idk, forget, retain): the additions group differently, same sum
+                assert torch.allclose(sum(apart[1:], apart[0]), whole, rtol=1e-5, atol=1e-8), method
+            else:  # one pass per term: the same single addition per entry
+                assert torch.equal(sum(apart[1:], apart[0]), whole), method
+        assert not isinstance(LOSSES["ga"](model, f_batches[0], r_batches[0], GrinConfig(method="ga")), losses.Terms)
     finally:
         weight.requires_grad_(False)
 

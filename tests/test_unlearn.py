@@ -65,9 +65,10 @@ def test_masked_unlearning_moves_only_selected_weights(tokenizer, forget_items, 
 
 
 def test_each_weights_gradient_is_taken_as_backward_forms_it(tokenizer, forget_items, retain_items, monkeypatch):
-    """Memory: no trained weight keeps its full-size gradient once backward has formed it (the engine's hook takes
-    the selected entries and drops the rest), and the optimiser gets exactly the selected entries of autograd's
-    gradient of the step's loss. Before the hook every trained weight held a full gradient until backward ended."""
+    """Memory: no trained weight keeps its full-size gradient once autograd has completed it (the engine's hook
+    takes the selected entries and drops the rest); GradDiff's two forward passes are backpropagated one at a time,
+    so each weight's gradient completes once per pass (twice a step), not once after both passes held theirs; and
+    the optimiser gets exactly the selected entries of autograd's gradient of the step's whole loss."""
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     masks = _masks(model, candidates)
     params = dict(model.named_parameters())
@@ -104,7 +105,7 @@ def test_each_weights_gradient_is_taken_as_backward_forms_it(tokenizer, forget_i
 
     monkeypatch.setattr(unlearn_module, "train_loop", spying_loop)
     unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
-    assert len(held) == len(trained) and max(held) == 0, f"weights holding a full gradient: {held}"
+    assert len(held) == 2 * len(trained) and max(held) == 0, f"weights holding a full gradient: {held}"
     (grads,) = stepped
     for name, grad in zip(trained, grads, strict=True):
         index = masks[name].reshape(-1).nonzero().squeeze(1)
