@@ -28,33 +28,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bench_parser, device_name, load_for_bench, reset_peak  # noqa: E402
+from common import bench_parser, device_name, load_for_bench, peak_bytes, reset_peak  # noqa: E402
 
 from grin_engine.config import GrinConfig  # noqa: E402
-from grin_engine.data import load_items, qa_batches  # noqa: E402
-from grin_engine.data import forget_batches  # noqa: E402
+from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
 from grin_engine.influence import candidate_parameters, compute_influence, select_top_fraction  # noqa: E402
 from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
-def peak_bytes(run, device: torch.device) -> int:
-    """Peak memory while `run()` runs, above the memory in use when it starts."""
+def _in_use(device: torch.device) -> int:
+    """The memory in use now: CUDA's allocated tensors, or the process's RSS (Linux)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        start = torch.cuda.memory_allocated(device)
-        reset_peak(device)
-        run()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    start = _status_kib("VmRSS")
-    reset_peak(device)  # VmHWM := the current RSS
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) * 1024
+
+
+def peak_above_start(run, device: torch.device) -> int:
+    """Peak memory while `run()` runs, above the memory in use when it starts (grin_engine.memory's peak)."""
+    start = _in_use(device)
+    reset_peak(device)  # on a CPU: VmHWM := the current RSS
     run()
-    return (_status_kib("VmHWM") - start) * 1024
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return peak_bytes(device)[0] - start
 
 
 def main() -> None:
@@ -92,10 +90,10 @@ def main() -> None:
         return run
 
     start = time.perf_counter()
-    peak = peak_bytes(score(candidates), base.device)
+    peak = peak_above_start(score(candidates), base.device)
     seconds = time.perf_counter() - start
     held.clear()
-    activations = peak_bytes(score(one_weight), base.device)
+    activations = peak_above_start(score(one_weight), base.device)
     held.clear()
     print(f"scoring: peak {peak / 2**20:,.0f} MiB above the loaded model = {peak / one_set:.2f} float32 sets "
           f"({seconds:.0f} s); weights + peak = {(weights + peak) / weights:.2f}x the weights")
@@ -103,11 +101,13 @@ def main() -> None:
           f"{activations / one_set:.2f} sets; scoring peak minus that = {(peak - activations) / one_set:.2f} sets")
     if args.train_steps > 0:
         scores = compute_influence(model, f_batches, r_batches, candidates, cfg.eps, **chosen_park)
-        kept_masks = peak_bytes(lambda: held.update(masks=select_top_fraction(scores, args.p / 100).masks),
-                                base.device)
+
+        def select(consume):
+            return lambda: held.update(masks=select_top_fraction(scores, args.p / 100, consume=consume).masks)
+
+        kept_masks = peak_above_start(select(False), base.device)
         held.clear()
-        consumed = peak_bytes(lambda: held.update(masks=select_top_fraction(scores, args.p / 100, consume=True).masks),
-                              base.device)
+        consumed = peak_above_start(select(True), base.device)
         masks = held.pop("masks")
         print(f"selection at p = {args.p:g}%: peak above the scores {kept_masks / one_set:.2f} float32 sets keeping "
               f"the scores, {consumed / one_set:.2f} consuming them (a run's choice; one set = 4 bytes, a mask 1 byte "
@@ -116,11 +116,11 @@ def main() -> None:
         f_train = forget_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length, seed=0)
         attach_reference(model, f_train)
         start = time.perf_counter()
-        trained = peak_bytes(lambda: unlearn(model, f_train, r_batches, train_cfg, list(candidates), masks),
-                             base.device)
+        trained = peak_above_start(lambda: unlearn(model, f_train, r_batches, train_cfg, list(candidates), masks),
+                                   base.device)
         seconds = time.perf_counter() - start
-        print(f"masked unlearning, {args.train_steps} {args.method} steps at p = {args.p:g}%: peak {trained / 2**20:,.0f} MiB "
-              f"above the model and the masks = {trained / one_set:.2f} float32 sets ({seconds:.0f} s); the "
+        print(f"masked unlearning, {args.train_steps} {args.method} steps at p = {args.p:g}%: peak "
+              f"{trained / 2**20:,.0f} MiB above the model and the masks = {trained / one_set:.2f} float32 sets ({seconds:.0f} s); the "
               f"activations alone (above) {activations / one_set:.2f} sets")
 
 

@@ -118,7 +118,6 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
         optimizer.zero_grad(set_to_none=True)
         for term in (loss if isinstance(loss, Terms) else (loss,)):
             term.backward()
-        del loss
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm)
         optimizer.step()

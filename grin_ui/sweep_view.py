@@ -48,7 +48,7 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
                  retain_key: str = "retain_keyword_accuracy", target: str | None = None,
                  title: str | None = None) -> go.Figure:
     """Each setting a point (mean over seeds, error bars = std over seeds; colour = method, label = p), each
-    method's Pareto front a line, the ideal corner (forget 0, retain 1) a star, auto-p's pick a ring."""
+    method's Pareto front a line, the ideal corner (forget 0, retain 1) a star, auto-p's pick a gold outline."""
     fig = go.Figure()
     summary = summarize(points, forget_key, retain_key, parse_target(target) if target else None)
     metrics = (before or {}).get("metrics") or {}
@@ -59,8 +59,8 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
     # every label placed at once, so that close points (several p of one method, methods on one spot) share out
     # the room round them (plots.label_positions)
     picks = [(m, r) for m, r in summary["auto_p"].items() if r is not None]
-    picked = {(m, _setting_label(r)) for m, r in picks}  # auto-p's picks: a gold ring drawn as the point's own outline, so that
-    # plotly sets the label off the ring, not inside it
+    # auto-p's picks get a gold ring as the point's own outline, so that plotly sets the label off the ring
+    picked = {(m, _setting_label(r)) for m, r in picks}
     labelled = [((0, 1), "ideal")] + ([((base_f, base_r), "base")] if has_base else [])
     labelled += [((r["forget"], r["retain"]), f"{100 * r['p']:g}%" if r.get("p") is not None else "")
                  for rows in by_method.values() for r in rows]
@@ -82,19 +82,19 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
         area = summary["areas"].get(method)
         name = method + (f" (area {area['mean']:.2f}±{area['std']:.2f})" if area else "")
         row_places = [next(places) for _ in rows]
+        is_pick = [(method, _setting_label(r)) in picked for r in rows]
         fig.add_trace(go.Scatter(
             x=[r["forget"] for r in rows], y=[r["retain"] for r in rows], mode="markers+text", name=name,
             legendgroup=method, text=[f"{100 * r['p']:g}%" if r.get("p") is not None and place else ""
                                       for r, place in zip(rows, row_places)],
             textposition=[place or "top center" for place in row_places], textfont={"color": colour, "size": 11},
-            marker={"size": [19 if (method, _setting_label(r)) in picked else 11 for r in rows], "color": colour,
+            marker={"size": [19 if pick else 11 for pick in is_pick], "color": colour,
                     "opacity": 1,  # (plotly fades markers whose sizes vary)
-                    "line": {"color": "#d69e2e", "width": [4 if (method, _setting_label(r)) in picked else 0
-                                                           for r in rows]}},
+                    "line": {"color": "#d69e2e", "width": [4 if pick else 0 for pick in is_pick]}},
             error_x={"type": "data", "array": [r["forget_std"] for r in rows], "visible": True, "thickness": 1},
             error_y={"type": "data", "array": [r["retain_std"] for r in rows], "visible": True, "thickness": 1},
-            customdata=[[_setting_label(r), r["n"], " (auto-p's pick)" if (method, _setting_label(r)) in picked else ""]
-                        for r in rows],
+            customdata=[[_setting_label(r), r["n"], " (auto-p's pick)" if pick else ""]
+                        for r, pick in zip(rows, is_pick)],
             hovertemplate=f"<b>{method}</b> %{{customdata[0]}}%{{customdata[2]}}<br>forget %{{x:.3f}}<br>"
                           f"retain %{{y:.3f}}<br>seeds %{{customdata[1]}}<extra></extra>"))
         fig.add_trace(go.Scatter(x=[r["forget"] for r in front], y=[r["retain"] for r in front], mode="lines",
