@@ -79,7 +79,7 @@ def flow(url: str, args) -> dict:
 
     d = GrinConfig()
     sigma2 = f"{d.sigma2:g}".replace("e-0", "e-")
-    unlearn = [d.method, 100 * d.p, sigma2, d.lr, args.steps or d.steps, d.alpha, None, d.seed, True, args.items]
+    unlearn = [d.loss, 100 * d.p, sigma2, d.lr, args.steps or d.steps, d.alpha, None, d.seed, True, args.items]
     client = Client(url, verbose=False)
     times, statuses = {}, {}
     times["load"], out = timed(lambda: client.predict(*LOAD, api_name="/load"), "load")
@@ -98,7 +98,7 @@ def flow(url: str, args) -> dict:
         statuses["unlearn again"] = out[0]
     if args.no_compare:
         return {"seconds": times, "statuses": statuses, "answers": answers, "unlearn_inputs": unlearn}
-    compare = [METHODS, d.grun_method, d.grun_gate, d.grun_lr, d.grun_gate_weight, args.grun_steps or d.grun_steps,
+    compare = [METHODS, d.grun_loss, d.grun_gate, d.grun_lr, d.grun_gate_weight, args.grun_steps or d.grun_steps,
                *unlearn, "forget"]
     times["compare"], out = timed(lambda: client.submit(*compare, api_name="/compare").result(), "compare")
     statuses["compare"] = out[0]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bench_parser, load_for_bench, device_name, peak_memory, reset_peak, sync  # noqa: E402
-from grin_engine import evaluate  # noqa: E402
+from grin_engine.evaluation import evaluate  # noqa: E402
 from grin_engine.data import load_items  # noqa: E402
 
 PREVIOUS_ROWS = 16

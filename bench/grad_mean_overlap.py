@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grin_engine.config import ModelSpec  # noqa: E402
 from grin_engine.data import qa_batches, read_items_file  # noqa: E402
-from grin_engine.influence import (accumulate_gradients, candidate_parameters, influence_scores, jaccard,  # noqa: E402
-                                   select_top_fraction)
+from grin_engine.method.influence import accumulate_gradients, candidate_parameters, influence_scores  # noqa: E402
+from grin_engine.method.selection import jaccard, select_top_fraction  # noqa: E402
 from grin_engine.models import load_model  # noqa: E402
 
 TOFU = Path(__file__).resolve().parent.parent / "assets" / "tofu"

@@ -26,10 +26,11 @@ from common import bench_parser, load_for_bench, device_name, median_time, peak_
 
 from grin_engine.config import GrinConfig  # noqa: E402
 from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
-from grin_engine.influence import candidate_parameters, compute_influence, select_top_fraction  # noqa: E402
-from grin_engine.losses import mean_nll  # noqa: E402
+from grin_engine.method.influence import candidate_parameters, compute_influence  # noqa: E402
+from grin_engine.method.selection import select_top_fraction  # noqa: E402
+from grin_engine.method.losses import mean_nll  # noqa: E402
 from grin_engine.models import copy_model  # noqa: E402
-from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
+from grin_engine.method.unlearn import attach_reference, unlearn  # noqa: E402
 
 
 def tokens_in(batches) -> int:
@@ -62,7 +63,7 @@ def main() -> None:
     base = load_for_bench(args)
     work = copy_model(base)  # the plain training pass changes weights: never on the base
     model, tok = work.model, work.tokenizer
-    cfg = GrinConfig(p=args.p, steps=args.steps, method="graddiff")
+    cfg = GrinConfig(p=args.p, steps=args.steps, loss="graddiff")
     forget, retain = load_items("harry_potter", args.items), load_items("general_knowledge", args.items)
     f_batches = qa_batches(tok, forget, cfg.batch_size, cfg.max_length)
     r_batches = qa_batches(tok, retain, cfg.batch_size, cfg.max_length)

@@ -2,7 +2,7 @@
 in float32 sets of the candidates.
 
     python bench/score_memory.py [--model default] [--items 8] [--batch-size 2] [--no-park] [--threads 1]
-                                 [--train-steps 2] [--p 1] [--method graddiff]
+                                 [--train-steps 2] [--p 1] [--loss graddiff]
 
 One float32 set = 4 bytes per candidate parameter. README's memory plan: on an accelerator scoring holds weights + one
 set (G_f parked in CPU memory), plus activations; on a CPU, weights + two sets (G_f and G_r). Before the plan it
@@ -32,8 +32,9 @@ from common import bench_parser, device_name, load_for_bench, peak_bytes, reset_
 
 from grin_engine.config import GrinConfig  # noqa: E402
 from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
-from grin_engine.influence import candidate_parameters, compute_influence, select_top_fraction  # noqa: E402
-from grin_engine.unlearn import attach_reference, unlearn  # noqa: E402
+from grin_engine.method.influence import candidate_parameters, compute_influence  # noqa: E402
+from grin_engine.method.selection import select_top_fraction  # noqa: E402
+from grin_engine.method.unlearn import attach_reference, unlearn  # noqa: E402
 
 
 def _in_use(device: torch.device) -> int:
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=2, help="masked unlearning steps measured (0: none)")
     parser.add_argument("--p", type=float, default=1.0, help="percent of the candidates trained")
-    parser.add_argument("--method", default="graddiff", help="the unlearning loss of the measured steps")
+    parser.add_argument("--loss", "--method", dest="loss", default="graddiff", help="the unlearning loss of the measured steps")
     parser.add_argument("--no-park", action="store_true", help="keep G_f on the device (compute_influence "
                                                                  "park_forget=False)")
     args = parser.parse_args()
@@ -112,14 +113,14 @@ def main() -> None:
         print(f"selection at p = {args.p:g}%: peak above the scores {kept_masks / one_set:.2f} float32 sets keeping "
               f"the scores, {consumed / one_set:.2f} consuming them (a run's choice; one set = 4 bytes, a mask 1 byte "
               f"per candidate)")
-        train_cfg = GrinConfig(batch_size=args.batch_size, method=args.method, steps=args.train_steps)
+        train_cfg = GrinConfig(batch_size=args.batch_size, loss=args.loss, steps=args.train_steps)
         f_train = forget_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length, seed=0)
         attach_reference(model, f_train)
         start = time.perf_counter()
         trained = peak_above_start(lambda: unlearn(model, f_train, r_batches, train_cfg, list(candidates), masks),
                                    base.device)
         seconds = time.perf_counter() - start
-        print(f"masked unlearning, {args.train_steps} {args.method} steps at p = {args.p:g}%: peak "
+        print(f"masked unlearning, {args.train_steps} {args.loss} steps at p = {args.p:g}%: peak "
               f"{trained / 2**20:,.0f} MiB above the model and the masks = {trained / one_set:.2f} float32 sets ({seconds:.0f} s); the "
               f"activations alone (above) {activations / one_set:.2f} sets")
 

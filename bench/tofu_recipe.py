@@ -3,7 +3,7 @@
     python bench/tofu_recipe.py --kind retain --tofu-lr 1e-4 [--tofu-epochs 3] [--retain-authors 1] [--threads 1]
     python bench/tofu_recipe.py --kind base
 
-Fine-tunes the target or the retain model with grin_engine.tofu's own code (cached_finetune: the model lands in the
+Fine-tunes the target or the retain model with grin_engine.benchmarks.tofu's own code (cached_finetune: the model lands in the
 same cache the protocol reads, so a probed recipe that becomes the default is not trained twice), then prints the
 greedy answers' ROUGE-L recall on the first --items forget items, 2 x --items real-author and world-fact items and
 --items retain-author items, with fewer new tokens than the protocol's 200 (the gold answers of real authors and world
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import bench_parser, load_for_bench  # noqa: E402
 
-from grin_engine import metrics  # noqa: E402
-from grin_engine.evaluate import generate_answers  # noqa: E402
-from grin_engine.tofu import DEFAULT_CACHE, TofuRecipe, cached_finetune, load_tofu  # noqa: E402
+from grin_engine.evaluation import metrics  # noqa: E402
+from grin_engine.evaluation.evaluate import generate_answers  # noqa: E402
+from grin_engine.benchmarks.tofu import DEFAULT_CACHE, TofuRecipe, cached_finetune, load_tofu  # noqa: E402
 
 
 def main() -> None:

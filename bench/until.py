@@ -6,7 +6,7 @@ Runs GRIN twice with the same settings: once for --steps steps, once with --unti
 and prints forget / retain metrics of both and the step where the until-run stopped. One model load and one base
 evaluation serve both runs. --held-out SET also answers a set neither run trains on (e.g. facts like the forget
 set's: what over-unlearning costs beyond the retain items that GradDiff trains on) with the base and both results.
---method, --lr, --sigma2, --alpha set the rest (e.g. the app's "aggressively" preset). The numbers are measured,
+--loss, --lr, --sigma2, --alpha set the rest (e.g. the app's "aggressively" preset). The numbers are measured,
 not asserted: this is a measurement, not a test.
 """
 
@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from grin_engine import data, models  # noqa: E402
 from grin_engine.config import GrinConfig, ModelSpec  # noqa: E402
-from grin_engine.evaluate import evaluate_split, shown_answers  # noqa: E402
-from grin_engine.patch import unlearned_copy  # noqa: E402
-from grin_engine.pipeline import evaluate_both, run  # noqa: E402
+from grin_engine.evaluation.evaluate import evaluate_both, evaluate_split, shown_answers  # noqa: E402
+from grin_engine.method.patch import unlearned_copy  # noqa: E402
+from grin_engine.models import copy_model  # noqa: E402
+from grin_engine.runs.masks import choose_mask  # noqa: E402
+from grin_engine.runs.pipeline import finish  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--max-items", type=int, default=13)
     parser.add_argument("--steps", type=int, default=GrinConfig.steps)
     parser.add_argument("--p", type=float, default=GrinConfig.p)
-    parser.add_argument("--method", default=GrinConfig.method)
+    parser.add_argument("--loss", "--method", dest="loss", default=GrinConfig.loss)
     parser.add_argument("--lr", type=float, default=GrinConfig.lr)
     parser.add_argument("--sigma2", type=float, default=GrinConfig.sigma2)
     parser.add_argument("--alpha", type=float, default=GrinConfig.alpha)
@@ -50,7 +52,7 @@ def main() -> None:
     retain = data.load_items(args.retain, args.max_items)
     held_out = data.load_items(args.held_out, args.held_out_items) if args.held_out else None
     base = models.load_model(ModelSpec("default"))
-    fixed_cfg = GrinConfig(steps=args.steps, p=args.p, method=args.method, lr=args.lr, sigma2=args.sigma2,
+    fixed_cfg = GrinConfig(steps=args.steps, p=args.p, loss=args.loss, lr=args.lr, sigma2=args.sigma2,
                            alpha=args.alpha)
     until_cfg = replace(fixed_cfg, until=args.until, until_every=args.until_every)
     GrinConfig(**until_cfg.to_dict())  # validated like any config
@@ -62,7 +64,9 @@ def main() -> None:
     rows = {}
     for name, cfg in (("fixed", fixed_cfg), ("until", until_cfg)):
         start = time.perf_counter()
-        result = run(base, forget, retain, cfg, before={split: before[split] for split in ("forget", "retain")})
+        work = copy_model(base)  # the run's stages, from the one base evaluation above
+        result = finish(base, work, forget, retain, cfg, choose_mask(work, forget, retain, cfg),
+                        {split: before[split] for split in ("forget", "retain")})
         rows[name] = {"steps": len(result.losses), "seconds": time.perf_counter() - start,
                       "until": result.until, "before": result.metrics["before"], "after": result.metrics["after"],
                       "generations": result.generations}  # the answers, to read what the numbers mean
@@ -77,7 +81,7 @@ def main() -> None:
             del unlearned
         print(f"{name}: done in {rows[name]['seconds']:.0f} s", flush=True)
     metrics = ("keyword_accuracy", "rougeL_recall", "probability")
-    print(f"{len(forget)} forget + {len(retain)} retain items, {args.method}, p = {args.p}, lr = {args.lr}, "
+    print(f"{len(forget)} forget + {len(retain)} retain items, {args.loss}, p = {args.p}, lr = {args.lr}, "
           f"sigma2 = {args.sigma2}, alpha = {args.alpha}, up to {args.steps} steps; until "
           f"{args.until} checked every {args.until_every} steps")
     splits = ("forget", "retain") + (("held_out",) if held_out else ())

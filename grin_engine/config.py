@@ -7,7 +7,7 @@ A bad value raises `GrinError` with a one-line message meant for the person who 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .errors import GrinError  # noqa: F401  (defined apart so that losses/data raise it without importing config)
 from .limits import MAX_MODEL_NAME_CHARS
@@ -116,7 +116,7 @@ class DataSpec:
 class GrinConfig:
     """Everything that decides what one unlearning run does (DESIGN.md §2)."""
 
-    method: str = "graddiff"  # a name in losses.LOSSES
+    loss: str = "graddiff"  # the unlearning loss: a name in method/losses.LOSSES
     p: float = 0.01  # fraction of candidate weights selected, in (0, 1]
     sigma2: float = 1e-6  # variance of the Gaussian noise added to the selected weights
     use_mask: bool = True  # False: plain unlearning baseline (all candidates train, no noise)
@@ -126,8 +126,8 @@ class GrinConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     alpha: float = 1.0  # weight of the retain term
-    gamma: float | None = None  # weight of the forget term; None: the method's (1.0; simnpo 0.125, open-unlearning's)
-    beta: float | None = None  # None: the method's default (npo/dpo 0.1, simnpo 4.5)
+    gamma: float | None = None  # weight of the forget term; None: the loss's (1.0; simnpo 0.125, open-unlearning's)
+    beta: float | None = None  # None: the loss's default (npo/dpo 0.1, simnpo 4.5)
     delta: float = 0.0  # simnpo margin
     eps: float = 1e-8  # in the influence score |G_f| / (|G_r| + eps)
     include_embeddings: bool = False  # also consider the token embeddings (and a tied LM head)
@@ -139,7 +139,7 @@ class GrinConfig:
     grad_mean: str = "token"  # influence gradient: token-mean over the set (token) | mean of per-item means (item)
     ref_before_noise: bool = False  # NPO/DPO pi_ref: False = the model after the noise (ours), True = before (theirs)
     # GRUN (grun.py): gated representation edits instead of weight changes; steps, alpha, beta as above
-    grun_method: str = "idk"  # GRUN's unlearning loss (a name in losses.LOSSES); see grun.train_grun for why idk
+    grun_loss: str = "idk"  # GRUN's unlearning loss (a name in LOSSES); see method/grun.train_grun for why idk
     grun_layers: list[int] | None = None  # decoder layers to edit; None: three spread over the upper half
     grun_rank: int = 4
     grun_gate: str = "linear"  # "linear" or "mlp"
@@ -148,18 +148,17 @@ class GrinConfig:
     # The gate learns a classifier from scratch, so GRUN takes more steps; its steps are cheaper (no weight
     # gradients), so 40 of them cost about the time of GRIN's 20 (measured on CPU: 95 s against 84 s).
     grun_steps: int = 40
-    # Unlearn until forgotten (until.py): stop training once the forget set meets this target, checked every
+    # Unlearn until forgotten (evaluation/until.py): stop training once the forget set meets this target, checked every
     # until_every steps; cfg.steps (grun_steps) is then the most steps. None: always the full step count.
     until: str | None = None
     until_every: int = 2
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from .losses import get_loss  # late import: losses imports torch, config should stay light (losses does
-        #                               not import config: the registry checks the name, nothing imports back)
+        from .method.losses import get_loss  # late: losses imports torch, config stays light (losses imports no
+        #                                      config: the registry checks the name, nothing imports back)
 
-        get_loss(self.method)  # the one check of a method name (raises GrinError listing the valid ones)
-        get_loss(self.grun_method)
+        get_loss(self.loss)  # the one check of a loss name (raises GrinError listing the valid ones)
+        get_loss(self.grun_loss)
         for name in ("p", "sigma2", "lr", "steps", "batch_size", "max_length", "max_new_tokens", "alpha",
                      "weight_decay", "eps", "max_grad_norm", "delta", "seed", "grun_rank", "grun_gate_weight", "grun_lr",
                      "grun_steps"):
@@ -215,7 +214,7 @@ class GrinConfig:
                 raise GrinError(f"seed must be a whole number, got {self.seed!r}")
             self.seed = int(self.seed)
         if self.until is not None:
-            from .until import parse_target
+            from .targets import parse_target
 
             if parse_target(self.until).split != "forget":
                 raise GrinError(f"until checks the forget set only; got {self.until!r}")
@@ -224,3 +223,13 @@ class GrinConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GrinConfig":
+        """The config of a report's "config" section, also one written before the loss was called `loss` (then
+        `method` and `grun_method`); keys this version does not know are left out."""
+        renamed = {OLD_NAMES.get(k, k): v for k, v in values.items()}
+        return cls(**{k: v for k, v in renamed.items() if k in cls.__dataclass_fields__})
+
+
+OLD_NAMES = {"method": "loss", "grun_method": "grun_loss"}  # report keys of earlier versions -> today's fields

@@ -41,6 +41,13 @@ class QAItem:
         return asdict(self)
 
 
+def require_items(forget: list[QAItem], retain: list[QAItem]) -> None:
+    """Both sets need items: gradients, losses and metrics over an empty set mean nothing."""
+    for which, items in (("forget", forget), ("retain", retain)):
+        if not items:
+            raise GrinError(f"data: the {which} set has no items")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 

@@ -78,10 +78,3 @@ def memory_report(model) -> dict:
     return report
 
 
-def format_memory(report: dict) -> str:
-    """One line per device: 'memory on cuda:0 (NVIDIA H100 80GB HBM3): peak 43.10 GiB = 3.00x the weights (...)'."""
-    return "\n".join(
-        f"memory on {device} ({r['name']}): peak {r['peak_bytes'] / 2**30:.2f} GiB"
-        + (f" = {r['peak_over_weights']:.2f}x the weights ({r['weights_bytes'] / 2**30:.2f} GiB)"
-           if r["peak_over_weights"] is not None else "") + f" [{r['measured']}]"
-        for device, r in report.items())

@@ -360,7 +360,7 @@ def _counting(monkeypatch, module, name, keep=lambda *a, **k: True):
 
 
 def test_unlearn_after_influence_does_no_second_gradient_pass(tiny_app, monkeypatch):
-    from grin_engine import influence
+    from grin_engine.method import influence
 
     passes = _counting(monkeypatch, influence, "accumulate_gradients")  # one call per set: 2 per gradient pair
     client = gradio_client.Client(tiny_app, verbose=False)
@@ -398,7 +398,7 @@ def test_unlearn_after_influence_does_no_second_gradient_pass(tiny_app, monkeypa
 
 
 def test_two_visitors_share_one_base_evaluation(tiny_app, monkeypatch):
-    from grin_engine import pipeline
+    from grin_engine.runs import pipeline
     from grin_ui.state import STORE
 
     base = STORE.get("default").model

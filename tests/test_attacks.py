@@ -1,4 +1,4 @@
-"""Attacks on an unlearned model (grin_engine/attacks.py): pure pieces on hand values, the rest on tiny models."""
+"""Attacks on an unlearned model (grin_engine/attacks/): pure pieces on hand values, the rest on tiny models."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from grin_engine import attacks
-from grin_engine.attacks import (AttackConfig, Target, attack_targets, leak_share, one_shot_items, paraphrase_items,
-                                 parse_attacks, prefixed_tokenizer, recovery, rtn_round_trip, gguf_round_trip,
-                                 sample_answers, split_halves)
+from grin_engine.attacks import AttackConfig, Unlearned, attack_unlearned, parse_attacks
+from grin_engine.attacks.base import recovery, split_halves
+from grin_engine.attacks.prompting import one_shot_items, paraphrase_items, prefixed_tokenizer
+from grin_engine.attacks.quantisation import gguf_round_trip, quantise_model, rtn_round_trip
+from grin_engine.attacks.sampling import leak_share, sample_answers
+from grin_engine.events import Progress, Stopped
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import QAItem, format_prompt
-from grin_engine.evaluate import CUT_MARK
-from grin_engine.pipeline import run
+from grin_engine.evaluation.evaluate import CUT_MARK
+from grin_engine.runs.pipeline import run
 
 
 def checksum(model) -> str:
@@ -114,13 +117,13 @@ def test_gguf_round_trip_error_within_the_format_bound(qtype, levels):
 def test_quantise_model_twice_unchanged_and_counts_surviving_changes(tiny, forget_items, retain_items):
     cfg = GrinConfig(p=0.05, steps=2, max_new_tokens=4, sigma2=1e-4)
     result = run(tiny, forget_items, retain_items, cfg)
-    work = __import__("grin_engine.patch", fromlist=["x"]).unlearned_copy(tiny, result.patch)
+    work = __import__("grin_engine.method.patch", fromlist=["x"]).unlearned_copy(tiny, result.patch)
     quantise = lambda w: rtn_round_trip(w, 4, 32)  # noqa: E731
-    first = attacks.quantise_model(work.model, quantise, tiny.model, result.patch)
+    first = quantise_model(work.model, quantise, tiny.model, result.patch)
     assert first["quantised"] > 0 and first["changed"] > 0
     assert 0 <= first["survived"] <= first["changed"]
     snapshot = {k: v.clone() for k, v in work.model.state_dict().items()}
-    attacks.quantise_model(work.model, quantise)
+    quantise_model(work.model, quantise)
     assert all(torch.equal(snapshot[k], v) for k, v in work.model.state_dict().items())
 
 
@@ -212,8 +215,8 @@ def test_every_attack_leaves_the_base_and_the_run_unchanged(tiny, retain_items, 
     patch_before = {k: (None if i is None else i.clone(), v.clone()) for k, (i, v) in result.patch.entries.items()}
     acfg = AttackConfig(relearn_steps=2, samples=2, relearn_lr=1e-3)
     stages = []
-    results = attack_targets(tiny, [Target.of("grin", result)], items, retain_items, cfg, ["all"], acfg,
-                             on_progress=lambda stage, done, total: stages.append(stage))
+    results = attack_unlearned(tiny, [Unlearned.of("grin", result)], items, retain_items, cfg, ["all"], acfg,
+                               Progress(lambda stage, done, total, *extra: stages.append(stage)))
     assert checksum(tiny.model) == base_sum
     for name, (index, values) in result.patch.entries.items():
         assert torch.equal(values, patch_before[name][1])
@@ -244,25 +247,24 @@ def test_every_attack_leaves_the_base_and_the_run_unchanged(tiny, retain_items, 
 def test_relearning_changes_only_its_copy(tiny, retain_items, tiny_run):
     items, cfg, result = tiny_run
     base_sum = checksum(tiny.model)
-    target = Target.of("grin", result)
-    results = attack_targets(tiny, [target], items, retain_items, cfg, ["relearn"],
+    unlearned = Unlearned.of("grin", result)
+    results = attack_unlearned(tiny, [unlearned], items, retain_items, cfg, ["relearn"],
                              AttackConfig(relearn_steps=3, relearn_lr=1e-2))
     assert checksum(tiny.model) == base_sum
     losses = results[0].details["losses"]
     assert len(losses) == 3 and losses[-1] < losses[0]  # it did train (on its own copy)
     # the unlearned model rebuilt from the run's patch answers as the run did
-    again = attack_targets(tiny, [target], items, retain_items, cfg, ["prefix"])[0]
+    again = attack_unlearned(tiny, [unlearned], items, retain_items, cfg, ["prefix"])[0]
     assert again.baseline["forget"]["unlearned"] == {
         m: v for m, v in result.metrics["after"]["forget"].items()}
 
 
 def test_a_stop_ends_the_attacks(tiny, retain_items, tiny_run):
-    from grin_engine.pipeline import RunStopped
-
     items, cfg, result = tiny_run
-    with pytest.raises(RunStopped):
-        attack_targets(tiny, [Target.of("grin", result)], items, retain_items, cfg, ["quant8"],
-                       should_stop=lambda: True)
+    for name in ("quant8", "relearn"):
+        with pytest.raises(Stopped):
+            attack_unlearned(tiny, [Unlearned.of("grin", result)], items, retain_items, cfg, [name],
+                             progress=Progress(should_stop=lambda: True))
 
 
 def test_attack_config_checks():
@@ -281,4 +283,4 @@ def test_attack_config_checks():
 def test_a_run_without_patch_cannot_be_attacked(tiny_run):
     _, _, result = tiny_run
     with pytest.raises(GrinError, match="no unlearned model"):
-        Target.of("grin", dataclasses.replace(result, patch=None))
+        Unlearned.of("grin", dataclasses.replace(result, patch=None))

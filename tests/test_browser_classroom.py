@@ -102,7 +102,7 @@ def _now(page) -> float:
 
 
 def _ends_at_a_boundary_or_marked(answer: str) -> bool:
-    from grin_engine.evaluate import CUT_MARK
+    from grin_engine.evaluation.evaluate import CUT_MARK
 
     return answer == "" or answer.endswith(CUT_MARK) or bool(re.search(r"[.!?…\"')\]]$", answer))
 

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.compare: every method runs on the same data, each baseline's mask has the right size, the
+"""Tests for grin_engine.runs.compare: every method runs on the same data, each baseline's mask has the right size, the
 random baseline is reproducible from its seed, the overlaps are real Jaccard values, and the base stays untouched."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ import json
 import pytest
 import torch
 
-from grin_engine.compare import METHODS, compare, parse_methods
+from grin_engine.events import Progress
+from grin_engine.runs.compare import compare
+from grin_engine.runs.methods import METHODS, parse_methods
 from grin_engine.config import GrinConfig, GrinError
-from grin_engine.influence import Selection, candidate_parameters, jaccard, random_selection
+from grin_engine.method.influence import candidate_parameters
+from grin_engine.method.selection import Selection, jaccard, random_selection
 
 
 def _cfg(**overrides) -> GrinConfig:
@@ -80,7 +83,7 @@ def test_every_method_on_the_same_data(tiny, forget_items, retain_items):
 
 def test_grin_in_compare_is_the_same_run_as_grin_alone(tiny, forget_items, retain_items):
     """Same mask and same numbers as pipeline.run: the comparison adds no difference of its own."""
-    from grin_engine import pipeline
+    from grin_engine.runs import pipeline
 
     alone = pipeline.run(tiny, forget_items, retain_items, _cfg())
     compared = compare(tiny, forget_items, retain_items, _cfg(), ["grin"]).results["grin"]
@@ -97,8 +100,8 @@ def test_stop_keeps_the_methods_already_finished(tiny, forget_items, retain_item
     def on_progress(stage, done, total, *extra):
         seen.append(stage)
 
-    comparison = compare(tiny, forget_items, retain_items, _cfg(), ["full", "grun"], on_progress=on_progress,
-                         should_stop=lambda: any(s.startswith("grun/") for s in seen))
+    comparison = compare(tiny, forget_items, retain_items, _cfg(), ["full", "grun"],
+                         Progress(on_progress, lambda: any(s.startswith("grun/") for s in seen)))
     assert comparison.stopped
     assert not comparison.results["full"].stopped and comparison.results["grun"].stopped
     assert "before" in seen and "full/unlearn" in seen
@@ -121,30 +124,31 @@ def test_compare_in_place_equals_compare_on_copies_and_restores_the_base(tiny, f
 
 
 def _kept_scores(tiny, forget_items, retain_items, cfg):
-    from grin_engine import pipeline
+    from grin_engine.method.influence import compute_influence_scores
+    from grin_engine.method.score_cache import TopScores
     from grin_engine.models import copy_model
-    from grin_engine.score_cache import TopScores
 
     work = copy_model(tiny)
-    scores = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    scores = compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
     return TopScores.from_scores(scores.scores, scores.candidates)
 
 
 def test_compare_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, retain_items, monkeypatch):
     """Given the kept GRIN scores and the base evaluation, compare needs no gradients and no base answers, and
     gives the same runs as computing them itself."""
-    import grin_engine.compare as compare_module
-    from grin_engine import influence
-    from grin_engine.pipeline import evaluate_both
+    from grin_engine.evaluation.evaluate import evaluate_both
+    import grin_engine.runs.compare as compare_module
+    from grin_engine.runs import masks
 
     cfg = _cfg()
     fresh = compare(tiny, forget_items, retain_items, cfg, ["grin", "random"])
     top = _kept_scores(tiny, forget_items, retain_items, cfg)
     before = evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
     calls = []
-    monkeypatch.setattr(influence, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
-    monkeypatch.setattr(compare_module, "evaluate_both", lambda *a, **k: calls.append("before"))
-    reused = compare(tiny, forget_items, retain_items, cfg, ["grin", "random"], before=before, grin_top=top)
+    monkeypatch.setattr(masks, "gradient_pair", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(masks, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(compare_module, "evaluate", lambda *a, **k: calls.append("before"))
+    reused = compare(tiny, forget_items, retain_items, cfg, ["grin", "random"], before=before, kept={"grin": top})
     assert calls == []
     assert reused.masks_selected == fresh.masks_selected and reused.overlap == fresh.overlap
     for name in ("grin", "random"):
@@ -155,14 +159,17 @@ def test_compare_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, 
 def test_forget_grad_alone_forms_only_the_forget_gradients(tiny, forget_items, retain_items, monkeypatch):
     """The |G_f| mask needs no retain gradients: one gradient pass (the forget set's) instead of two, and the same
     scores as taking |G_f| from the pair that GRIN needs."""
-    import grin_engine.compare as compare_module
-    from grin_engine.compare import mask_scores
+    from grin_engine.method.influence import accumulate_gradients
+    from grin_engine.runs import masks
 
     cfg = _cfg()
-    with_grin = mask_scores(tiny, forget_items, retain_items, cfg, ["grin", "forget-grad"], lambda *a: None)
-    real, passes = compare_module.accumulate_gradients, []
-    monkeypatch.setattr(compare_module, "accumulate_gradients", lambda *a, **k: passes.append(1) or real(*a, **k))
-    alone = mask_scores(tiny, forget_items, retain_items, cfg, ["forget-grad"], lambda *a: None)
+    both = [METHODS["grin"], METHODS["forget-grad"]]
+    with_grin = masks.kept_scores(tiny, forget_items, retain_items, cfg, both, keep=1.0, copy=True)
+    passes = []
+    monkeypatch.setattr(masks, "accumulate_gradients",
+                        lambda *a, **k: passes.append(1) or accumulate_gradients(*a, **k))
+    alone = masks.kept_scores(tiny, forget_items, retain_items, cfg, [METHODS["forget-grad"]], keep=1.0, copy=True)
     assert len(passes) == 1 and set(alone) == {"forget-grad"}
-    for name, score in with_grin["forget-grad"].items():
-        assert torch.equal(alone["forget-grad"][name], score)
+    for name, values in with_grin["forget-grad"].values.items():  # keep = 1: every score, as values and indices
+        assert torch.equal(alone["forget-grad"].values[name], values)
+        assert torch.equal(alone["forget-grad"].indices[name], with_grin["forget-grad"].indices[name])

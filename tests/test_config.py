@@ -7,7 +7,7 @@ import math
 import pytest
 
 from grin_engine.config import DataSpec, GrinConfig, GrinError, ModelSpec
-from grin_engine.losses import LOSSES
+from grin_engine.method.losses import LOSSES
 
 
 def _error(factory, *fragments) -> str:
@@ -22,7 +22,7 @@ def _error(factory, *fragments) -> str:
 
 def test_defaults_are_valid():
     cfg = GrinConfig()
-    assert cfg.method in LOSSES and 0 < cfg.p <= 1 and cfg.sigma2 >= 0
+    assert cfg.loss in LOSSES and 0 < cfg.p <= 1 and cfg.sigma2 >= 0
     assert cfg.to_dict()["p"] == cfg.p
     assert ModelSpec().device == "auto" and DataSpec().forget == "harry_potter"
 
@@ -46,15 +46,23 @@ def test_sigma2_zero_is_allowed():
     assert GrinConfig(sigma2=0.0).sigma2 == 0.0
 
 
-def test_unknown_method_lists_methods():
-    message = _error(lambda: GrinConfig(method="nope"), "'nope'")
+def test_unknown_loss_lists_losses():
+    message = _error(lambda: GrinConfig(loss="nope"), "'nope'")
     for name in LOSSES:
         assert name in message
 
 
-@pytest.mark.parametrize("method", list(LOSSES))
-def test_every_registered_method_is_accepted(method):
-    assert GrinConfig(method=method).method == method
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_registered_loss_is_accepted(loss):
+    assert GrinConfig(loss=loss).loss == loss
+
+
+def test_a_report_of_the_earlier_names_still_reads():
+    """Reports written before the loss was called `loss` say `method` and `grun_method`."""
+    old = {**GrinConfig().to_dict(), "method": "npo", "grun_method": "ga", "something_else": 1}
+    del old["loss"], old["grun_loss"]
+    cfg = GrinConfig.from_dict(old)
+    assert (cfg.loss, cfg.grun_loss) == ("npo", "ga")
 
 
 @pytest.mark.parametrize("field, value", [

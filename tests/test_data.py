@@ -12,7 +12,7 @@ import torch
 from grin_engine.config import GrinError
 from grin_engine.data import (IDK_ANSWERS, IGNORE_INDEX, QAItem, builtin_names, collate, encode_pair, forget_batches,
                               format_prompt, load_items, make_batches, qa_batches)
-from grin_engine.tofu import TOFU_DIR  # the TOFU files ship with the project (assets/tofu)
+from grin_engine.benchmarks.tofu import TOFU_DIR  # the TOFU files ship with the project (assets/tofu)
 
 RECORDS = [
     {"question": "Who is the headmaster of Hogwarts?", "answer": "Albus Dumbledore.", "keywords": ["Dumbledore", "Albus"]},

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.evaluate: generation, per-item NLLs and MCQ scoring come from the model's real outputs."""
+"""Tests for grin_engine.evaluation.evaluate: generation, per-item NLLs and MCQ scoring come from the model's real outputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from grin_engine import evaluate
+from grin_engine.evaluation import evaluate
 from grin_engine.data import make_batches
-from grin_engine.losses import answer_nll
+from grin_engine.method.losses import answer_nll
 
 
 def test_generate_answers_one_per_question_and_restores_padding_side(tiny):

@@ -1,5 +1,5 @@
-"""Tests for grin_engine.frontier on hand-made points: the Pareto front, the area to the ideal corner (by hand), its
-spread over seeds, and auto-p; and for the target syntax the sweep and `run --until` share (grin_engine.until)."""
+"""Tests for grin_engine.runs.frontier on hand-made points: the Pareto front, the area to the ideal corner (by hand), its
+spread over seeds, and auto-p; and for the target syntax the sweep and `run --until` share (grin_engine.evaluation.until)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from grin_engine.config import GrinError
-from grin_engine.frontier import aggregate, area_to_ideal, auto_p, method_areas, pareto_front, summarize
-from grin_engine.until import Target, parse_target
+from grin_engine.runs.frontier import aggregate, area_to_ideal, auto_p, method_areas, pareto_front, summarize
+from grin_engine.targets import Target, parse_target
 
 F, R = "forget_keyword_accuracy", "retain_keyword_accuracy"
 

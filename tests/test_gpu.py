@@ -91,7 +91,7 @@ def test_influence_and_unlearn_send_plain_cpu_data(stored_tiny, forget_items, re
     hist, top = messages[-1][1]
     assert top.seconds > 0 and int(hist.total.sum()) > 0 and 0 < top.kept < top.n
 
-    cfg = GrinConfig(method="graddiff", p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4)
+    cfg = GrinConfig(loss="graddiff", p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4)
     messages = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))
     assert messages[-1][0] == "done"
     for message in messages:
@@ -106,7 +106,7 @@ def test_influence_and_unlearn_send_plain_cpu_data(stored_tiny, forget_items, re
 def test_stop_set_from_outside_ends_the_run(stored_tiny, forget_items, retain_items, tmp_path):
     stop = StopFlag(str(tmp_path / "stop"))
     stop.set()  # pressed before the first batch: the run ends at its first check
-    cfg = GrinConfig(method="graddiff", p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4)
+    cfg = GrinConfig(loss="graddiff", p=0.1, steps=2, batch_size=2, max_length=64, max_new_tokens=4)
     kinds = [m[0] for m in gpu.influence_work("tiny", forget_items, retain_items, stop)]
     assert kinds[-1] == "stopped"
     final = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))[-1]

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.grun: the hooks never touch the base weights, "off" is exactly the original model, the gate
+"""Tests for grin_engine.method.grun: the hooks never touch the base weights, "off" is exactly the original model, the gate
 learns to open on forget questions and stay shut on retain questions, and a trained GRUN saves and loads."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import torch
 
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import format_prompt
-from grin_engine.evaluate import generate_answers
-from grin_engine.grun import (Grun, GrunSpec, default_layers, export_state, gate_values, last_prompt_positions,
+from grin_engine.evaluation.evaluate import generate_answers
+from grin_engine.method.grun import (Grun, GrunSpec, default_layers, export_state, gate_values, last_prompt_positions,
                               load_grun, prompt_end_ids, save_grun, train_grun)
 
 
 def _cfg(**overrides) -> GrinConfig:
-    settings = dict(grun_method="idk", grun_steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
+    settings = dict(grun_loss="idk", grun_steps=30, batch_size=4, max_length=64, grun_lr=1e-2, seed=0)
     settings.update(overrides)
     return GrinConfig(**settings)
 
@@ -99,7 +99,7 @@ def test_the_gate_trains_toward_its_targets(tokenizer, forget_items, retain_item
     questions_r = [it.question for it in retain_items]
     before_f = gate_values(tiny.model, tiny.tokenizer, grun, questions_f)
     before_r = gate_values(tiny.model, tiny.tokenizer, grun, questions_r)
-    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(grun_method=method))
+    train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items, _cfg(grun_loss=method))
     after_f = gate_values(tiny.model, tiny.tokenizer, grun, questions_f)
     after_r = gate_values(tiny.model, tiny.tokenizer, grun, questions_r)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.influence: scores against a slow reference, candidates per architecture, exact top-k
+"""Tests for grin_engine.method.influence: scores against a slow reference, candidates per architecture, exact top-k
 selection (histogram path included), summaries and the random baseline."""
 
 from __future__ import annotations
@@ -8,18 +8,11 @@ import math
 import pytest
 import torch
 
-from grin_engine import influence
+from grin_engine.method import influence, selection
 from grin_engine.config import GrinError
 from grin_engine.data import IGNORE_INDEX, encode_pair, qa_batches
-from grin_engine.influence import (
-    Selection,
-    candidate_parameters,
-    compute_influence,
-    kth_largest,
-    random_selection,
-    select_top_fraction,
-    summarize_selection,
-)
+from grin_engine.method.influence import candidate_parameters, compute_influence
+from grin_engine.method.selection import Selection, kth_largest, random_selection, select_top_fraction, summarize_selection
 
 from conftest import tiny_llama
 
@@ -565,7 +558,7 @@ def test_kth_largest_matches_topk_and_the_previous_algorithm(name):
 @pytest.mark.parametrize("name", list(_score_sets()))
 def test_kth_largest_reading_tensors_in_pieces(monkeypatch, name):
     """Tiny pieces: tensors are split at odd places and the histograms are summed over many pieces."""
-    monkeypatch.setattr(influence, "_PIECE", 97)
+    monkeypatch.setattr(selection, "_PIECE", 97)
     scores = _score_sets()[name]
     n = sum(t.numel() for t in scores.values())
     for k in _ks(n):
@@ -727,7 +720,7 @@ def test_random_selection_count_is_exact_for_a_large_model():
     replacement, so duplicates make it smaller than round(p * n). A fake parameter (shape only) keeps this cheap."""
     from types import SimpleNamespace
 
-    from grin_engine.influence import Candidate
+    from grin_engine.method.influence import Candidate
 
     n = (1 << 27) + 1000
     candidates = {"w": Candidate("w", 0, "mlp.up_proj", "ffn", n)}
@@ -767,7 +760,7 @@ def test_item_grad_mean_is_the_mean_of_per_item_means(tokenizer, forget_items, b
         p.requires_grad_(False)
     for n in names:
         params[n].requires_grad_(True)
-    from grin_engine.losses import answer_nll
+    from grin_engine.method.losses import answer_nll
     total = 0
     for it in forget_items:  # one item at a time: its own token-mean NLL
         nll_sum, count = answer_nll(model, qa_batches(tokenizer, [it], 1, 64)[0])

@@ -6,7 +6,7 @@ import time
 
 from grin_engine import limits
 from grin_engine.data import encode_pair, format_prompt
-from grin_engine.evaluate import generate_answers
+from grin_engine.evaluation.evaluate import generate_answers
 
 
 def test_a_short_text_is_unchanged(tokenizer):

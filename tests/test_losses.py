@@ -1,4 +1,4 @@
-"""Tests for grin_engine.losses: every loss lowers its own objective, and each formula against a hand computation."""
+"""Tests for grin_engine.method.losses: every loss lowers its own objective, and each formula against a hand computation."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from grin_engine import losses
+from grin_engine.method import losses
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import IGNORE_INDEX, forget_batches, qa_batches
-from grin_engine.influence import candidate_parameters
-from grin_engine.losses import LOSSES, answer_logprob, answer_nll, get_loss, mean_nll
-from grin_engine.unlearn import attach_reference, unlearn
+from grin_engine.method.influence import candidate_parameters
+from grin_engine.method.losses import LOSSES, answer_logprob, answer_nll, get_loss, mean_nll
+from grin_engine.method.unlearn import attach_reference, unlearn
 
 from conftest import tiny_llama
 
@@ -46,7 +46,7 @@ def _hand_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def test_every_loss_decreases_its_own_objective(tokenizer, forget_items, retain_items, method):
     model = tiny_llama(len(tokenizer), seed=1)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, model)
-    cfg = GrinConfig(method=method, lr=3e-3, steps=5, weight_decay=0.0)
+    cfg = GrinConfig(loss=method, lr=3e-3, steps=5, weight_decay=0.0)
     loss_fn = get_loss(method)
     with torch.no_grad():
         before = loss_fn(model, f_batches[0], r_batches[0], cfg).item()
@@ -77,7 +77,7 @@ def test_ga_graddiff_idk_formulas(tokenizer, forget_items, retain_items):
     model = tiny_llama(len(tokenizer), seed=2)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, model)
     forget, retain = f_batches[0], r_batches[0]
-    cfg = GrinConfig(method="graddiff", alpha=0.7, gamma=1.3)
+    cfg = GrinConfig(loss="graddiff", alpha=0.7, gamma=1.3)
     with torch.no_grad():
         nll_f, nll_r, nll_idk = mean_nll(model, forget), mean_nll(model, retain), mean_nll(model, forget["idk"])
         assert LOSSES["ga"](model, forget, retain, cfg).item() == pytest.approx(-nll_f.item(), rel=1e-6)
@@ -92,7 +92,7 @@ def test_npo_at_the_reference_point(tokenizer, forget_items, retain_items, beta,
     """pi == pi_ref: every log ratio is 0, log sigmoid(0) = -log 2, so the forget term is (2/beta) log 2."""
     model = tiny_llama(len(tokenizer), seed=2)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, model)
-    cfg = GrinConfig(method="npo", beta=beta, alpha=alpha)
+    cfg = GrinConfig(loss="npo", beta=beta, alpha=alpha)
     b = 0.1 if beta is None else beta
     with torch.no_grad():
         value = LOSSES["npo"](model, f_batches[0], r_batches[0], cfg).item()
@@ -107,7 +107,7 @@ def test_npo_forget_term_by_hand(tokenizer, forget_items, retain_items):
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, reference)
     forget = f_batches[0]
     beta = 0.3
-    cfg = GrinConfig(method="npo", beta=beta, alpha=0.0)
+    cfg = GrinConfig(loss="npo", beta=beta, alpha=0.0)
     with torch.no_grad():
         value = LOSSES["npo"](model, forget, r_batches[0], cfg).item()
         log_pi = -_hand_nll(model, forget)[0]
@@ -117,7 +117,7 @@ def test_npo_forget_term_by_hand(tokenizer, forget_items, retain_items):
     assert abs((log_pi - log_pi_ref).mean().item()) > 0.1  # really away from the reference
     assert value == pytest.approx(expected, rel=1e-5)
     # the retain term is added with weight alpha
-    cfg2 = GrinConfig(method="npo", beta=beta, alpha=2.0)
+    cfg2 = GrinConfig(loss="npo", beta=beta, alpha=2.0)
     with torch.no_grad():
         with_retain = LOSSES["npo"](model, forget, r_batches[0], cfg2).item()
         assert with_retain == pytest.approx(value + 2.0 * mean_nll(model, r_batches[0]).item(), rel=1e-5)
@@ -129,7 +129,7 @@ def test_simnpo_by_hand(tokenizer, forget_items, retain_items, beta, delta, alph
     range (with delta = 0 and beta = 4.5 the forget term is ~1e-12 and would hide any mistake in it)."""
     model = tiny_llama(len(tokenizer), seed=4)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, model)
-    cfg = GrinConfig(method="simnpo", beta=beta, delta=delta, alpha=alpha)
+    cfg = GrinConfig(loss="simnpo", beta=beta, delta=delta, alpha=alpha)
     b = 4.5 if beta is None else beta
     with torch.no_grad():
         value = LOSSES["simnpo"](model, f_batches[0], r_batches[0], cfg).item()
@@ -149,7 +149,7 @@ def test_dpo_by_hand(tokenizer, forget_items, retain_items):
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, reference)
     forget, retain = f_batches[0], r_batches[0]
     beta = 0.2
-    cfg = GrinConfig(method="dpo", beta=beta, alpha=0.6)
+    cfg = GrinConfig(loss="dpo", beta=beta, alpha=0.6)
     with torch.no_grad():
         value = LOSSES["dpo"](model, forget, retain, cfg).item()
         win = (-answer_nll(model, forget["idk"])[0]) - (-answer_nll(reference, forget["idk"])[0])
@@ -160,7 +160,7 @@ def test_dpo_by_hand(tokenizer, forget_items, retain_items):
     assert value == pytest.approx(forget_term + 0.6 * retain_nll, rel=1e-5)
     # at the reference point both log ratios are 0: (2/beta) log 2
     with torch.no_grad():
-        at_ref = LOSSES["dpo"](reference, forget, retain, GrinConfig(method="dpo", beta=beta, alpha=0.0)).item()
+        at_ref = LOSSES["dpo"](reference, forget, retain, GrinConfig(loss="dpo", beta=beta, alpha=0.0)).item()
     assert at_ref == pytest.approx((2 / beta) * math.log(2), rel=1e-5)
 
 
@@ -202,7 +202,7 @@ def test_losses_are_differentiable_scalars(tokenizer, forget_items, retain_items
     weight.requires_grad_(True)
     try:
         for method, fn in LOSSES.items():
-            value = fn(model, f_batches[0], r_batches[0], GrinConfig(method=method))
+            value = fn(model, f_batches[0], r_batches[0], GrinConfig(loss=method))
             parts = value if isinstance(value, losses.Terms) else (value,)
             assert all(part.dim() == 0 for part in parts), method
             assert value.item() == sum(parts[1:], parts[0]).item(), method
@@ -213,7 +213,7 @@ def test_losses_are_differentiable_scalars(tokenizer, forget_items, retain_items
                 assert torch.allclose(sum(apart[1:], apart[0]), whole, rtol=1e-5, atol=1e-8), method
             else:  # one pass per term: the same single addition per entry
                 assert torch.equal(sum(apart[1:], apart[0]), whole), method
-        assert not isinstance(LOSSES["ga"](model, f_batches[0], r_batches[0], GrinConfig(method="ga")), losses.Terms)
+        assert not isinstance(LOSSES["ga"](model, f_batches[0], r_batches[0], GrinConfig(loss="ga")), losses.Terms)
     finally:
         weight.requires_grad_(False)
 
@@ -246,7 +246,7 @@ def test_gamma_weighs_the_forget_term_as_open_unlearning(tokenizer, forget_items
     model = tiny_llama(len(tokenizer), seed=9)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, reference)
     forget, retain = f_batches[0], r_batches[0]
-    cfg = GrinConfig(method=method, beta=beta, delta=delta, alpha=0.6, gamma=gamma)
+    cfg = GrinConfig(loss=method, beta=beta, delta=delta, alpha=0.6, gamma=gamma)
     with torch.no_grad():
         value = LOSSES[method](model, forget, retain, cfg).item()
         retain_nll = mean_nll(model, retain).item()
@@ -261,10 +261,10 @@ def test_gamma_none_is_the_methods_default(tokenizer, forget_items, retain_items
     model = tiny_llama(len(tokenizer), seed=4)
     f_batches, r_batches = _batches(tokenizer, forget_items, retain_items, tiny_llama(len(tokenizer), seed=2))
     with torch.no_grad():
-        implicit = LOSSES[method](model, f_batches[0], r_batches[0], GrinConfig(method=method, delta=6.0)).item()
+        implicit = LOSSES[method](model, f_batches[0], r_batches[0], GrinConfig(loss=method, delta=6.0)).item()
         explicit = LOSSES[method](model, f_batches[0], r_batches[0],
-                                  GrinConfig(method=method, delta=6.0, gamma=default)).item()
+                                  GrinConfig(loss=method, delta=6.0, gamma=default)).item()
         other = LOSSES[method](model, f_batches[0], r_batches[0],
-                               GrinConfig(method=method, delta=6.0, gamma=default * 3)).item()
+                               GrinConfig(loss=method, delta=6.0, gamma=default * 3)).item()
     assert implicit == pytest.approx(explicit, rel=1e-7)
     assert abs(other - implicit) > 1e-3

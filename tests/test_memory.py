@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from grin_engine import memory
+from grin_engine.cli.tables import format_memory
 
 from conftest import tiny_llama
 
@@ -38,5 +39,5 @@ def test_memory_report_of_a_model(tokenizer):
     cpu = report["cpu"]
     assert cpu["weights_bytes"] == sum(p.numel() * p.element_size() for p in model.parameters())
     assert cpu["peak_bytes"] > 0 and cpu["peak_over_weights"] == cpu["peak_bytes"] / cpu["weights_bytes"]
-    line = memory.format_memory(report)
+    line = format_memory(report)
     assert line.startswith("memory on cpu (") and "x the weights" in line

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.metrics: every metric against values worked out by hand (arithmetic in the comments)."""
+"""Tests for grin_engine.evaluation.metrics: every metric against values worked out by hand (arithmetic in the comments)."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import pytest
 from rouge_score import rouge_scorer
 from scipy.stats import ks_2samp
 
-from grin_engine.metrics import (
+from grin_engine.evaluation.metrics import (
     MetricResult,
     answer_probability,
     derive_keywords,
@@ -311,7 +311,7 @@ def test_length_mismatch_raises(call, name):
 def test_metrics_module_does_not_import_model_libraries():
     # A fresh interpreter (this one may have imported torch for other tests) loads metrics.py by its path, so
     # whatever grin_engine/__init__.py imports does not count against this module.
-    metrics_file = Path(__file__).resolve().parents[1] / "grin_engine" / "metrics.py"
+    metrics_file = Path(__file__).resolve().parents[1] / "grin_engine" / "evaluation" / "metrics.py"
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('metrics_alone', {str(metrics_file)!r})\n"
@@ -338,7 +338,7 @@ def test_metrics_module_does_not_import_model_libraries():
 import numpy as np  # noqa: E402
 from scipy.stats import hmean  # noqa: E402
 
-from grin_engine.metrics import (  # noqa: E402
+from grin_engine.evaluation.metrics import (  # noqa: E402
     OVER_UNLEARNING_AUC, TOFU_UTILITY_PARTS, mia_auc, min_k_score, normalised_probability, privleak,
     tofu_model_utility, truth_ratio_prob_mean, truth_ratios_prob_mean,
 )

@@ -11,9 +11,9 @@ import torch
 from grin_engine import models
 from grin_engine.config import GrinConfig, GrinError, ModelSpec
 from grin_engine.data import forget_batches, qa_batches
-from grin_engine.influence import candidate_parameters
+from grin_engine.method.influence import candidate_parameters
 from grin_engine.models import LoadedModel, copy_model, load_model, resolve_device, resolve_dtype
-from grin_engine.unlearn import attach_reference, unlearn
+from grin_engine.method.unlearn import attach_reference, unlearn
 
 from conftest import tiny_llama
 
@@ -110,7 +110,7 @@ def test_copy_model_protects_the_base(tiny, forget_items, retain_items):
     f_batches = forget_batches(tiny.tokenizer, forget_items, 4, 64, seed=0)
     r_batches = qa_batches(tiny.tokenizer, retain_items, 4, 64)
     attach_reference(work.model, f_batches)
-    cfg = GrinConfig(method="graddiff", lr=1e-2, steps=3)
+    cfg = GrinConfig(loss="graddiff", lr=1e-2, steps=3)
     unlearn(work.model, f_batches, r_batches, cfg, list(candidate_parameters(work.model)), None)
     moved = any(not torch.equal(v, before[n]) for n, v in work.model.state_dict().items())
     assert moved, "the copy did not train, so the test proves nothing"
@@ -153,7 +153,7 @@ def test_default_name_on_a_space_uses_the_hub(monkeypatch):
 
 @pytest.mark.slow
 def test_default_model_loads_and_knows_paris():
-    from grin_engine.evaluate import generate_answers
+    from grin_engine.evaluation.evaluate import generate_answers
 
     loaded = load_model(ModelSpec("default", device="cpu"))
     assert loaded.source == "gguf"
@@ -250,7 +250,7 @@ def test_offloaded_weights_are_refused_with_a_clear_message(tiny):
 def test_every_stage_runs_on_an_accelerate_dispatched_model(tokenizer, forget_items, retain_items, device_map):
     """Scores, selection, noise, masked unlearning, GRUN and evaluation through accelerate's dispatch hooks (forced
     on: on a CPU-only machine every module maps to the CPU) give exactly what the plain model gives."""
-    from grin_engine import pipeline
+    from grin_engine.runs import pipeline
 
     def loaded(model):
         return LoadedModel(model=model, tokenizer=tokenizer, name="tiny", source="local",

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.noise: Gaussian noise of variance sigma2 on the selected weights, nothing else touched."""
+"""Tests for grin_engine.method.noise: Gaussian noise of variance sigma2 on the selected weights, nothing else touched."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from grin_engine.influence import candidate_parameters, random_selection
-from grin_engine.noise import inject_noise
+from grin_engine.method.influence import candidate_parameters
+from grin_engine.method.selection import random_selection
+from grin_engine.method.noise import inject_noise
 
 from conftest import tiny_llama
 

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.outputs: output paths checked before work, results written all or nothing."""
+"""Tests for grin_engine.cli.outputs: output paths checked before work, results written all or nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from grin_engine.config import GrinError
-from grin_engine.outputs import Outputs, check_file, check_folder
+from grin_engine.cli.outputs import Outputs, check_file, check_folder
 
 
 @pytest.mark.parametrize("path, message", [

@@ -1,19 +1,20 @@
-"""Tests for grin_engine.patch: base + patch reproduces the unlearned model exactly, and the base stays as it was."""
+"""Tests for grin_engine.method.patch: base + patch reproduces the unlearned model exactly, and the base stays as it was."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from grin_engine import pipeline
+from grin_engine.runs import pipeline
 from grin_engine.config import GrinConfig
-from grin_engine.patch import apply_patch
+from grin_engine.method.patch import apply_patch
+from grin_engine.events import Progress
 
 
 @pytest.mark.parametrize("use_mask", [True, False])
 def test_base_plus_patch_is_the_unlearned_model(tiny, forget_items, retain_items, use_mask):
     base_before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
-    cfg = GrinConfig(method="graddiff", p=0.05, steps=2, lr=1e-2, sigma2=1e-4, use_mask=use_mask, max_new_tokens=4)
+    cfg = GrinConfig(loss="graddiff", p=0.05, steps=2, lr=1e-2, sigma2=1e-4, use_mask=use_mask, max_new_tokens=4)
     result = pipeline.run(tiny, forget_items, retain_items, cfg, keep_model=True)
     rebuilt = apply_patch(tiny, result.patch)
     for name, value in result.unlearned_model.model.state_dict().items():
@@ -44,7 +45,7 @@ def _assert_same(model, saved):
 
 
 def _cfg(use_mask=True, **overrides):
-    settings = dict(method="graddiff", p=0.1, steps=3, lr=1e-2, sigma2=1e-4, use_mask=use_mask, batch_size=2,
+    settings = dict(loss="graddiff", p=0.1, steps=3, lr=1e-2, sigma2=1e-4, use_mask=use_mask, batch_size=2,
                     max_length=64, max_new_tokens=4)
     settings.update(overrides)
     return GrinConfig(**settings)
@@ -82,8 +83,8 @@ def test_in_place_run_stopped_mid_training_restores_the_base(tiny, forget_items,
     saved = _checksums(tiny.model)
     events = []
     result = pipeline.run(tiny, forget_items, retain_items, _cfg(steps=5), in_place=True,
-                          on_progress=lambda stage, *rest: events.append(stage),
-                          should_stop=lambda: events.count("unlearn") >= 2)
+                          progress=Progress(lambda stage, *rest: events.append(stage),
+                                            lambda: events.count("unlearn") >= 2))
     assert result.stopped and len(result.losses) == 2
     _assert_same(tiny.model, saved)
 
@@ -93,7 +94,7 @@ def test_in_place_run_stopped_mid_training_restores_the_base(tiny, forget_items,
 def test_in_place_run_that_fails_mid_training_restores_the_base(tiny, forget_items, retain_items, monkeypatch,
                                                                    use_mask, failure):
     """Step 1 trains (and noise was added), step 2 fails: a NaN loss (GrinError) or any other exception."""
-    from grin_engine import losses
+    from grin_engine.method import losses
     from grin_engine.config import GrinError
 
     real = losses.LOSSES["graddiff"]
@@ -117,7 +118,7 @@ def test_in_place_run_that_fails_mid_training_restores_the_base(tiny, forget_ite
 
 @pytest.mark.parametrize("stop", [False, True])
 def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget_items, retain_items, stop):
-    from grin_engine.evaluate import generate_answers
+    from grin_engine.evaluation.evaluate import generate_answers
 
     saved = _checksums(tiny.model)
     questions = [it.question for it in forget_items]
@@ -125,8 +126,8 @@ def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget
     cfg = _cfg(grun_steps=3, grun_lr=5e-2)
     events = []
     should_stop = (lambda: events.count("unlearn") >= 1) if stop else None
-    result = pipeline.run_grun(tiny, forget_items, retain_items, cfg, in_place=True, should_stop=should_stop,
-                               on_progress=lambda stage, *rest: events.append(stage))
+    result = pipeline.run_grun(tiny, forget_items, retain_items, cfg, in_place=True,
+                               progress=Progress(lambda stage, *rest: events.append(stage), should_stop))
     _assert_same(tiny.model, saved)
     assert not tiny.model._forward_pre_hooks and not any(m._forward_hooks for m in tiny.model.modules())
     assert generate_answers(tiny.model, tiny.tokenizer, questions, 4) == answers
@@ -136,7 +137,7 @@ def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget
         assert result.losses == on_copy.losses and result.metrics == on_copy.metrics
         kept = pipeline.run_grun(tiny, forget_items, retain_items, cfg, in_place=True, keep_model=True)
         assert kept.unlearned_model.model is not tiny.model
-        from grin_engine.evaluate import shown_answer
+        from grin_engine.evaluation.evaluate import shown_answer
 
         answers, cut = generate_answers(kept.unlearned_model.model, tiny.tokenizer, questions, cfg.max_new_tokens,
                                         return_cut=True)
@@ -147,8 +148,8 @@ def test_grun_in_place_removes_its_hooks_and_equals_a_run_on_a_copy(tiny, forget
 
 def test_save_and_load_patch_round_trip(tiny, forget_items, retain_items, tmp_path):
     from grin_engine.config import GrinError
-    from grin_engine.grun import GrunState
-    from grin_engine.patch import load_patch, save_patch
+    from grin_engine.method.grun import GrunState
+    from grin_engine.method.patch import load_patch, save_patch
 
     cfg = GrinConfig(p=0.05, steps=1, sigma2=1e-4, max_new_tokens=4, grun_steps=1)
     for use_mask in (True, False):

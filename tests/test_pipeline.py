@@ -1,4 +1,4 @@
-"""Tests for grin_engine.pipeline: one whole run on a tiny model, the report contract, a base that stays untouched,
+"""Tests for grin_engine.runs.pipeline: one whole run on a tiny model, the report contract, a base that stays untouched,
 determinism, and a selection that matches p."""
 
 from __future__ import annotations
@@ -9,16 +9,19 @@ import math
 import pytest
 import torch
 
-from grin_engine import pipeline
+from grin_engine.runs import pipeline
 from grin_engine.config import GrinConfig
 from grin_engine.data import QAItem
+from grin_engine.events import Progress
+from grin_engine.method.influence import compute_influence_scores
+from grin_engine.method import unlearn as unlearn_module
 
 
 METRICS = {"rougeL_recall", "keyword_accuracy", "probability"}
 
 
 def _cfg(use_mask: bool, **overrides) -> GrinConfig:
-    settings = dict(method="graddiff", p=0.1, sigma2=1e-4, use_mask=use_mask, lr=1e-2, steps=3, batch_size=2,
+    settings = dict(loss="graddiff", p=0.1, sigma2=1e-4, use_mask=use_mask, lr=1e-2, steps=3, batch_size=2,
                     max_length=64, max_new_tokens=4, seed=0)
     settings.update(overrides)
     return GrinConfig(**settings)
@@ -113,11 +116,14 @@ def test_selection_fraction_matches_p(runs):
 
 def test_select_summary_equals_the_summary_of_select(tiny, forget_items, retain_items):
     """`score` summarises without keeping masks (select_summary); the summary must be select's, ties included."""
-    influence = pipeline.compute_influence_scores(tiny.model, tiny.tokenizer, forget_items, retain_items, _cfg(True))
+    from grin_engine.method.selection import select_summary, select_top_fraction, summarize_selection
+
+    influence = compute_influence_scores(tiny.model, tiny.tokenizer, forget_items, retain_items, _cfg(True))
     first = next(iter(influence.scores))
     influence.scores[first][:2] = influence.scores[first].max()  # a tie at the top
     for p in (1e-4, 0.01, 0.1, 0.5, 1.0):
-        assert pipeline.select_summary(influence, p) == pipeline.select(influence, p)[1], p
+        assert select_summary(influence.scores, influence.candidates, p) == summarize_selection(
+            select_top_fraction(influence.scores, p), influence.candidates), p
 
 
 def test_no_mask_selects_every_candidate(runs):
@@ -158,8 +164,8 @@ def test_unlearning_moved_the_run_copy(tiny, forget_items, retain_items):
 def test_progress_and_stop(tiny, forget_items, retain_items):
     events = []
     result = pipeline.run(tiny, forget_items, retain_items, _cfg(True, steps=5),
-                          on_progress=lambda stage, done, total, *loss: events.append((stage, done, total, loss)),
-                          should_stop=lambda: sum(e[0] == "unlearn" for e in events) >= 2)
+                          Progress(lambda stage, done, total, *loss: events.append((stage, done, total, loss)),
+                                   lambda: sum(e[0] == "unlearn" for e in events) >= 2))
     stages = [e[0] for e in events]
     assert stages[0] == "before" and stages[-1] == "unlearn"  # a stopped run does not go on to evaluate
     assert "influence" in stages
@@ -176,8 +182,7 @@ def test_stop_during_influence_ends_before_any_training(tiny, forget_items, reta
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     events = []
     result = pipeline.run(tiny, forget_items, retain_items, _cfg(True, steps=5), keep_model=True,
-                          on_progress=lambda stage, *rest: events.append(stage),
-                          should_stop=lambda: "influence" in events)
+                          progress=Progress(lambda stage, *rest: events.append(stage), lambda: "influence" in events))
     assert result.stopped and "unlearn" not in events and result.losses == []
     assert result.unlearned_model is None
     assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
@@ -205,18 +210,18 @@ def test_empty_sets_are_refused(tiny, forget_items, retain_items, empty):
     with pytest.raises(GrinError, match=f"the {empty} set has no items"):
         pipeline.run(tiny, forget, retain, _cfg(True))
     with pytest.raises(GrinError, match=f"the {empty} set has no items"):
-        pipeline.compute_influence_scores(tiny.model, tiny.tokenizer, forget, retain, _cfg(True))
+        compute_influence_scores(tiny.model, tiny.tokenizer, forget, retain, _cfg(True))
 
 
 def test_run_grun_result_rebuilds_the_unlearned_model(tiny, forget_items, retain_items):
     """GRUN's patch (CPU data) attached to a fresh copy answers exactly as the trained model did."""
     import pickle
 
-    from grin_engine.evaluate import generate_answers, shown_answer
-    from grin_engine.patch import unlearned_copy
+    from grin_engine.evaluation.evaluate import generate_answers, shown_answer
+    from grin_engine.method.patch import unlearned_copy
 
     weights = _snapshot(tiny.model)
-    cfg = _cfg(True, grun_method="idk", grun_lr=5e-2, grun_steps=5)
+    cfg = _cfg(True, grun_loss="idk", grun_lr=5e-2, grun_steps=5)
     result = pipeline.run_grun(tiny, forget_items, retain_items, cfg)
     assert len(result.losses) == 5 and result.selection["kind"] == "grun"
     assert set(result.gates) == {"forget", "retain"} and len(result.gates["forget"]) == len(forget_items)
@@ -235,27 +240,28 @@ def test_pi_ref_after_or_before_the_noise(tiny, forget_items, retain_items, monk
     """pi_ref of NPO/DPO: the model after GRIN's noise (ours, default) or before it (open-unlearning's)."""
     import copy as _copy
 
-    from grin_engine.influence import candidate_parameters, random_selection
-    from grin_engine.losses import answer_logprob
+    from grin_engine.method.influence import candidate_parameters
+    from grin_engine.method.selection import random_selection
+    from grin_engine.method.losses import answer_logprob
 
     original = _copy.deepcopy(tiny.model)
     seen = {}
-    real_attach = pipeline.attach_reference
+    real_attach = unlearn_module.attach_reference
 
     def recording_attach(model, batches):
         real_attach(model, batches)
         seen["ref_logp"] = batches[0]["ref_logp"].clone()
         seen["noised"] = _copy.deepcopy(model)
 
-    monkeypatch.setattr(pipeline, "attach_reference", recording_attach)
+    monkeypatch.setattr(unlearn_module, "attach_reference", recording_attach)
     work = _copy.deepcopy(tiny.model)
     candidates = candidate_parameters(work)
     selection = random_selection(candidates, dict(work.named_parameters()), 0.5, seed=0)
-    cfg = GrinConfig(method="npo", sigma2=1e-2, steps=1, batch_size=4, ref_before_noise=before_noise, max_length=64)
+    cfg = GrinConfig(loss="npo", sigma2=1e-2, steps=1, batch_size=4, ref_before_noise=before_noise, max_length=64)
     noised = _copy.deepcopy(work)
-    from grin_engine.noise import inject_noise
+    from grin_engine.method.noise import inject_noise
     inject_noise(dict(noised.named_parameters()), selection.masks, cfg.sigma2, cfg.seed)
-    pipeline.unlearn_selected(work, tiny.tokenizer, forget_items, retain_items, cfg, list(candidates),
+    unlearn_module.unlearn_selected(work, tiny.tokenizer, forget_items, retain_items, cfg, list(candidates),
                               selection.masks)
     from grin_engine.data import forget_batches
     batch = forget_batches(tiny.tokenizer, forget_items, 4, 64, cfg.seed)[0]
@@ -267,7 +273,7 @@ def test_pi_ref_after_or_before_the_noise(tiny, forget_items, retain_items, monk
 
 
 def test_retain_collapse_warns_with_the_numbers():
-    from grin_engine.pipeline import retain_collapse
+    from grin_engine.runs.pipeline import retain_collapse
 
     held = {"before": {"retain": {"keyword_accuracy": 1.0, "rougeL_recall": 0.8}},
             "after": {"retain": {"keyword_accuracy": 0.9, "rougeL_recall": 0.7}}}

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.score_cache: a selection from the kept top scores equals a fresh one bit for bit, at every p
+"""Tests for grin_engine.method.score_cache: a selection from the kept top scores equals a fresh one bit for bit, at every p
 up to the kept fraction (ties at the threshold included), and the key changes with everything the scores read."""
 
 from __future__ import annotations
@@ -8,11 +8,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from grin_engine import pipeline
+from grin_engine.runs import pipeline
 from grin_engine.config import GrinConfig
-from grin_engine.influence import Candidate, select_top_fraction
+from grin_engine.method.influence import Candidate
+from grin_engine.method.selection import select_top_fraction
 from grin_engine.models import copy_model
-from grin_engine.score_cache import KEEP, TopScores, score_key
+from grin_engine.method.score_cache import KEEP, TopScores, score_key
+from grin_engine.events import Progress
+from grin_engine.method.influence import compute_influence_scores
+from grin_engine.runs.masks import choose_mask
 
 P_VALUES = [1e-4, 0.001, 0.003, 0.01, 0.05, 0.0999, 0.1]
 
@@ -68,10 +72,10 @@ def test_memory_is_the_kept_entries_only():
 def test_real_scores_of_a_tiny_model_select_exactly(tiny, forget_items, retain_items):
     cfg = GrinConfig()
     work = copy_model(tiny)
-    influence = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    influence = compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
     top = TopScores.from_scores(influence.scores, influence.candidates, seconds=influence.seconds)
     for p in (0.001, 0.01, 0.1):
-        fresh, fresh_summary = pipeline.select(influence, p)
+        fresh = select_top_fraction(influence.scores, p)
         cached = top.select(p)
         _same_selection(cached, fresh)
 
@@ -80,10 +84,14 @@ def test_a_run_from_cached_scores_equals_a_fresh_run(tiny, forget_items, retain_
     """The mask, the losses and the unlearned weights are the same whether the run computed its scores or got them."""
     cfg = GrinConfig(steps=2, p=0.02)
     work = copy_model(tiny)
-    influence = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    influence = compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
     top = TopScores.from_scores(influence.scores, influence.candidates)
     fresh = pipeline.run(tiny, forget_items, retain_items, cfg)
-    cached = pipeline.run(tiny, forget_items, retain_items, cfg, selection=top.select(cfg.p))
+    before, _ = pipeline.evaluate(tiny, forget_items, retain_items, cfg, Progress(), "before")
+    work = copy_model(tiny)  # the app's way: the stages, with the kept scores handed to choose_mask
+    cached = pipeline.finish(tiny, work, forget_items, retain_items, cfg, choose_mask(work, forget_items,
+                                                                                      retain_items, cfg, kept=top),
+                             before)
     assert fresh.losses == cached.losses
     assert fresh.selection["selected"] == cached.selection["selected"]
     assert set(fresh.patch.entries) == set(cached.patch.entries)

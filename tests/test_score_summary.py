@@ -1,4 +1,4 @@
-"""Tests for grin_engine.score_summary: the histogram preview agrees with the exact selection."""
+"""Tests for grin_engine.method.score_summary: the histogram preview agrees with the exact selection."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from grin_engine.influence import Candidate, select_top_fraction, summarize_selection
-from grin_engine.score_summary import preview_selection, score_histograms
+from grin_engine.method.influence import Candidate
+from grin_engine.method.selection import select_top_fraction, summarize_selection
+from grin_engine.method.score_summary import preview_selection, score_histograms
 
 
 def _fake_scores(seed=0):

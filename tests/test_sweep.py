@@ -1,4 +1,4 @@
-"""Tests for grin_engine.sweep: the grid gives each method only the knobs it reads, the shared work (the base
+"""Tests for grin_engine.runs.sweep: the grid gives each method only the knobs it reads, the shared work (the base
 evaluation, the gradient pair) is done once per sweep, points stream to the JSON-lines file and a rerun skips them,
 Stop keeps the finished points, and a point's seed changes its noise and random mask and nothing else."""
 
@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-import grin_engine.compare as compare_module
-import grin_engine.sweep as sweep_module
+import grin_engine.runs.masks as masks_module
+import grin_engine.runs.sweep as sweep_module
 from grin_engine.config import GrinConfig, GrinError
-from grin_engine.influence import candidate_parameters
-from grin_engine.sweep import SweepGrid, output_paths, point_config, sweep, write_outputs
+from grin_engine.events import Progress
+from grin_engine.method.influence import candidate_parameters
+from grin_engine.runs.sweep import SweepGrid, output_paths, point_config, sweep, write_outputs
 
 
 def _cfg(**overrides) -> GrinConfig:
@@ -52,28 +53,28 @@ def test_grid_gives_each_method_its_own_knobs():
 
 def test_shared_work_is_done_once(tiny, forget_items, retain_items, monkeypatch, tmp_path):
     """One gradient pair (two gradient passes) and one base evaluation for the whole sweep; no run scores again."""
-    calls = {"gradient_pair": 0, "evaluate_both": 0}
-    real_pair, real_eval = compare_module.gradient_pair, sweep_module.evaluate_both
+    calls = {"gradient_pair": 0, "evaluate": 0}
+    real_pair, real_eval = masks_module.gradient_pair, sweep_module.evaluate
 
     def counting_pair(*args, **kwargs):
         calls["gradient_pair"] += 1
         return real_pair(*args, **kwargs)
 
     def counting_eval(*args, **kwargs):
-        calls["evaluate_both"] += 1
+        calls["evaluate"] += 1
         return real_eval(*args, **kwargs)
 
     def no_scores(*args, **kwargs):
         raise AssertionError("a point computed influence scores again")
 
-    monkeypatch.setattr(compare_module, "gradient_pair", counting_pair)
-    monkeypatch.setattr(sweep_module, "evaluate_both", counting_eval)
-    monkeypatch.setattr("grin_engine.pipeline.compute_influence_scores", no_scores)
+    monkeypatch.setattr(masks_module, "gradient_pair", counting_pair)
+    monkeypatch.setattr(sweep_module, "evaluate", counting_eval)
+    monkeypatch.setattr("grin_engine.method.influence.compute_influence_scores", no_scores)
     checksum = _checksum(tiny.model)
     grid = _grid(methods=["grin", "forget-grad", "random", "full"])
     result = sweep(tiny, forget_items, retain_items, _cfg(), grid, tmp_path / "s.jsonl")
     assert len(result.points) == len(grid.points()) == 2 * 2 * 3 + 1 and not result.stopped
-    assert calls == {"gradient_pair": 1, "evaluate_both": 1}
+    assert calls == {"gradient_pair": 1, "evaluate": 1}
     assert _checksum(tiny.model) == checksum  # the base stays pristine
     n = sum(c.numel for c in candidate_parameters(tiny.model).values())
     for pt in result.points:
@@ -95,15 +96,16 @@ def test_points_stream_and_a_rerun_skips_them(tiny, forget_items, retain_items, 
 
     # the larger grid runs only its new points, without a new gradient pass or base evaluation
     calls = []
-    monkeypatch.setattr(sweep_module, "evaluate_both", lambda *a, **k: pytest.fail("evaluated the base again"))
+    monkeypatch.setattr(sweep_module, "evaluate", lambda *a, **k: pytest.fail("evaluated the base again"))
     real_run = sweep_module.run_method
-    monkeypatch.setattr(sweep_module, "run_method", lambda name, *a, **k: calls.append(name) or real_run(name, *a, **k))
+    monkeypatch.setattr(sweep_module, "run_method",
+                        lambda method, *a, **k: calls.append(method.name) or real_run(method, *a, **k))
     second = sweep(tiny, forget_items, retain_items, _cfg(), _grid(p=[0.05, 0.2]), out)
     assert second.skipped == 4 and len(calls) == 4 and len(second.points) == 8
     assert second.points[:4] == first.points  # the finished ones, read back as they were
 
     # everything finished: nothing runs at all
-    monkeypatch.setattr(compare_module, "gradient_pair", lambda *a, **k: pytest.fail("gradients again"))
+    monkeypatch.setattr(masks_module, "gradient_pair", lambda *a, **k: pytest.fail("gradients again"))
     third = sweep(tiny, forget_items, retain_items, _cfg(), _grid(p=[0.05, 0.2]), out)
     assert third.skipped == 8 and len(calls) == 4 and third.points == second.points
 
@@ -133,7 +135,7 @@ def test_stop_keeps_the_finished_points(tiny, forget_items, retain_items, tmp_pa
     finished = []
     result = sweep(tiny, forget_items, retain_items, _cfg(), _grid(p=[0.05]), out,
                    on_point=lambda record, done, total: finished.append(record["key"]),
-                   should_stop=lambda: len(finished) >= 2)
+                   progress=Progress(should_stop=lambda: len(finished) >= 2))
     assert result.stopped and len(result.points) == 2 == len(out.read_text().splitlines()) - 1
     rest = sweep(tiny, forget_items, retain_items, _cfg(), _grid(p=[0.05]), out)
     assert rest.skipped == 2 and len(rest.points) == 4 and not rest.stopped
@@ -143,9 +145,9 @@ def test_seeds_change_noise_and_random_masks_and_nothing_else(tiny, forget_items
     runs = []
     real_run = sweep_module.run_method
 
-    def recording_run(name, base, forget, retain, cfg, before, selection, *args, **kwargs):
-        runs.append((name, cfg, selection, before))
-        return real_run(name, base, forget, retain, cfg, before, selection, *args, **kwargs)
+    def recording_run(method, base, forget, retain, cfg, before, selection, *args, **kwargs):
+        runs.append((method.name, cfg, selection, before))
+        return real_run(method, base, forget, retain, cfg, before, selection, *args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "run_method", recording_run)
     result = sweep(tiny, forget_items, retain_items, _cfg(), _grid(p=[0.1], sigma2=[1e-2]))
@@ -212,21 +214,23 @@ def test_in_place_sweep_gives_the_same_points_and_restores_the_base(tiny, forget
 def test_sweep_reuses_kept_scores_and_the_base_evaluation(tiny, forget_items, retain_items, tmp_path, monkeypatch):
     """Given the kept GRIN scores (covering every p of the grid) and the base evaluation, a sweep computes no
     gradients and no base answers, and its points equal those of a sweep that computed them itself."""
-    from grin_engine import influence, pipeline
+    from grin_engine.evaluation.evaluate import evaluate_both
+    from grin_engine.method.influence import compute_influence_scores
+    from grin_engine.method.score_cache import TopScores
     from grin_engine.models import copy_model
-    from grin_engine.score_cache import TopScores
 
     cfg, grid = _cfg(), _grid(p=[0.01, 0.05], seeds=[0])
     fresh = sweep(tiny, forget_items, retain_items, cfg, grid, tmp_path / "fresh.jsonl")
     work = copy_model(tiny)
-    scores = pipeline.compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
+    scores = compute_influence_scores(work.model, work.tokenizer, forget_items, retain_items, cfg)
     top = TopScores.from_scores(scores.scores, scores.candidates)
-    before = pipeline.evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
+    before = evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
     calls = []
-    monkeypatch.setattr(influence, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
-    monkeypatch.setattr(sweep_module, "evaluate_both", lambda *a, **k: calls.append("before"))
+    monkeypatch.setattr(masks_module, "gradient_pair", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(masks_module, "accumulate_gradients", lambda *a, **k: calls.append("gradients"))
+    monkeypatch.setattr(sweep_module, "evaluate", lambda *a, **k: calls.append("before"))
     reused = sweep(tiny, forget_items, retain_items, cfg, grid, tmp_path / "reused.jsonl", before=before,
-                   grin_top=top)
+                   kept={"grin": top})
     assert calls == []
     strip = ("seconds", "select_s", "unlearn_s", "eval_after_s")
     assert [{k: v for k, v in p.items() if k not in strip} for p in reused.points] == \

@@ -7,7 +7,10 @@ import math
 
 import pytest
 
-from grin_engine import metrics, tofu
+from grin_engine.evaluation import metrics
+from grin_engine.benchmarks import tofu
+from grin_engine.cli.tables import format_tofu
+from grin_engine.events import Progress, Stopped
 from grin_engine.config import GrinConfig, GrinError
 
 
@@ -46,7 +49,7 @@ def test_protocol_end_to_end_and_cache_reuse(tiny, tmp_path):
     cfg = GrinConfig(steps=1, p=0.05, max_new_tokens=3, max_length=64, batch_size=8)
     stages = set()
     report = tofu.run_tofu(tiny, recipe, ["grin", "graddiff"], cfg, cache_dir=tmp_path,
-                           on_progress=lambda stage, done, total, *extra: stages.add(stage))
+                           progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
     assert report["models"]["reused"] == {"target": False, "retain": False}
     assert {"target/finetune", "retain/finetune", "grin/influence", "grin/unlearn", "graddiff/unlearn",
             "target/forget/answers", "grin/holdout/nll"} <= stages
@@ -58,11 +61,11 @@ def test_protocol_end_to_end_and_cache_reuse(tiny, tmp_path):
         assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
         assert row["model_utility"] == pytest.approx(metrics.tofu_model_utility(row["utility_parts"]))
     json.dumps(report)  # the report is JSON
-    assert "sanity: forget ROUGE-L recall target" in tofu.format_table(report)
+    assert "sanity: forget ROUGE-L recall target" in format_tofu(report)
     # a second run reuses both fine-tuned models: no fine-tuning stage at all
     stages.clear()
     again = tofu.run_tofu(tiny, recipe, ["graddiff"], cfg, cache_dir=tmp_path,
-                          on_progress=lambda stage, done, total, *extra: stages.add(stage))
+                          progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
     assert again["models"]["reused"] == {"target": True, "retain": True}
     assert not {s for s in stages if s.endswith("finetune")}
     assert again["rows"]["target"]["model_utility"] == pytest.approx(rows["target"]["model_utility"], abs=1e-6)
@@ -76,9 +79,9 @@ def test_stop_keeps_complete_cached_models(tiny, tmp_path):
     def stop_in_retain(stage, done, total, *extra):
         calls.append(stage)
 
-    with pytest.raises(tofu.Stopped):
-        tofu.run_tofu(tiny, recipe, ["graddiff"], cfg, cache_dir=tmp_path, on_progress=stop_in_retain,
-                      should_stop=lambda: "retain/finetune" in calls)
+    with pytest.raises(Stopped):
+        tofu.run_tofu(tiny, recipe, ["graddiff"], cfg, cache_dir=tmp_path,
+                      progress=Progress(stop_in_retain, lambda: "retain/finetune" in calls))
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert len(folders) == 1 and folders[0].startswith("target-")  # the finished target is cached, nothing half-written
 
@@ -109,7 +112,7 @@ def test_partial_reports_after_each_model(tiny, tmp_path):
 def test_truth_ratio_uses_the_paraphrase_where_there_is_one(tiny):
     """forget and retain: "correct" is the paraphrased answer (TOFU, open-unlearning's *_Q_A_PARA_Prob);
     real authors / world facts have none, so their answer is the correct one (ra_Q_A_Prob)."""
-    from grin_engine.evaluate import pair_nlls
+    from grin_engine.evaluation.evaluate import pair_nlls
 
     data = tofu.load_tofu(tiny_recipe())
     data.forget, data.retain_eval, data.holdout = data.forget[:2], data.retain_eval[:2], data.holdout[:2]

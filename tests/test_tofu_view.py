@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grin_engine import tofu
+from grin_engine.benchmarks import tofu
 from grin_engine.config import GrinConfig
 
 gradio_client = pytest.importorskip("gradio_client")

@@ -1,4 +1,4 @@
-"""Tests for grin_engine.unlearn: only selected weights move (weight decay included), callbacks, cancel, the NaN
+"""Tests for grin_engine.method.unlearn: only selected weights move (weight decay included), callbacks, cancel, the NaN
 guard and determinism."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grin_engine import losses
-from grin_engine import unlearn as unlearn_module
+from grin_engine.method import losses
+from grin_engine.method import unlearn as unlearn_module
 from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import forget_batches, qa_batches
-from grin_engine.influence import candidate_parameters, random_selection
-from grin_engine.unlearn import attach_reference, unlearn
+from grin_engine.method.influence import candidate_parameters
+from grin_engine.method.selection import random_selection
+from grin_engine.method.unlearn import attach_reference, unlearn
+from grin_engine.events import Progress
 
 from conftest import tiny_llama
 
@@ -44,7 +46,7 @@ def test_masked_unlearning_moves_only_selected_weights(tokenizer, forget_items, 
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     masks = _masks(model, candidates)
     before = _snapshot(model)
-    cfg = GrinConfig(method="graddiff", lr=1e-2, steps=4, weight_decay=weight_decay)
+    cfg = GrinConfig(loss="graddiff", lr=1e-2, steps=4, weight_decay=weight_decay)
     result = unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
     assert result.steps_done == 4 and not result.stopped
     assert result.trainable == sum(int(m.sum()) for m in masks.values())
@@ -73,11 +75,11 @@ def test_each_weights_gradient_is_taken_as_backward_forms_it(tokenizer, forget_i
     masks = _masks(model, candidates)
     params = dict(model.named_parameters())
     trained = [name for name in candidates if masks[name].any()]
-    cfg = GrinConfig(method="graddiff", lr=1e-2, steps=1, max_grad_norm=0.0)  # no clipping: the step sees raw grads
+    cfg = GrinConfig(loss="graddiff", lr=1e-2, steps=1, max_grad_norm=0.0)  # no clipping: the step sees raw grads
 
     for name in trained:  # the reference: step 1's whole gradient of every trained weight, from autograd
         params[name].requires_grad_(True)
-    loss = losses.get_loss(cfg.method)(model, f_batches[0], r_batches[0], cfg)
+    loss = losses.get_loss(cfg.loss)(model, f_batches[0], r_batches[0], cfg)
     reference = dict(zip(trained, torch.autograd.grad(loss, [params[name] for name in trained])))
     for param in model.parameters():
         param.requires_grad_(False)
@@ -119,7 +121,7 @@ def test_weight_decay_alone_moves_only_selected_weights(tokenizer, forget_items,
     masks = _masks(model, candidates)
     monkeypatch.setitem(losses.LOSSES, "ga", lambda model, forget, retain, cfg: 0.0 * losses.mean_nll(model, forget))
     before = _snapshot(model)
-    cfg = GrinConfig(method="ga", lr=0.1, steps=3, weight_decay=1.0)
+    cfg = GrinConfig(loss="ga", lr=0.1, steps=3, weight_decay=1.0)
     unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
     for name, value in model.state_dict().items():
         if name in masks:
@@ -135,7 +137,7 @@ def test_weight_decay_alone_moves_only_selected_weights(tokenizer, forget_items,
 def test_no_mask_trains_every_candidate(tokenizer, forget_items, retain_items):
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     before = _snapshot(model)
-    cfg = GrinConfig(method="graddiff", lr=1e-2, steps=3, weight_decay=0.01)
+    cfg = GrinConfig(loss="graddiff", lr=1e-2, steps=3, weight_decay=0.01)
     result = unlearn(model, f_batches, r_batches, cfg, list(candidates), None)
     assert result.trainable == sum(c.numel for c in candidates.values())
     for name, value in model.state_dict().items():
@@ -149,9 +151,9 @@ def test_no_mask_trains_every_candidate(tokenizer, forget_items, retain_items):
 def test_on_step_called_once_per_step_with_the_loss(tokenizer, forget_items, retain_items):
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     calls = []
-    cfg = GrinConfig(method="npo", lr=1e-3, steps=5)
+    cfg = GrinConfig(loss="npo", lr=1e-3, steps=5)
     result = unlearn(model, f_batches, r_batches, cfg, list(candidates), _masks(model, candidates),
-                     on_step=lambda step, steps, loss: calls.append((step, steps, loss)))
+                     Progress(lambda stage, step, steps, loss: calls.append((step, steps, loss))))
     assert [(s, n) for s, n, _ in calls] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     assert [loss for _, _, loss in calls] == result.losses
     assert all(isinstance(loss, float) for loss in result.losses)
@@ -165,9 +167,9 @@ def test_should_stop_stops_after_exactly_two_steps(tokenizer, forget_items, reta
     def should_stop():
         return len(steps_seen) >= 2
 
-    cfg = GrinConfig(method="graddiff", lr=1e-3, steps=10)
+    cfg = GrinConfig(loss="graddiff", lr=1e-3, steps=10)
     result = unlearn(model, f_batches, r_batches, cfg, list(candidates), _masks(model, candidates),
-                     on_step=lambda step, steps, loss: steps_seen.append(step), should_stop=should_stop)
+                     Progress(lambda stage, step, steps, loss: steps_seen.append(step), should_stop))
     assert result.stopped is True
     assert result.steps_done == 2
     assert len(result.losses) == 2
@@ -178,7 +180,7 @@ def test_nan_loss_raises_grin_error(tokenizer, forget_items, retain_items, monke
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     monkeypatch.setitem(losses.LOSSES, "ga", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     before = _snapshot(model)
-    cfg = GrinConfig(method="ga", lr=1e-3, steps=3)
+    cfg = GrinConfig(loss="ga", lr=1e-3, steps=3)
     with pytest.raises(GrinError, match=r"(?i)step 1.*nan.*learning rate"):
         unlearn(model, f_batches, r_batches, cfg, list(candidates), _masks(model, candidates))
     for name, value in model.state_dict().items():  # nothing was applied
@@ -190,7 +192,7 @@ def test_nan_loss_raises_grin_error(tokenizer, forget_items, retain_items, monke
 def test_huge_learning_rate_raises_grin_error(tokenizer, forget_items, retain_items, use_mask):
     model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
     masks = _masks(model, candidates, p=0.5) if use_mask else None
-    cfg = GrinConfig(method="graddiff", steps=20)
+    cfg = GrinConfig(loss="graddiff", steps=20)
     cfg.lr = 1e30  # past the config's own bound (a GrinError there): the loop's NaN guard is what is tested here
     with pytest.raises(GrinError, match=r"(?i)(nan|inf).*learning rate") as info:
         unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
@@ -202,7 +204,7 @@ def test_same_seed_same_weights(tokenizer, forget_items, retain_items):
     for _ in range(2):
         model, f_batches, r_batches, candidates = _setup(tokenizer, forget_items, retain_items)
         masks = _masks(model, candidates, p=0.2, seed=4)
-        cfg = GrinConfig(method="npo", lr=1e-2, steps=4, seed=7)
+        cfg = GrinConfig(loss="npo", lr=1e-2, steps=4, seed=7)
         result = unlearn(model, f_batches, r_batches, cfg, list(candidates), masks)
         results.append((result.losses, _snapshot(model)))
     (losses_a, weights_a), (losses_b, weights_b) = results
@@ -221,7 +223,7 @@ def test_batches_cycle_in_order(tokenizer, forget_items, retain_items, monkeypat
         return losses.grad_diff(model, forget, retain, cfg)
 
     monkeypatch.setitem(losses.LOSSES, "graddiff", spy)
-    cfg = GrinConfig(method="graddiff", lr=1e-3, steps=4)
+    cfg = GrinConfig(loss="graddiff", lr=1e-3, steps=4)
     unlearn(model, f_batches, r_batches, cfg, list(candidates), None)
     # forget: batches of 3 and 1 items; retain: 3 and 1
     assert seen == [(3, 3), (1, 1), (3, 3), (1, 1)]

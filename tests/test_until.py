@@ -1,4 +1,4 @@
-"""Tests for `run --until` (grin_engine.until.ForgetCheck and the hook in the training loops): the check measures
+"""Tests for `run --until` (grin_engine.evaluation.until.ForgetCheck and the hook in the training loops): the check measures
 only every `until_every` steps, ends training at the first step where the target holds, reports that step, runs
 every step when the target never holds, and bad settings fail with a clear message."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from grin_engine.config import GrinConfig, GrinError
-from grin_engine.pipeline import run, run_grun
-from grin_engine.until import ForgetCheck, parse_target
+from grin_engine.runs.pipeline import run, run_grun
+from grin_engine.evaluation.until import ForgetCheck
+from grin_engine.targets import parse_target
 
 
 def _cfg(**overrides) -> GrinConfig:

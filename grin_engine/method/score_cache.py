@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import GrinConfig
-from .data import QAItem
-from .influence import Candidate, Selection, kth_largest
+from ..config import GrinConfig
+from ..data import QAItem
+from .influence import Candidate
+from .selection import Selection, kth_largest
 
 KEEP = 0.10  # the largest p the app offers (the p slider and public mode's cap): every p up to it is exact
 SCORE_FIELDS = ("eps", "grad_mean", "label_layout", "include_embeddings", "include_lm_head", "max_length", "batch_size")
@@ -62,11 +63,14 @@ class TopScores:
 
     @classmethod
     def from_scores(cls, scores: dict[str, torch.Tensor], candidates: dict[str, Candidate], keep: float = KEEP,
-                    seconds: float = 0.0) -> "TopScores":
+                    seconds: float = 0.0, consume: bool = False) -> "TopScores":
+        """The top `keep` of `scores`; consume=True takes each score tensor out of `scores` as it is read (for a
+        caller that needs them no more: the peak stays at the scores plus one tensor's comparison)."""
         n = sum(t.numel() for t in scores.values())
         floor = kth_largest(scores, _top_k(n, keep))
         shapes, indices, values = {}, {}, {}
-        for name, tensor in scores.items():
+        for name in list(scores):
+            tensor = scores.pop(name) if consume else scores[name]
             flat = tensor.detach().reshape(-1)
             where = torch.nonzero(flat >= floor).reshape(-1)
             shapes[name] = tuple(tensor.shape)
@@ -104,7 +108,7 @@ EVALUATION_FIELDS = ("max_new_tokens", "max_length")
 
 
 def evaluation_key(model_id: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig) -> str:
-    """A fingerprint of everything the base model's evaluation (pipeline.evaluate_both) depends on: the model, every
+    """A fingerprint of everything the base model's evaluation (evaluation/evaluate.evaluate_both) depends on: the model, every
     field of every item (answers, keywords, perturbed answers feed the metrics) and the generation lengths."""
     text = json.dumps([model_id, [it.to_dict() for it in forget], [it.to_dict() for it in retain],
                        {name: getattr(cfg, name) for name in EVALUATION_FIELDS}], default=str)

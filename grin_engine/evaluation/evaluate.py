@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..data import IGNORE_INDEX, QAItem, collate, encode_pair, format_prompt
+from ..method.losses import answer_nll
+from ..models import input_device
 from . import metrics
-from .data import IGNORE_INDEX, QAItem, collate, encode_pair, format_prompt
-from .losses import answer_nll
-from .models import input_device
 
 
 # Batching (DESIGN.md §4.1): items sorted by length, so a batch holds similar lengths and little padding, and
@@ -290,3 +290,13 @@ def mcq_accuracy(model, tokenizer, questions: list[str], choices: list[list[str]
     """MCQ accuracy: an item counts when its right choice has the highest log-likelihood."""
     logliks = [choice_logliks(model, tokenizer, q, c) for q, c in zip(questions, choices)]
     return metrics.mcq_accuracy(logliks, answers)
+
+
+def evaluate_both(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg, on_batch=None) -> dict:
+    """evaluate_split on both sets with cfg's generation lengths; on_batch(done, total) counts the items answered
+    over both."""
+    total = len(forget) + len(retain)
+    count_f = (lambda done, _n: on_batch(done, total)) if on_batch else None
+    count_r = (lambda done, _n: on_batch(len(forget) + done, total)) if on_batch else None
+    return {"forget": evaluate_split(model, tokenizer, forget, "forget", cfg.max_new_tokens, cfg.max_length, count_f),
+            "retain": evaluate_split(model, tokenizer, retain, "retain", cfg.max_new_tokens, cfg.max_length, count_r)}

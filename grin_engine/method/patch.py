@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import LoadedModel, copy_model
+from ..errors import GrinError
+from ..models import LoadedModel, copy_model
 
 
 @dataclass
@@ -114,7 +115,6 @@ def load_patch(path: str):
     """The WeightPatch or GrunState written by save_patch (GrinError for any other file)."""
     from safetensors import SafetensorError, safe_open
 
-    from .config import GrinError
     from .grun import load_grun
 
     try:

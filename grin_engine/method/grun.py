@@ -29,11 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import GrinConfig, GrinError
-from .data import QAItem, forget_batches, format_prompt, qa_batches
+from ..config import GrinConfig
+from ..data import QAItem, forget_batches, format_prompt, qa_batches
+from ..errors import GrinError
+from ..events import Progress
+from ..models import input_device
 from .losses import get_loss, total
-from .models import input_device
-from .unlearn import UnlearnResult, attach_reference, move_batch, train_loop
+from .training import TrainResult, train_loop
+from .unlearn import attach_reference, move_batch
 
 
 @dataclass
@@ -217,19 +220,19 @@ def gate_loss(grun: Grun, forget: dict, retain: dict) -> torch.Tensor:
 
 
 def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-               on_step=None, should_stop=None, until=None) -> UnlearnResult:
+               progress: Progress | None = None, until=None) -> TrainResult:
     """Train the attached GRUN edits for cfg.grun_steps steps; the model's own weights never get a gradient.
 
-    loss = LOSSES[cfg.grun_method](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
+    loss = LOSSES[cfg.grun_loss](model with the edits, forget, retain)   (forget term + alpha * NLL(retain))
            + cfg.grun_gate_weight * gate_loss
     The reference pi_ref of npo / dpo is the model with the edits off, i.e. the original model.
 
     idk is the default loss: the edit learns to steer forget questions to a refusal, a bounded target. With
     gradient ascent (ga, graddiff) nothing bounds the edit; on the default model it grew until forget answers were
     noise, and the part of it that a half-open gate lets through hurt retain answers too (retain keyword accuracy
-    0.70 against 0.81 with idk, same steps; see the issue notes).
+    0.70 against 0.81 with idk, same steps; docs/RESULTS.md).
     """
-    loss_fn = get_loss(cfg.grun_method)
+    loss_fn = get_loss(cfg.grun_loss)
     device = input_device(model)
     f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed)
     r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length)
@@ -253,8 +256,8 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
 
     grun.train()
     try:
-        return train_loop(step_loss, params, optimizer, cfg.grun_steps, cfg.max_grad_norm, on_step, should_stop,
-                          what="GRUN training", until=until)  # until: checked with the edits on
+        return train_loop(step_loss, params, optimizer, cfg.grun_steps, cfg.max_grad_norm, progress, until=until,
+                          what="GRUN training")  # until: checked with the edits on
     finally:
         grun.recording, grun.records = False, []
         grun.eval()

@@ -1,67 +1,19 @@
-"""Targets on metrics, and "unlearn until forgotten" (DESIGN.md §2.11).
+"""Unlearn until forgotten (DESIGN.md §2.11): the until-check the training loop asks after its steps.
 
-A target is a metric, a comparison and a number: `forget_keyword_accuracy<=0.25`. The same text serves twice:
-- `run --until TARGET`: every `until_every` steps the training loop asks a `ForgetCheck` whether the forget set
-  already meets the target (measured on the model as it is after that step) and ends unlearning as soon as it does;
-- `sweep --target TARGET`: auto-p picks the smallest p whose point meets it (frontier.py).
-
-The check measures exactly what the final evaluation measures on the forget split (same greedy answers with
-cfg.max_new_tokens, same keywords, same answer NLLs), so a run that stopped on the target reports it met after.
-It only ever looks at the forget set: retain is what the early stop is meant to save, not what decides it.
+`run --until forget_keyword_accuracy<=0.25` (targets.py holds the grammar): every `until_every` steps the training
+loop asks a `ForgetCheck` whether the forget set already meets the target (measured on the model as it is after that
+step) and ends unlearning as soon as it does. The check measures exactly what the final evaluation measures on the
+forget split (same greedy answers with cfg.max_new_tokens, same keywords, same answer NLLs), so a run that stopped on
+the target reports it met after. It only ever looks at the forget set: retain is what the early stop is meant to save,
+not what decides it.
 """
 
 from __future__ import annotations
 
-import math
-import operator
-import re
-from dataclasses import dataclass
-
-from .config import GrinError
-
-SPLITS = ("forget", "retain")
-TARGET_METRICS = ("keyword_accuracy", "rougeL_recall", "probability")
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-_PATTERN = re.compile(r"^\s*([a-zA-Z_]+)\s*(<=|>=|<|>)\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True)
-class Target:
-    split: str  # "forget" or "retain"
-    metric: str  # a name in TARGET_METRICS
-    op: str  # "<=", ">=", "<" or ">"
-    value: float
-
-    @property
-    def column(self) -> str:
-        """The name of the metric's column in a sweep point / compare table: forget_keyword_accuracy."""
-        return f"{self.split}_{self.metric}"
-
-    def met(self, value: float | None) -> bool:
-        return value is not None and _OPS[self.op](value, self.value)
-
-    def __str__(self) -> str:
-        return f"{self.column}{self.op}{self.value:g}"
-
-
-def parse_target(text: str) -> Target:
-    """'forget_keyword_accuracy<=0.25' -> Target('forget', 'keyword_accuracy', '<=', 0.25)."""
-    names = ", ".join(f"{s}_{m}" for s in SPLITS for m in TARGET_METRICS)
-    match = _PATTERN.match(str(text or ""))
-    if not match:
-        raise GrinError(f"target: write it as METRIC<=NUMBER (or >=, <, >), e.g. forget_keyword_accuracy<=0.25; "
-                        f"got {text!r}")
-    column, op, number = match.groups()
-    split, _, metric = column.partition("_")
-    if split not in SPLITS or metric not in TARGET_METRICS:
-        raise GrinError(f"target: unknown metric {column!r}; choose from {names}")
-    try:
-        value = float(number)
-    except ValueError:
-        raise GrinError(f"target: {number!r} is not a number") from None
-    if not math.isfinite(value):
-        raise GrinError(f"target: the number must be finite, got {number!r}")
-    return Target(split, metric, op, value)
+from ..errors import GrinError
+from ..targets import Target, parse_target
+from . import metrics
+from .evaluate import generate_answers, pair_nlls
 
 
 class ForgetCheck:
@@ -86,9 +38,6 @@ class ForgetCheck:
 
     def measure(self) -> float | None:
         """The target's metric on the forget set, from the model as it is now (the same code as evaluation)."""
-        from . import metrics
-        from .evaluate import generate_answers, pair_nlls
-
         was_training = self.model.training
         self.model.eval()
         try:
@@ -119,3 +68,11 @@ class ForgetCheck:
         """What the run report says about the early stop."""
         return {"target": str(self.target), "every": self.every, "stopped_at": self.stopped_at,
                 "checks": [{"step": s, "value": v} for s, v in self.history]}
+
+
+def until_check(model, tokenizer, forget: list, cfg) -> ForgetCheck | None:
+    """The until-check of cfg.until on the model being trained (None when no target is set)."""
+    if cfg.until is None:
+        return None
+    return ForgetCheck(parse_target(cfg.until), model, tokenizer, forget, cfg.max_new_tokens, cfg.max_length,
+                       cfg.until_every)

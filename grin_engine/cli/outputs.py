@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import GrinError
-from .limits import user_path
+from ..errors import GrinError
+from ..limits import user_path
 
 
 def _checked(path: str | None, flag: str) -> Path:

@@ -11,7 +11,7 @@ retain_term)` when the two come from separate forward passes (their sum is the l
 
 Notation (DESIGN.md §2.8): NLL = token-mean answer NLL over the batch; log pi(y|x) = summed log-probability of the
 answer tokens of one item. Defaults follow open-unlearning.
-To add a method: write one function with this signature and add one line to LOSSES.
+To add a loss: write one function with this signature and add one line to LOSSES (docs/CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE_INDEX
-from .errors import GrinError
+from ..data import IGNORE_INDEX
+from ..errors import GrinError
 
 
 def answer_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +76,7 @@ def _beta(cfg, default: float) -> float:
 
 
 def _gamma(cfg, default: float = 1.0) -> float:
-    """Weight of the forget term: the user's gamma, else the method's default (open-unlearning's configs)."""
+    """Weight of the forget term: the user's gamma, else the loss's default (open-unlearning's configs)."""
     return cfg.gamma if cfg.gamma is not None else default
 
 
@@ -148,12 +148,12 @@ LOSSES = {
 
 
 def describe_losses() -> dict[str, str]:
-    """Method name -> the first line of its docstring (for help texts and --help)."""
+    """Loss name -> the first line of its docstring (for help texts and --help)."""
     return {name: fn.__doc__.strip().splitlines()[0] for name, fn in LOSSES.items()}
 
 
 def get_loss(name: str):
     """The loss function registered under `name` (GrinError listing the valid names otherwise)."""
     if name not in LOSSES:
-        raise GrinError(f"method: unknown method {name!r}; choose one of {', '.join(LOSSES)}")
+        raise GrinError(f"loss: unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]

@@ -1,14 +1,14 @@
 """Sweeps (DESIGN.md §2.12): many runs on the same data, to draw forget against retain as curves, not points.
 
-A grid crosses methods (compare.METHODS) with p, sigma2, learning rate, steps and seeds; GRUN crosses its own
-knobs (grun_lr, grun_steps) and seeds. A method gets a point only for the knobs it reads (`KNOBS`): `full` has no
-p, `grin-nonoise` no sigma2, and the methods with no randomness of their own (no noise, no random mask: `full`,
-`grin-nonoise`) run at the first seed only, so no setting is run twice for the same numbers.
+A grid crosses comparison methods (runs/methods.METHODS) with p, sigma2, learning rate, steps and seeds; GRUN
+crosses its own knobs (grun_lr, grun_steps) and seeds. A method gets a point only for the knobs it reads (its
+registry entry's `knobs`): `full` has no p, `grin-nonoise` no sigma2, and the methods with no randomness of their own
+(no "seed" knob: `full`, `grin-nonoise`) run at the first seed only, so no setting is run twice for the same numbers.
 
 Work that does not depend on a point is done once: the caller loads the model; the base model is evaluated once
-(and stored in the output, so a resumed sweep does not do it again); the gradient pair is computed once and turned
-into the score sets the masks are drawn from (compare.mask_scores). Each point then only selects its mask (random
-masks and noise come from the point's seed), trains a private copy and evaluates it.
+(and stored in the output, so a resumed sweep does not do it again); one set of gradients gives every scoring
+method's kept scores (runs/masks.kept_scores). Each point then only selects its mask (random masks and noise come
+from the point's seed), trains a private copy and evaluates it.
 
 Output: `<out>.jsonl` gets one JSON line per finished point as soon as it finishes (a "before" line first);
 running the same sweep again with the same file skips the points already there. `sweep.json` (config, points,
@@ -24,25 +24,19 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .compare import mask_scores, method_selection, parse_methods, reusable, run_method
-from .config import GrinConfig, GrinError
-from .data import QAItem
+from ..config import GrinConfig
+from ..data import QAItem, require_items
+from ..errors import GrinError
+from ..evaluation.evaluate import shown_answers
+from ..evaluation.metrics import MetricResult
+from ..events import Progress, Stopped, as_progress
+from ..models import LoadedModel
+from ..targets import parse_target
+from .compare import run_method
 from .frontier import summarize
-from .metrics import MetricResult
-from .models import LoadedModel
-from .evaluate import shown_answers
-from .pipeline import RunStopped, _aggregate, _reporter, evaluate_both, require_items
-from .until import parse_target
-
-# The knobs each method reads ("seed": the method has randomness of its own: noise, a random mask, GRUN's init).
-KNOBS = {
-    "grin": ("p", "sigma2", "lr", "steps", "seed"),
-    "grin-nonoise": ("p", "lr", "steps"),
-    "random": ("p", "sigma2", "lr", "steps", "seed"),
-    "forget-grad": ("p", "sigma2", "lr", "steps", "seed"),
-    "full": ("lr", "steps"),
-    "grun": ("grun_lr", "grun_steps", "seed"),
-}
+from .masks import kept_scores, method_selection
+from .methods import METHODS, parse_methods
+from .pipeline import evaluate, metric_values
 METRIC_COLUMNS = tuple(f"{split}_{m}" for split in ("forget", "retain")
                        for m in ("keyword_accuracy", "rougeL_recall", "probability", "truth_ratio"))
 
@@ -75,9 +69,9 @@ class SweepGrid:
         points = []
         for method in self.methods:
             combos = [{"method": method}]
-            for knob in KNOBS[method]:
+            for knob in METHODS[method].knobs:
                 combos = [{**c, knob: v} for c in combos for v in axes[knob]]
-            if "seed" not in KNOBS[method]:
+            if "seed" not in METHODS[method].knobs:
                 combos = [{**c, "seed": self.seeds[0]} for c in combos]  # nothing random: one seed says it all
             points += combos
         order = {m: i for i, m in enumerate(self.methods)}
@@ -90,7 +84,7 @@ class SweepGrid:
 
 def point_key(point: dict) -> str:
     """A point's identity in the output file: its method and knob values."""
-    return json.dumps({k: point[k] for k in sorted(point) if k in ("method", "seed") or k in KNOBS[point["method"]]},
+    return json.dumps({k: point[k] for k in sorted(point) if k in ("method", "seed") or k in METHODS[point["method"]].knobs},
                       sort_keys=True)
 
 
@@ -138,7 +132,7 @@ def read_lines(path: Path, expected_fingerprint: str | None = None) -> tuple[dic
 
 
 def evaluation_to_json(evaluation: dict) -> dict:
-    """evaluate_both's result as JSON (MetricResult -> {"value", "per_item"}), so a resumed sweep reuses it."""
+    """An evaluation (evaluate_both) as JSON (MetricResult -> {"value", "per_item"}), so a resumed sweep reuses it."""
     return {split: {**e, "metrics": {name: asdict(r) for name, r in e["metrics"].items()}}
             for split, e in evaluation.items()}
 
@@ -211,19 +205,19 @@ def result_from_file(path: str | Path, config: dict, model: dict, grid: dict, to
 
 
 def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid: SweepGrid,
-          out: str | Path | None = None, on_point=None, on_progress=None, should_stop=None,
-          in_place: bool = False, before: dict | None = None, grin_top=None) -> SweepResult:
+          out: str | Path | None = None, on_point=None, progress: Progress | None = None, in_place: bool = False,
+          before: dict | None = None, kept: dict | None = None) -> SweepResult:
     """Run every point of `grid` not already finished in `out` (JSON lines), appending each as it finishes.
     (in_place=True: each point trains `base` itself and restores it exactly, see pipeline.run; the CLI's choice.)
 
-    on_point(record, done, total) after each finished point (done counts the skipped ones too);
-    on_progress(stage, done, total, *extra) as in compare ("before", "gradients", "<method>/<stage>").
-    should_stop() ends the sweep at the next check: the finished points stay in the file and in the result.
-    Re-used when given (the web app computes them once): `before`, the base model's evaluation on the same items;
-    `grin_top`, the same items' GRIN scores (score_cache.TopScores): when they cover every p of the grid, the GRIN
-    points select from them (bit for bit the same masks) and only |G_f|-only needs gradients.
+    on_point(record, done, total) after each finished point (done counts the skipped ones too); progress as in
+    compare ("before", "gradients", "<method>/<stage>"). A Stop ends the sweep there: the finished points stay in
+    the file and in the result. Re-used when given (the web app computes them once): `before`, the base model's
+    evaluation on the same items; `kept`, kept scores of the same items ({"grin": TopScores}): where they cover every
+    p of the grid, the points select from them (bit for bit the same masks) and no gradients are formed for them.
     """
     require_items(forget, retain)
+    progress = as_progress(progress)
     points = grid.points()
     for point in points:  # every knob value checked before any slow work
         point_config(cfg, point)
@@ -233,58 +227,42 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     keys = [point_key(pt) for pt in points]
     todo = [(pt, k) for pt, k in zip(points, keys) if k not in finished]
     done = len(points) - len(todo)
-
-    say = _reporter(on_progress, should_stop)  # reports, then raises RunStopped once a stop is asked for
     timings: dict[str, float] = {}
     stopped = False
     try:
         if before_line is None:
-            start = time.perf_counter()
-            evaluation = before or evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                                 on_item=lambda d, t: say("before", d, t))
-            timings["eval_before_s"] = time.perf_counter() - start
-            values, _ = _aggregate(evaluation)
-            before_line = {"kind": "before", "fingerprint": fp, "metrics": values,
+            if before is None:
+                before, timings["eval_before_s"] = evaluate(base, forget, retain, cfg, progress, "before")
+            before_line = {"kind": "before", "fingerprint": fp, "metrics": metric_values(before)[0],
                            "generations": [{"split": split, "question": it.question, "answer": it.answer,
                                             "before": shown}
                                            for split, items in (("forget", forget), ("retain", retain))
-                                           for it, shown in zip(items, shown_answers(evaluation[split]))],
-                           "evaluation": evaluation_to_json(evaluation)}
+                                           for it, shown in zip(items, shown_answers(before[split]))],
+                           "evaluation": evaluation_to_json(before)}
             _append(path, before_line)
         before = evaluation_from_json(before_line["evaluation"])
-        scores = {}
-        if todo:
-            start = time.perf_counter()
-            needed = reusable(grin_top, sorted({pt["method"] for pt, _ in todo}),
-                              [pt["p"] for pt, _ in todo if pt["method"] in ("grin", "grin-nonoise")])
-            scores = mask_scores(base, forget, retain, cfg, needed, say, in_place)
-            timings["gradients_s"] = time.perf_counter() - start
-        cache: dict[tuple, object] = {}
+        start = time.perf_counter()
+        scored = [METHODS[pt["method"]] for pt, _ in todo if METHODS[pt["method"]].score_source]
+        keep = max([pt["p"] for pt, _ in todo if METHODS[pt["method"]].score_source] or [0.0])
+        tops = kept_scores(base, forget, retain, cfg, scored, keep, progress, kept, copy=not in_place) if scored \
+            else {}
+        timings["gradients_s"] = time.perf_counter() - start
+        masks: dict[tuple, object] = {}  # one p's masks at a time, shared by the methods drawing the same scores
         for point, key in todo:
-            if should_stop is not None and should_stop():  # between points: not even a model copy
-                raise RunStopped
-            point_cfg = point_config(cfg, point)
+            progress.check()  # between points: not even a model copy
+            method, point_cfg = METHODS[point["method"]], point_config(cfg, point)
             start = time.perf_counter()
-            selection = None
-            if point["method"] in ("grin", "grin-nonoise", "forget-grad"):
-                cache_key = ("forget-grad" if point["method"] == "forget-grad" else "grin", point["p"])
-                if cache_key not in cache:
-                    cache = {k: v for k, v in cache.items() if k[1] == point["p"]}  # keep one p's masks only
-                    if cache_key[0] == "grin" and "grin" not in scores:  # from the kept scores, bit for bit
-                        devices = {n: w.device for n, w in base.model.named_parameters()}
-                        cache[cache_key] = grin_top.select(point["p"], devices)
-                    else:
-                        cache[cache_key] = method_selection(point["method"], scores, base, point_cfg)
-                selection = cache[cache_key]
-            elif point["method"] == "random":
-                selection = method_selection("random", scores, base, point_cfg)
+            if method.score_source is not None:
+                drawn = (method.score_source, point["p"])
+                if drawn not in masks:
+                    masks = {k: v for k, v in masks.items() if k[1] == point["p"]}
+                    masks[drawn] = method_selection(method, tops, base, point_cfg)
+                selection = masks[drawn]
+            else:
+                selection = method_selection(method, tops, base, point_cfg)
             select_s = time.perf_counter() - start
-            label = point["method"]
-
-            def report(stage, step, total, *extra, _label=label):
-                say(f"{_label}/{stage}", step, total, *extra)
-            result = run_method(point["method"], base, forget, retain, point_cfg, before, selection, report,
-                                should_stop, in_place)
+            result = run_method(method, base, forget, retain, point_cfg, before, selection,
+                                progress.within(method.name), in_place)
             if result.stopped:
                 stopped = True
                 break
@@ -294,7 +272,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             done += 1
             if on_point is not None:
                 on_point(record, done, len(points))
-    except RunStopped:
+    except Stopped:
         stopped = True
     ordered = [finished[k] for k in keys if k in finished]
     return SweepResult(config=cfg.to_dict(), model=base.facts(), grid=grid.to_dict(), fingerprint=fp,
@@ -346,33 +324,3 @@ def write_outputs(result: SweepResult, out: str | Path, forget_key: str = "forge
     return report
 
 
-def format_frontier(report: dict) -> str:
-    """The terminal summary: one line per setting (mean over seeds), fronts, areas, auto-p."""
-    frontier = report["frontier"]
-    fk, rk = frontier["forget_metric"], frontier["retain_metric"]
-    before = report["before"].get("metrics", {})
-    lines = [f"base model: {fk} {_fmt((before.get('forget') or {}).get(fk.partition('_')[2]))}, "
-             f"{rk} {_fmt((before.get('retain') or {}).get(rk.partition('_')[2]))}",
-             f"{'method':<13}{'setting':<40}{'forget':>14}{'retain':>14}{'seeds':>6}  front"]
-    for row in frontier["settings"]:
-        setting = " ".join(f"{k}={row[k]:g}" for k in ("p", "sigma2", "lr", "steps", "grun_lr", "grun_steps")
-                           if row.get(k) is not None)
-        on_front = "*" if any(row is r for r in frontier["fronts"].get(row["method"], [])) else ""
-        lines.append(f"{row['method']:<13}{setting:<40}{row['forget']:>8.3f}±{row['forget_std']:<5.3f}"
-                     f"{row['retain']:>8.3f}±{row['retain_std']:<5.3f}{row['n']:>6}  {on_front}")
-    lines.append("area between front and ideal corner (lower is better): " + ", ".join(
-        f"{m} {a['mean']:.3f}±{a['std']:.3f} (n={a['n']})" for m, a in frontier["areas"].items()))
-    if frontier["target"]:
-        for method, pick in frontier["auto_p"].items():
-            lines.append(f"auto-p {method} ({frontier['target']}): " + (
-                "no setting meets the target" if pick is None else
-                f"p={pick['p']:g}" + "".join(f" {k}={pick[k]:g}" for k in ("sigma2", "lr", "steps")
-                                              if pick.get(k) is not None)
-                + f" -> forget {pick['forget']:.3f}, retain {pick['retain']:.3f}"))
-    lines.append(f"{len(report['points'])} of {report['total']} points finished ({report['skipped']} found in the "
-                 f"file)" + (" - stopped" if report["stopped"] else ""))
-    return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -4,7 +4,7 @@ The scores are as big as the model (one float per weight), too big to keep per v
 heatmap and the histogram need is much smaller: for each weight matrix, how many of its scores fall in each bin of
 log10(score). From those counts the selection at any p is previewed without new gradients and without the scores:
 the threshold falls in one bin, everything in the bins above is selected, and the boundary bin is shared out in
-proportion to its counts so that the total is round(p * n). The exact selection (influence.select_top_fraction)
+proportion to its counts so that the total is round(p * n). The exact selection (selection.select_top_fraction)
 is made from the real scores when the run starts; the preview differs from it only inside the boundary bin.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .influence import Candidate, summarize_counts
+from .influence import Candidate
+from .selection import summarize_counts
 
 _FLOOR = 1e-30  # log10 of a zero score: put it in the lowest bin
 

@@ -2,11 +2,12 @@
 
     python -m grin_engine tofu --forget forget01 --methods grin,graddiff,npo
 
-1. *Target*: the base model fine-tuned on the forget authors plus some retain authors (answers only);
+1. *Target model*: the base model fine-tuned on the forget authors plus some retain authors (answers only);
    *retain model*: the same recipe on the retain authors alone, a model that never saw the forget authors.
    Both are cached as safetensors folders keyed by model, data and recipe, so a second run reuses them.
-2. *Unlearn* the forget authors from the target with each method (same steps and seed).
-3. *Evaluate* target, retain model and every unlearned model on the forget split, retain authors, real authors and
+2. *Unlearn* the forget authors from the target model with each method (same steps and seed): a comparison method
+   (runs/methods.METHODS) with cfg.loss, or a loss name alone, shorthand for that loss on all weights (`full`).
+3. *Evaluate* target model, retain model and every unlearned model on the forget split, retain authors, real authors and
    world facts (probability, ROUGE-L recall, truth ratio), and on holdout authors that no model saw (membership
    inference): forget quality (KS test against the retain model's truth ratios), model utility (harmonic mean of
    nine numbers) and privacy leakage, all with open-unlearning's formulas (metrics.py).
@@ -23,18 +24,26 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from . import metrics
-from .config import GrinConfig, GrinError
-from .data import QAItem, make_batches, read_items_file
-from .losses import mean_nll
-from .models import LoadedModel, copy_model, save_model_folder
+from ..config import GrinConfig, ModelSpec
+from ..data import QAItem, make_batches, read_items_file
+from ..errors import GrinError
+from ..evaluation import metrics
+from ..evaluation.evaluate import generate_answers, pair_token_nlls, shared_prompt_token_nlls
+from ..events import Progress, Stopped, as_progress
+from ..method.grun import Grun, GrunSpec, default_layers, train_grun
+from ..method.losses import LOSSES, mean_nll
+from ..method.training import train_loop
+from ..models import LoadedModel, copy_model, load_model, save_model_folder
+from ..runs.masks import given_mask, kept_scores, method_selection
+from ..runs.methods import METHODS, ComparisonMethod
+from ..runs.pipeline import train
 
-TOFU_DIR = Path(__file__).resolve().parent.parent / "assets" / "tofu"
+TOFU_DIR = Path(__file__).resolve().parents[2] / "assets" / "tofu"
 ITEMS_PER_AUTHOR = 20
 N_AUTHORS = 200
 FORGET_AUTHORS = {"forget01": 2, "forget05": 10}  # the last authors of `full`
@@ -127,10 +136,6 @@ def load_tofu(recipe: TofuRecipe) -> TofuData:
 # Target and retain model: fine-tuned once, cached
 
 
-class Stopped(Exception):
-    """The user asked to stop; whatever is cached stays cached."""
-
-
 def cache_key(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, kind: str) -> str:
     """A short hash of what decides a fine-tuned model: the base model, the training items and the recipe."""
     data = hashlib.sha256("\n".join(f"{it.question}\t{it.answer}" for it in items).encode()).hexdigest()
@@ -140,63 +145,51 @@ def cache_key(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, kind: 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, on_step=None, should_stop=None) -> LoadedModel:
+def finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, progress: Progress | None = None,
+             stage: str = "finetune") -> LoadedModel:
     """A copy of `base` fine-tuned on the items' answers: AdamW (weight decay 0.01), constant lr, gradient norm
-    clipped at 1, `epochs` passes over the items in an order shuffled per epoch by a generator seeded with `seed`."""
+    clipped at 1, `epochs` passes over the items in an order shuffled per epoch by a generator seeded with `seed`.
+    A Stop raises Stopped (nothing is kept)."""
     work = copy_model(base)
     model = work.model
     params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(recipe.seed)
     pairs = [(it.question, it.answer) for it in items]
-    per_epoch = math.ceil(len(pairs) / recipe.batch_size)
-    total, step = recipe.epochs * per_epoch, 0
+    batches = []
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(pairs), generator=generator).tolist()
+        batches += make_batches(work.tokenizer, [pairs[i] for i in order], recipe.batch_size, recipe.max_length,
+                                recipe.label_layout)
+    for p in params:
+        p.requires_grad_(True)
     try:
-        for _ in range(recipe.epochs):
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-            shuffled = [pairs[i] for i in order]
-            for batch in make_batches(work.tokenizer, shuffled, recipe.batch_size, recipe.max_length,
-                                      recipe.label_layout):
-                if should_stop is not None and should_stop():
-                    raise Stopped
-                batch = {k: v.to(work.device) for k, v in batch.items()}
-                loss = mean_nll(model, batch)
-                if not math.isfinite(loss.item()):
-                    raise GrinError(f"tofu fine-tuning: the loss became {loss.item()} at step {step + 1}; "
-                                    f"try a smaller --tofu-lr")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if on_step is not None:
-                    on_step(step, total, loss.item())
+        trained = train_loop(lambda step: mean_nll(model, {k: v.to(work.device) for k, v in batches[step].items()}),
+                             params, torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01), len(batches), 1.0,
+                             progress, stage=stage, what="tofu fine-tuning", hint="a smaller --tofu-lr")
     finally:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+    if trained.stopped:
+        raise Stopped
     model.eval()
     return work
 
 
 def cached_finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, kind: str, cache_dir: Path,
-                    on_step=None, should_stop=None) -> tuple[LoadedModel, str, bool]:
+                    progress: Progress | None = None) -> tuple[LoadedModel, str, bool]:
     """(model, folder, reused): the cached fine-tuned model when there is one, else train it and cache it.
 
     The folder is written under a temporary name and renamed when complete, so a stopped or failed run never
-    leaves a half-written model that a later run would take for a finished one.
+    leaves a half-written model that a later run would take for a finished one. Its steps are reported as
+    "<kind>/finetune".
     """
-    from .config import ModelSpec
-    from .models import load_model
-
     folder = Path(cache_dir) / f"{kind}-{cache_key(base, items, recipe, kind)}"
     if (folder / "model.safetensors").is_file():
         loaded = load_model(ModelSpec(str(folder), str(base.device), str(base.dtype).replace("torch.", "")))
         loaded.name = base.name  # keeps facts() about the same model family
         return loaded, str(folder), True
-    trained = finetune(base, items, recipe, on_step, should_stop)
+    trained = finetune(base, items, recipe, progress, f"{kind}/finetune")
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -219,25 +212,21 @@ def _eval_sets(data: TofuData) -> dict[str, list[QAItem]]:
 
 
 def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, max_length: int = 256,
-                   layout: str = "answer_eos", batch_size: int = 16, on_progress=None) -> dict:
+                   layout: str = "answer_eos", batch_size: int = 16, progress: Progress | None = None) -> dict:
     """Everything TOFU's scores need from one model, as plain lists (JSON-ready).
 
     Per split of EVAL_SPLITS: greedy `generations`; `answer_nll` (token NLLs of the gold answer); `correct_nll`
     (per-token mean NLL of the paraphrased answer where the item has one, else of the answer: open-unlearning's
     "correct" for the truth ratio); `wrong_nll` (per-token mean NLL of each perturbed answer). For "holdout": only
-    `answer_nll`. on_progress(stage, done, total) with stage "<split>/answers" or "<split>/nll".
+    `answer_nll`. Progress stages: "<split>/answers" and "<split>/nll".
     """
-    from .evaluate import generate_answers, pair_token_nlls, shared_prompt_token_nlls
-
+    progress = as_progress(progress)
     model.eval()
     raw = {}
     for split, items in _eval_sets(data).items():
-        report = (lambda stage: (lambda done, total: on_progress(f"{split}/{stage}", done, total))) if on_progress \
-            else (lambda stage: None)
         generations = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens, batch_size,
-                                       on_batch=report("answers"))
+                                       on_batch=progress.stage(f"{split}/answers"))
         answer_nll, correct_nll, wrong_nll = [], [], []
-        say_nll = report("nll")
         for i, it in enumerate(items):
             # one question, all its answers: the gold one, the paraphrase (if any), the perturbed ones
             answers = [it.answer] + ([it.paraphrased_answer] if it.paraphrased_answer else []) + it.perturbed_answers
@@ -246,13 +235,12 @@ def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, 
             answer_nll.append(token_nlls[0])
             correct_nll.append(mean[1] if it.paraphrased_answer else mean[0])
             wrong_nll.append(mean[len(answers) - len(it.perturbed_answers):])
-            if say_nll is not None:
-                say_nll(i + 1, len(items))
+            progress(f"{split}/nll", i + 1, len(items))
         raw[split] = {"generations": generations, "answer_nll": answer_nll, "correct_nll": correct_nll,
                       "wrong_nll": wrong_nll}
-    say = (lambda done, total: on_progress("holdout/nll", done, total)) if on_progress else None
     raw["holdout"] = {"answer_nll": pair_token_nlls(model, tokenizer, [(it.question, it.answer) for it in data.holdout],
-                                                    batch_size, max_length, layout, on_batch=say)}
+                                                    batch_size, max_length, layout,
+                                                    on_batch=progress.stage("holdout/nll"))}
     return raw
 
 
@@ -340,86 +328,59 @@ PUBLISHED = {
 
 
 def parse_methods(text: str) -> list[str]:
-    """Comma-separated methods: grin (GRIN's mask with --method's loss), grun, or a loss name (that loss on all
-    weights, no mask, no noise: the usual baseline)."""
-    from .losses import LOSSES
-
+    """Comma-separated rows to unlearn: comparison methods (runs/methods.METHODS, with cfg.loss: grin, grun, full,
+    random ...) or loss names, each shorthand for that loss on all weights (`full`: the usual baseline)."""
     methods = [m.strip() for m in str(text).split(",") if m.strip()]
-    valid = ["grin", "grun", *LOSSES]
+    valid = [*METHODS, *LOSSES]
     unknown = [m for m in methods if m not in valid]
     if unknown or not methods:
         raise GrinError(f"tofu: unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(valid)}")
     return list(dict.fromkeys(methods))
 
 
-def unlearn_method(target: LoadedModel, method: str, data: TofuData, cfg: GrinConfig, on_progress=None,
-                   should_stop=None):
-    """A copy of the target unlearned with `method`; returns (loaded copy, detach function, facts)."""
-    from dataclasses import replace
+def method_and_config(name: str, cfg: GrinConfig) -> tuple[ComparisonMethod, GrinConfig]:
+    """A row's comparison method and its run's config (a loss name: `full` with that loss)."""
+    if name in METHODS:
+        return METHODS[name], METHODS[name].configure(cfg)
+    return METHODS["full"], METHODS["full"].configure(replace(cfg, loss=name))
 
-    from .influence import candidate_parameters
-    from .pipeline import compute_influence_scores, select, unlearn_selected
 
-    say = (lambda stage: (lambda done, total, *extra: on_progress(stage, done, total, *extra))) if on_progress \
-        else (lambda stage: None)
+def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConfig,
+                   progress: Progress | None = None):
+    """A copy of the target model unlearned as row `name` says; returns (loaded copy, detach function, facts)."""
+    progress = as_progress(progress)
+    method, run_cfg = method_and_config(name, cfg)
     work = copy_model(target)
     forget, retain = data.forget, data.retain_train
-    if method == "grun":
-        from .grun import Grun, GrunSpec, default_layers, train_grun
-
+    if method.mask == "grun":
         config = work.model.config
         layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
         grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
                              gate=cfg.grun_gate), seed=cfg.seed).attach(work.model, work.tokenizer)
-        result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, say("unlearn"), should_stop)
+        result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, progress)
         return work, grun.detach, {"kind": "grun", "layers": list(layers), "steps": result.steps_done,
                                    "stopped": result.stopped}
-    candidates = candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head)
-    if method == "grin":
-        influence = compute_influence_scores(work.model, work.tokenizer, forget, retain, cfg, say("influence"))
-        selection, summary = select(influence, cfg.p, consume=True)
-        del influence
-        masks, run_cfg = selection.masks, cfg
-        facts = {"kind": "grin", "loss": cfg.method, "selected": summary["selected"], "fraction": summary["fraction"]}
-    else:
-        masks, run_cfg = None, replace(cfg, method=method, use_mask=False)
-        facts = {"kind": "all weights", "loss": method}
-    result = unlearn_selected(work.model, work.tokenizer, forget, retain, run_cfg, list(candidates), masks,
-                              say("unlearn"), should_stop)
+    tops = kept_scores(work, forget, retain, run_cfg, [method], run_cfg.p, progress, stage="influence")
+    mask = given_mask(work.model, run_cfg, method_selection(method, tops, work, run_cfg))
+    facts = {"kind": method.name if mask.selection is not None else "all weights", "loss": run_cfg.loss}
+    if mask.selection is not None:
+        facts.update(selected=mask.summary["selected"], fraction=mask.summary["fraction"])
+    result = train(work, forget, retain, run_cfg, mask, progress)
     facts.update(steps=result.steps_done, stopped=result.stopped)
     return work, (lambda: None), facts
 
 
 def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: GrinConfig,
              cache_dir: str | Path = DEFAULT_CACHE, target_folder: str | None = None,
-             retain_folder: str | None = None, on_progress=None, should_stop=None, on_report=None) -> dict:
+             retain_folder: str | None = None, progress: Progress | None = None, on_report=None) -> dict:
     """The whole protocol; returns the report (JSON-ready). See the module docstring.
 
-    on_progress(stage, done, total, *extra): stages "target/finetune", "retain/finetune", "<model>/<split>/answers",
-    "<model>/<split>/nll", "<method>/influence", "<method>/unlearn" (with the loss). should_stop() is checked at
-    each step; a stop raises Stopped, and the cached models stay (only complete models are ever cached).
-    on_report(report) receives the report so far after each evaluated model (the CLI writes it, so a long run that
-    is stopped still leaves the rows it finished).
+    Progress stages: "target/finetune", "retain/finetune", "<model>/<split>/answers", "<model>/<split>/nll",
+    "<method>/influence", "<method>/unlearn" (with the loss). A Stop raises Stopped; the cached models stay (only
+    complete models are ever cached). on_report(report) receives the report so far after each evaluated model (the
+    CLI writes it, so a long run that is stopped still leaves the rows it finished).
     """
-    from .config import ModelSpec
-    from .models import load_model
-
-    def check_stop():
-        if should_stop is not None and should_stop():
-            raise Stopped
-
-    def progress(stage):
-        def report(done, total, *extra):
-            if on_progress is not None:
-                on_progress(stage, done, total, *extra)
-            check_stop()
-        return report
-
-    def stage_progress(prefix):
-        def report(stage, done, total, *extra):
-            progress(f"{prefix}/{stage}")(done, total, *extra)
-        return report
-
+    progress = as_progress(progress)
     data = load_tofu(recipe)
     timings, folders, reused = {}, {}, {}
     models = {}
@@ -430,14 +391,13 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
             models[kind] = load_model(ModelSpec(given, str(base.device), str(base.dtype).replace("torch.", "")))
             folders[kind], reused[kind] = str(given), True
         else:
-            models[kind], folders[kind], reused[kind] = cached_finetune(
-                base, items, recipe, kind, cache_dir, progress(f"{kind}/finetune"), should_stop)
+            models[kind], folders[kind], reused[kind] = cached_finetune(base, items, recipe, kind, cache_dir, progress)
         timings[f"{kind}_model_s"] = time.perf_counter() - start
 
     def evaluate(name, loaded):
         start = time.perf_counter()
         raw = evaluate_model(loaded.model, loaded.tokenizer, data, cfg.max_new_tokens, recipe.max_length,
-                             recipe.label_layout, on_progress=stage_progress(name))
+                             recipe.label_layout, progress=progress.within(name))
         timings[f"{name}_eval_s"] = time.perf_counter() - start
         return raw
 
@@ -451,9 +411,9 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
         else:
             start = time.perf_counter()
             loaded, detach, unlearning[name] = unlearn_method(models["target"], name, data, cfg,
-                                                              stage_progress(name), should_stop)
+                                                              progress.within(name))
             timings[f"{name}_unlearn_s"] = time.perf_counter() - start
-            check_stop()
+            progress.check()
         raws[name] = evaluate(name, loaded)
         detach()
         del loaded
@@ -486,21 +446,3 @@ def _report(base, recipe, cfg, methods, data, folders, reused, rows, raws, unlea
     }
 
 
-def format_table(report: dict) -> str:
-    """The terminal table: one row per model."""
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
-    lines = [f"{'model':<12}{'forget Q':>11}{'FQ pm':>10}{'utility':>9}{'privleak':>10}{'AUC minK':>10}"
-             f"{'AUC loss':>10}{'forget RL':>11}{'retain RL':>11}"]
-    for name, row in report["rows"].items():
-        flag = "  over-unlearned" if row["over_unlearned"] else ""
-        lines.append(f"{name:<12}{num(row.get('forget_quality'), '11.3g')}{num(row.get('forget_quality_prob_mean'), '10.3g')}"
-                     f"{num(row['model_utility'], '9.3f')}{num(row.get('privleak'), '10.1f')}{row['auc_min_k']:>10.3f}"
-                     f"{row['auc_loss']:>10.3f}{row['splits']['forget']['rougeL_recall']:>11.3f}"
-                     f"{row['splits']['retain']['rougeL_recall']:>11.3f}{flag}")
-    s = report["sanity"]
-    lines.append(f"sanity: forget ROUGE-L recall target {s['target_forget_rougeL_recall']:.3f}, "
-                 f"retain model {s['retain_forget_rougeL_recall']:.3f} (the target must know the forget authors, "
-                 f"the retain model must not)")
-    return "\n".join(lines)

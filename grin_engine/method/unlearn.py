@@ -15,14 +15,17 @@ With no mask (the plain-unlearning baseline) every candidate weight trains as an
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .config import GrinConfig, GrinError
-from .losses import Terms, answer_logprob, get_loss
-from .models import input_device
+from ..config import GrinConfig
+from ..data import QAItem, forget_batches, qa_batches
+from ..events import Progress
+from ..models import input_device
+from .losses import answer_logprob, get_loss
+from .noise import inject_noise
+from .training import TrainResult, train_loop
 
 
 @dataclass
@@ -67,15 +70,6 @@ def trainable_slices(params: dict[str, torch.nn.Parameter], names: list[str],
     return slices
 
 
-@dataclass
-class UnlearnResult:
-    losses: list[float] = field(default_factory=list)
-    steps_done: int = 0
-    stopped: bool = False  # True when the cancel flag stopped the run early
-    trainable: int = 0  # number of weights that could move
-    until_step: int | None = None  # the step after which the until-check said the target holds (None: it never did)
-
-
 def attach_reference(model, forget_batches: list[dict]) -> None:
     """Cache log pi_ref(y|x) of the current (pre-unlearning) model on each forget batch and its refusal sub-batch."""
     device = input_device(model)
@@ -92,65 +86,23 @@ def move_batch(batch: dict, device) -> dict:
     return {k: (move_batch(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
 
 
-def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float, on_step=None,
-               should_stop=None, after_update=None, what: str = "unlearning",
-               hint: str = "a smaller learning rate", until=None) -> UnlearnResult:
-    """The one optimisation loop of the engine (masked unlearning here, GRUN in grun.py), `steps` steps of:
-
-        should_stop()? -> loss = step_loss(step) -> finite? -> backward -> clip the gradient norm of `leaves` to
-        max_grad_norm (0: no clipping) -> optimizer step -> after_update() -> on_step(...)
-
-    A loss given as `losses.Terms` is backpropagated term by term (one backward per forward pass; the gradients add
-    up to the sum's), so a pass's weight gradients are complete before the next pass's are formed.
-
-    `should_stop()` is checked before each step, so a cancel takes effect within one step. A loss that is nan or
-    inf ends the loop with a GrinError before it is applied (the model is left as after the last good step).
-    """
-    result = UnlearnResult(trainable=sum(leaf.numel() for leaf in leaves))
-    for step in range(steps):
-        if should_stop is not None and should_stop():
-            result.stopped = True
-            break
-        loss = step_loss(step)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise GrinError(f"{what} stopped at step {step + 1}: the loss became {value} (try {hint})")
-        optimizer.zero_grad(set_to_none=True)
-        for term in (loss if isinstance(loss, Terms) else (loss,)):
-            term.backward()
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(leaves, max_grad_norm)
-        optimizer.step()
-        if after_update is not None:
-            after_update()
-        result.losses.append(value)
-        result.steps_done = step + 1
-        if on_step is not None:
-            on_step(step + 1, steps, value)
-        if until is not None and until(step + 1):  # the until-check (until.ForgetCheck): the target holds, stop
-            result.until_step = step + 1
-            break
-    optimizer.zero_grad(set_to_none=True)
-    return result
-
-
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
-            masks: dict[str, torch.Tensor] | None, on_step=None, should_stop=None, until=None) -> UnlearnResult:
-    """Run cfg.steps optimiser steps of cfg.method on the weights in `names` (only the masked entries if masks).
+            masks: dict[str, torch.Tensor] | None, progress: Progress | None = None, until=None) -> TrainResult:
+    """Run cfg.steps optimiser steps of cfg.loss on the weights in `names` (only the masked entries if masks).
 
-    Batches cycle in order: step t uses forget batch t mod F and retain batch t mod R. `on_step(step, steps, loss)`
-    is called after each step; `should_stop()` is checked before each step, so a cancel takes effect within one step.
-    A loss that is nan or inf stops the run with a GrinError (the model is then left as after the last good step).
-    `until(step) -> bool` (until.ForgetCheck) is asked after each step; True ends training there (result.until_step).
+    Batches cycle in order: step t uses forget batch t mod F and retain batch t mod R. Each step is reported as
+    "unlearn" (with its loss); a Stop ends training before the next step. A loss that is nan or inf stops the run
+    with a GrinError (the model is then left as after the last good step). `until(step) -> bool`
+    (evaluation/until.ForgetCheck) is asked after each step; True ends training there (result.until_step).
     """
-    loss_fn = get_loss(cfg.method)
+    loss_fn = get_loss(cfg.loss)
     device = input_device(model)
     params = dict(model.named_parameters())
     for param in model.parameters():
         param.requires_grad_(False)
     slices = trainable_slices(params, names, masks)
     if not slices:
-        return UnlearnResult()
+        return TrainResult()
     leaves = [s.values for s in slices]
     optimizer = torch.optim.AdamW(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -168,11 +120,28 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
     handles = [s.param.register_post_accumulate_grad_hook(lambda param, s=s: s.load_gradient())
                for s in slices if s.index is not None]
     try:
-        return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, on_step, should_stop,
-                          after_update=write_back, hint="a smaller learning rate or sigma2", until=until)
+        return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, progress,
+                          after_update=write_back, until=until, hint="a smaller learning rate or sigma2")
     finally:
         for handle in handles:
             handle.remove()
         for param in model.parameters():
             param.requires_grad_(False)
             param.grad = None
+
+
+def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, names: list[str],
+                     masks: dict[str, torch.Tensor] | None, progress: Progress | None = None,
+                     until=None) -> TrainResult:
+    """GRIN's steps 3 and 4 on `model`: noise on the selected weights, then masked fine-tuning (masks=None: every
+    weight in `names` trains, no noise: the plain-unlearning baseline)."""
+    params = dict(model.named_parameters())
+    f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed, cfg.label_layout)
+    r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout)
+    if cfg.ref_before_noise:
+        attach_reference(model, f_batches)  # open-unlearning's pi_ref: the model before any change
+    if masks is not None:
+        inject_noise(params, masks, cfg.sigma2, cfg.seed)
+    if not cfg.ref_before_noise:
+        attach_reference(model, f_batches)  # ours: pi_ref = the model right before fine-tuning (after the noise)
+    return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until=until)

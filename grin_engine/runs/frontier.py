@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .until import Target
+from ..targets import Target
 
 SETTING_KNOBS = ("p", "sigma2", "lr", "steps", "grun_lr", "grun_steps")  # what a point sets, seed aside
 

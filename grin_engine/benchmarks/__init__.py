@@ -1,0 +1,1 @@
+"""Benchmarks the field reports: TOFU (tofu.py, DESIGN.md §7)."""
