@@ -2,7 +2,7 @@
 
     python docs/make_frontier.py sweep.json docs/frontier.png
 
-Draws grin_ui.sweep_view.sweep_figure (the Sweep tab's scatter) from the points in sweep.json, saves it as a PNG
+Draws grin_ui.tabs.sweep.sweep_figure (the Sweep tab's scatter) from the points in sweep.json, saves it as a PNG
 with headless Chromium (Playwright, requirements-dev.txt; no kaleido needed) and prints the markdown table of
 setting means and the areas, for README.md.
 """
@@ -37,7 +37,7 @@ def markdown_table(report: dict) -> str:
 def main(source: str, png: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from grin_ui.sweep_view import sweep_figure
+    from grin_ui.tabs.sweep import sweep_figure
 
     report = json.loads(Path(source).read_text())
     frontier = report["frontier"]

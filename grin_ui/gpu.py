@@ -11,7 +11,7 @@ The shared base is never trained in place here (the engine's `in_place=True`, wh
 visitor's generation see a half-trained model): every run and every score computation works on a private copy.
 
 The GPU time each call asks ZeroGPU for is computed from its arguments (`spaces.GPU(duration=callable)`): items,
-steps and the model's size, from per-item and per-step costs measured on an H100 with the default model (issue 8),
+steps and the model's size, from per-item and per-step costs measured on an H100 with the default model,
 scaled by the parameter count; a shorter request gets a visitor through ZeroGPU's queue sooner.
 
 The long ones are generators of messages:
@@ -24,15 +24,22 @@ cannot be pickled back.
 from __future__ import annotations
 
 import logging
-import time
 
-from grin_engine import compare, pipeline, score_cache, score_summary, sweep
-from grin_engine.config import GrinConfig, GrinError
+from grin_engine.attacks import attack_unlearned
+from grin_engine.benchmarks.tofu import run_tofu
+from grin_engine.config import GrinConfig
 from grin_engine.data import QAItem
-from grin_engine.evaluate import generate_answers, shown_answer
+from grin_engine.errors import GrinError
+from grin_engine.evaluation.evaluate import generate_answers, shown_answer
+from grin_engine.events import Progress, Stopped
+from grin_engine.method.grun import GrunState, save_grun
+from grin_engine.method.influence import compute_influence_scores
+from grin_engine.method.patch import WeightPatch, apply_patch, unlearned_copy
+from grin_engine.method.score_cache import KEEP, TopScores
+from grin_engine.method.score_summary import score_histograms
 from grin_engine.models import copy_model, save_weights
-from grin_engine.grun import GrunState, save_grun
-from grin_engine.patch import WeightPatch, apply_patch, unlearned_copy
+from grin_engine.runs import compare, pipeline, sweep
+from grin_engine.runs.masks import choose_mask
 
 from .jobs import Job
 from .state import STORE, StopFlag
@@ -51,7 +58,7 @@ def gpu(duration):
     return spaces.GPU(duration=duration) if spaces is not None else (lambda fn: fn)
 
 
-# Seconds per unit of work for the default 135M model on one H100 (issue 8's measurements, rounded up): one answer
+# Seconds per unit of work for the default 135M model on one H100 (docs/RESULTS.md, rounded up): one answer
 # generated in a memory-sized batch, one item's gradients, one unlearning step; plus a fixed start-up allowance.
 GPU_SECONDS = {"answer": 0.05, "gradient_item": 0.08, "step": 0.4, "start": 30.0}
 MAX_GPU_SECONDS = 1200
@@ -109,123 +116,73 @@ def _as_user_error(exc: BaseException) -> GrinError:
 
 
 def _stream(work, stop: StopFlag):
-    """Run work(report) in a thread (jobs.Job) and turn its events and outcome into messages."""
-    job = Job(work, stop)
+    """Run work(progress) in a thread (jobs.Job) and turn its events and outcome into messages; `progress` reports
+    to the thread's queue and carries the visitor's Stop."""
+    job = Job(lambda report: work(Progress(report, stop.is_set)), stop)
     for latest in job.updates():
         yield "progress", latest, [e[3] for e in job.history if e[0] == "unlearn"]
     try:
         yield "done", job.result
-    except pipeline.RunStopped:
+    except Stopped:
         yield "stopped", None
     except Exception as exc:
         yield "error", _as_user_error(exc)
 
 
-def stoppable(report, stage: str, stop: StopFlag):
-    """A progress callback for engine calls outside run(): reports, then ends the call if Stop was asked for."""
-    def on_item(done, total):
-        report(stage, done, total)
-        if stop.is_set():
-            raise pipeline.RunStopped
-    return on_item
-
-
 @gpu(duration=influence_seconds)
 def influence_work(model_name: str, forget: list[QAItem], retain: list[QAItem], stop: StopFlag):
     """Influence scores on a copy of the base, kept as per-matrix histograms (the Influence tab's preview) and as the
-    top KEEP of the scores (score_cache.TopScores: any p up to KEEP re-selected exactly, with no gradients):
+    top KEEP of the scores (method/score_cache.TopScores: any p up to KEEP re-selected exactly, with no gradients):
     done -> (histograms, top scores)."""
-    cfg = GrinConfig()
-
-    def work(report):
-        top, scores = _scores(model_name, forget, retain, cfg, stoppable(report, "influence", stop))
-        report("summary", 0, 1)
-        hist = score_summary.score_histograms(scores.scores, scores.candidates)
-        return hist, top  # the scores (as big as the model) and the copy are dropped here
+    def work(progress):
+        copy = copy_model(STORE.get(model_name))  # gradients need a model nobody else reads meanwhile
+        scores = compute_influence_scores(copy.model, copy.tokenizer, forget, retain, GrinConfig(),
+                                          on_batch=progress.stage("influence"))
+        top = TopScores.from_scores(scores.scores, scores.candidates, seconds=scores.seconds)
+        progress("summary", 0, 1)
+        return score_histograms(scores.scores, scores.candidates), top  # the scores and the copy are dropped here
 
     yield from _stream(work, stop)
 
 
-def _scores(model_name: str, forget, retain, cfg: GrinConfig, on_batch):
-    """(TopScores, the full Influence) of the base's weights, computed on a private copy (gradients need one)."""
-    copy = copy_model(STORE.get(model_name))
-    scores = pipeline.compute_influence_scores(copy.model, copy.tokenizer, forget, retain, cfg, on_batch=on_batch)
-    top = score_cache.TopScores.from_scores(scores.scores, scores.candidates, seconds=scores.seconds)
-    return top, scores
-
-
-def _devices(model_name: str) -> dict:
-    return {name: p.device for name, p in STORE.get(model_name).model.named_parameters()}
-
-
-def _evaluate_base(model_name: str, forget, retain, cfg: GrinConfig, report, stop: StopFlag) -> tuple[dict, float]:
-    """The base model's answers and NLLs on both sets (shared by every visitor: state.BEFORE): (evaluation, s)."""
-    base = STORE.get(model_name)
-    start = time.perf_counter()
-    evaluated = pipeline.evaluate_both(base.model, base.tokenizer, forget, retain, cfg,
-                                       on_item=stoppable(report, "before", stop))
-    return evaluated, time.perf_counter() - start
-
-
-def _selection(model_name: str, forget, retain, cfg: GrinConfig, top, report, stop: StopFlag):
-    """GRIN's mask at cfg.p: from `top` when it covers p (no gradients), else from scores computed now.
-    (top scores to keep, the Selection or None for a run without a mask, {"scores_s", "select_s"})."""
-    if not cfg.use_mask:
-        return top, None, {"scores_s": 0.0, "select_s": 0.0}
-    scores_s = 0.0
-    if top is None or not top.covers(cfg.p):  # none yet, or p above the kept share: computed now
-        fresh, scores = _scores(model_name, forget, retain, cfg, stoppable(report, "influence", stop))
-        scores_s = scores.seconds
-        if not fresh.covers(cfg.p):
-            start = time.perf_counter()
-            selection = pipeline.select(scores, cfg.p, consume=True)[0]  # the fresh top scores are kept
-            return top or fresh, selection, {"scores_s": scores_s, "select_s": time.perf_counter() - start}
-        top = fresh
-        del scores
-    report("select", 0, 1)
-    start = time.perf_counter()
-    selection = top.select(cfg.p, _devices(model_name))
-    return top, selection, {"scores_s": scores_s, "select_s": time.perf_counter() - start}
-
-
 @gpu(duration=unlearn_seconds)
 def unlearn_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
-                 before: dict | None, stop: StopFlag, top: score_cache.TopScores | None = None):
-    """One GRIN run on a copy of the base: done -> (base evaluation, RunResult, top scores), or (None, None, None)
-    when stopped while answering with the base. Re-used when given: `before`, an earlier evaluation of the base on
-    the same items and lengths; `top`, the same items' influence scores (a selection from them equals a fresh one
-    bit for bit). The top scores come back (new ones when they had to be computed) for the next run."""
-    def work(report):
-        try:  # the base evaluation runs here, not in run(), so that the app can keep it for the next run
-            evaluated, before_s = (before, 0.0) if before else _evaluate_base(model_name, forget, retain, cfg,
-                                                                              report, stop)
-            kept, selection, timings = _selection(model_name, forget, retain, cfg, top, report, stop)
-        except pipeline.RunStopped:
+                 before: dict | None, stop: StopFlag, top: TopScores | None = None):
+    """One GRIN run on a copy of the base, composed of the pipeline's stages with what the server keeps between
+    visitors: done -> (base evaluation, RunResult, kept scores), or (None, None, None) when stopped before training.
+    Re-used when given: `before`, an earlier evaluation of the base on the same items and lengths; `top`, the same
+    items' kept scores (a mask from them equals a fresh one bit for bit). The kept scores come back for the next
+    run: `top`, or the new ones when there were none."""
+    def work(progress):
+        base = STORE.get(model_name)
+        try:
+            evaluated, before_s = (before, 0.0) if before else pipeline.evaluate(base, forget, retain, cfg, progress,
+                                                                                 "before")
+            work_model = copy_model(base)  # the run's private copy: gradients, noise and training happen here
+            mask = choose_mask(work_model, forget, retain, cfg, progress, kept=top, keep=KEEP)
+        except Stopped:
             return None, None, None
-        result = pipeline.run(STORE.get(model_name), forget, retain, cfg, on_progress=report,
-                              should_stop=stop.is_set, before=evaluated,
-                              selection=selection)  # the run's changes come back as result.patch (CPU data)
-        result.timings.update(timings, eval_before_s=before_s)  # real times (0: re-used); run() got them ready
-        if "eval_after_s" in result.timings:
-            result.timings["eval_s"] = before_s + result.timings["eval_after_s"]
-        return evaluated, result, kept
+        result = pipeline.finish(base, work_model, forget, retain, cfg, mask, evaluated, progress,
+                                 {"eval_before_s": before_s})  # the run's changes come back as result.patch
+        return evaluated, result, top if top is not None else mask.top  # scores kept before stay kept
 
     yield from _stream(work, stop)
 
 
 @gpu(duration=compare_seconds)
 def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, methods: list[str],
-                 stop: StopFlag, before: dict | None = None, top: score_cache.TopScores | None = None):
-    """Several methods on the same data (grin_engine.compare): done -> (base evaluation, Comparison), with the
-    patches of the masked methods and GRUN (a few MB, for the Attack view) but not an unmasked run's (the size of
-    the model); (None, None) when stopped while answering with the base. `before` and `top` as in unlearn_work."""
-    def work(report):
+                 stop: StopFlag, before: dict | None = None, top: TopScores | None = None):
+    """Several methods on the same data (runs/compare.py): done -> (base evaluation, Comparison), with the patches
+    of the masked methods and GRUN (a few MB, for the Attack tab) but not an unmasked run's (the size of the model);
+    (None, None) when stopped while answering with the base. `before` and `top` as in unlearn_work."""
+    def work(progress):
+        base = STORE.get(model_name)
         try:
-            evaluated = before or _evaluate_base(model_name, forget, retain, cfg, report, stop)[0]
-        except pipeline.RunStopped:
+            evaluated = before or pipeline.evaluate(base, forget, retain, cfg, progress, "before")[0]
+        except Stopped:
             return None, None
-        comparison = compare.compare(STORE.get(model_name), forget, retain, cfg, methods, on_progress=report,
-                                     should_stop=stop.is_set, before=evaluated, grin_top=top)
+        comparison = compare.compare(base, forget, retain, cfg, methods, progress, before=evaluated,
+                                     kept={"grin": top} if top is not None else None)
         for result in comparison.results.values():
             if not _small_patch(result.patch):
                 result.patch = None
@@ -236,19 +193,19 @@ def compare_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
 
 @gpu(duration=sweep_seconds)
 def sweep_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid, out: str,
-               stop: StopFlag, before: dict | None = None, top: score_cache.TopScores | None = None):
-    """A grid of runs (grin_engine.sweep), each finished point appended to the JSON-lines file `out` as it
-    finishes (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data).
-    `before` and `top` as in unlearn_work (a continued sweep has its base evaluation in `out` already)."""
-    def work(report):
-        return sweep.sweep(STORE.get(model_name), forget, retain, cfg, grid, out, on_progress=report,
-                           should_stop=stop.is_set, before=before, grin_top=top)
+               stop: StopFlag, before: dict | None = None, top: TopScores | None = None):
+    """A grid of runs (runs/sweep.py), each finished point appended to the JSON-lines file `out` as it finishes
+    (the page reads the points from there while the sweep runs): done -> SweepResult (CPU data). `before` and
+    `top` as in unlearn_work (a continued sweep has its base evaluation in `out` already)."""
+    def work(progress):
+        return sweep.sweep(STORE.get(model_name), forget, retain, cfg, grid, out, progress=progress, before=before,
+                           kept={"grin": top} if top is not None else None)
 
     yield from _stream(work, stop)
 
 
 def _answer(loaded, prompt: str, max_new_tokens: int) -> str:
-    """One greedy answer, marked where it hit the token limit (evaluate.shown_answer)."""
+    """One greedy answer, marked where it hit the token limit (evaluation/evaluate.shown_answer)."""
     answers, cut = generate_answers(loaded.model, loaded.tokenizer, [prompt], max_new_tokens, return_cut=True)
     return shown_answer(answers[0], cut[0])
 
@@ -279,15 +236,9 @@ def weights_work(model_name: str, patch: WeightPatch, path: str) -> str:
 
 @gpu(duration=3600)
 def tofu_work(model_name: str, recipe, methods: list[str], cfg: GrinConfig, stop: StopFlag):
-    """The TOFU protocol (grin_engine.tofu) on the base: done -> the report (a dict), or None when stopped."""
-    from grin_engine import tofu
-
-    def work(report):
-        try:
-            result = tofu.run_tofu(STORE.get(model_name), recipe, methods, cfg, on_progress=report,
-                                   should_stop=stop.is_set)
-        except tofu.Stopped:
-            return None
+    """The TOFU protocol (benchmarks/tofu.py) on the base: done -> the report (a dict); stopped on Stop."""
+    def work(progress):
+        result = run_tofu(STORE.get(model_name), recipe, methods, cfg, progress=progress)
         total = sum(v for k, v in result["timings"].items() if k.endswith("_s"))
         result["timings"]["total_s"] = total
         return result
@@ -303,14 +254,11 @@ def _small_patch(patch) -> bool:
 
 
 @gpu(duration=1200)
-def attack_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, targets: list,
+def attack_work(model_name: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, unlearned: list,
                 names: list[str], acfg, stop: StopFlag):
-    """The named attacks (grin_engine.attacks) on each target (base + its patch, on copies; the base is only
-    read): done -> list of AttackResult (plain data). Stop ends the work at its next batch or step."""
-    from grin_engine.attacks import attack_targets
-
-    def work(report):
-        return attack_targets(STORE.get(model_name), targets, forget, retain, cfg, names, acfg, on_progress=report,
-                              should_stop=stop.is_set)
+    """The named attacks (grin_engine/attacks/) on each unlearned model (base + its patch, on copies; the base is
+    only read): done -> list of AttackResult (plain data). Stop ends the work at its next batch or step."""
+    def work(progress):
+        return attack_unlearned(STORE.get(model_name), unlearned, forget, retain, cfg, names, acfg, progress)
 
     yield from _stream(work, stop)

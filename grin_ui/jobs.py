@@ -1,19 +1,45 @@
-"""Run slow engine work in a worker thread and stream its progress events to a Gradio generator.
+"""How every tab runs model work, and how its errors reach the page: one mechanism each.
 
-    job = Job(lambda report: pipeline.run(..., on_progress=report))
-    for events in job.updates():   # the latest event of each stage, about every `every` seconds
-        yield ...
-    result = job.result            # or the worker's exception, raised here
+`run_job` is the one job helper of the UI. A tab's handler hands it the model work (a gpu.*_work call, which
+streams ("progress", ...) messages and ends with ("done", result), ("stopped", None) or ("error", GrinError)) and a
+function that turns progress into a frame of the tab's outputs:
 
-If the generator is closed early (the visitor left, the event was cancelled) the Stop flag is set and the worker
-is waited for, so the next job on the shared model never overlaps it.
+    result = yield from run_job(request, lambda stop: gpu.attack_work(..., stop), show_progress,
+                                queued=("Stopped while waiting in the queue.", ...), stopped=("Stopped.", ...))
+    if result is STOPPED:
+        return  # the page already shows `queued` or `stopped`
+
+It honours a Stop pressed while the job waited in Gradio's queue (the job then does not start), streams the
+progress frames, raises a worker's error for `user_errors`, and in every case clears the visitor's Stop flag and
+gives the freed memory back (slots.release_memory), also on a GPU.
+
+`Job` runs engine work in a worker thread and hands its progress events to a generator (gpu._stream uses it). If
+the generator is closed early (the visitor left, the event was cancelled) the Stop flag is set and the worker is
+waited for, so the next job on the shared model never overlaps it.
+
+`user_errors` wraps every handler: a GrinError (a visitor's mistake, worded for them) becomes gr.Error, any other
+exception a one-line gr.Error (the traceback goes to the server log only).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import queue
 import threading
 import time
+
+import gradio as gr
+
+from grin_engine.errors import GrinError
+
+from .slots import release_memory
+from .state import stop_flag
+
+log = logging.getLogger("grin_ui")
+STOPPED = object()  # what run_job returns when the visitor's Stop ended the job (queued or running)
+STOP_MESSAGE = "Stop requested: the job ends at its next step or batch; what it finished is kept."
 
 _DONE = object()
 
@@ -65,3 +91,70 @@ class Job:
         if kind == "error":
             raise value
         return value
+
+
+def run_job(request, start, show_progress, queued, stopped):
+    """Generator of the tab's frames; returns the work's result, or STOPPED. See the module docstring.
+
+    start(stop) -> the gpu.*_work message stream; show_progress(latest, losses, stop) -> a frame (None: nothing
+    new to show); `queued`: the frame saying the job was stopped while it waited in the queue (it never started);
+    `stopped`: the frame saying the work ended on the visitor's Stop (None: the handler shows it)."""
+    stop = stop_flag(getattr(request, "session_hash", None))
+    if stop.is_set():  # Stop was pressed while this job waited in the queue: it ends before it starts
+        stop.clear()
+        yield queued
+        return STOPPED
+    try:
+        for kind, *payload in start(stop):
+            if kind == "progress":
+                frame = show_progress(*payload, stop)
+                if frame is not None:
+                    yield frame
+            elif kind == "error":
+                raise payload[0]
+            elif kind == "stopped":
+                if stopped is not None:
+                    yield stopped
+                return STOPPED
+            else:
+                return payload[0]
+        return STOPPED
+    finally:
+        stop.clear()
+        release_memory()
+
+
+def stop(request: gr.Request):
+    """The Stop buttons: ask this visitor's job to stop (the engine checks before every step and batch)."""
+    stop_flag(getattr(request, "session_hash", None)).set()
+    return STOP_MESSAGE
+
+
+def _to_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, GrinError):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("unexpected error in a handler")
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return gr.Error(f"Unexpected {type(exc).__name__}: {first}", print_exception=False)
+
+
+def user_errors(fn):
+    """Wrap a handler (function or generator) so that only gr.Error reaches the page."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                raise _to_gr_error(exc) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _to_gr_error(exc) from None
+    return wrapper

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
+from grin_engine.runs.methods import METHODS
+
 # Attention and feed-forward in different colour families, everywhere in the app.
 KIND_SCALES = {"attention": "Blues", "ffn": "Oranges", "other": "Greys", "embedding": "Greens", "lm_head": "Greens"}
 KIND_COLOURS = {"attention": "#2b6cb0", "ffn": "#dd6b20", "other": "#718096"}
@@ -198,6 +200,15 @@ def loss_curve(losses: list[float], steps: int | None = None) -> go.Figure:
 
 METHOD_COLOURS = {"grin": "#c53030", "grun": "#6b46c1", "full": "#dd6b20", "random": "#718096",
                   "forget-grad": "#2b6cb0", "grin-nonoise": "#e53e3e"}
+MORE_COLOURS = ["#2c7a7b", "#b7791f", "#2f855a", "#97266d", "#4c51bf", "#744210"]  # methods added to the registry
+
+
+def method_colour(name: str) -> str:
+    """A comparison method's colour, the same in every figure (a method without its own takes the next spare)."""
+    if name in METHOD_COLOURS:
+        return METHOD_COLOURS[name]
+    others = [m for m in METHODS if m not in METHOD_COLOURS]
+    return MORE_COLOURS[others.index(name) % len(MORE_COLOURS)] if name in others else "#4a5568"
 
 
 def methods_scatter(rows: list[dict] | None) -> go.Figure:
@@ -222,7 +233,7 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[r["forget_keyword_accuracy"]], y=[r["retain_keyword_accuracy"]], mode="markers+text", name=r["method"],
             text=[r["method"]], textposition=place,
-            marker={"size": 13, "color": METHOD_COLOURS.get(r["method"], "#4a5568")},
+            marker={"size": 13, "color": method_colour(r["method"])},
             hovertemplate=f"<b>{r['method']}</b><br>forget KA %{{x:.3f}}<br>retain KA %{{y:.3f}}<extra></extra>"))
     fig.update_layout(title="Forget vs retain (keyword accuracy after unlearning)",
                       xaxis={"title": "forget keyword accuracy (lower = forgot more)", "range": [-0.15, 1.1]},

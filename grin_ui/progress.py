@@ -6,7 +6,7 @@ per unit. The bar's fraction is (expected seconds of the phases done + the curre
 seconds); the time left is the elapsed time scaled by that fraction, elapsed x (1 - f) / f, which is the remaining
 expected seconds scaled by how fast this run has been so far compared with the expectation.
 
-The seconds per unit (`COSTS`) start from issue 9's measurement on a 2-core CPU with the default model (16 + 16
+The seconds per unit (`COSTS`) start from a measurement on a 2-core CPU with the default model (16 + 16
 items, default settings; the machine was shared, so they are slow, but only their ratios set the bar): base answers
 123 s for 32 items (3.8 s each), influence gradients 112 s for 32 items (3.5 s each), unlearning 1,049 s for 20
 steps (52 s each: a step is a forward and backward pass on 8 forget + 8 retain items), the selection 15 s; model
@@ -20,6 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+
+from grin_engine.runs.methods import METHODS
 
 DEFAULT_COSTS = {"answer": 3.8, "gradient_item": 3.5, "step_item": 52.0 / 16, "select": 15.0, "summary": 10.0}
 LOAD_SECONDS = {"locating": 3.0, "config": 11.0, "tokenizer": 8.0, "weights": 33.0, "placing": 0.5}
@@ -143,10 +145,6 @@ def unlearn_plan(forget: int, retain: int, cfg, before_cached: bool, scores_cach
     return Plan(before_phase(items, cfg, before_cached) + run_phases("", "", items, cfg, not scores_cached))
 
 
-COMPARE_WORDS = {"grin": "GRIN", "grun": "GRUN", "full": "Full", "random": "Random mask",
-                 "forget-grad": "|G_f| mask", "grin-nonoise": "GRIN without noise"}
-
-
 def compare_plan(forget: int, retain: int, cfg, methods: list[str], before_cached: bool,
                  gradients_needed: bool) -> Plan:
     items = forget + retain
@@ -154,21 +152,14 @@ def compare_plan(forget: int, retain: int, cfg, methods: list[str], before_cache
     if gradients_needed:
         phases.append(Phase("gradients", f"gradients for the masks on {items} items",
                             items * cost("gradient_item"), "batch"))
-    for name in methods:
-        words = COMPARE_WORDS.get(name, name) + ": "
-        if name == "grun":  # GRUN's steps cost about half of GRIN's (its own note in the layout)
+    for method in (METHODS[name] for name in methods):
+        words = method.label + ": "
+        if method.mask == "grun":  # GRUN's steps cost about half of GRIN's (its own note in the layout)
             phases += [Phase("grun/unlearn", words + "training the gated edits",
                              cfg.grun_steps * cfg.batch_size * cost("step_item"), "step"),
                        Phase("grun/after", words + f"answering ({items} questions)",
                              items * cost("answer") * cfg.max_new_tokens / 48, "question")]
         else:
-            run_cfg = cfg if name != "full" else _no_mask(cfg)
-            phases += [p for p in run_phases(f"{name}/", words, items, run_cfg, False)
+            phases += [p for p in run_phases(f"{method.name}/", words, items, method.configure(cfg), False)
                        if not p.key.endswith("/select")]
     return Plan(phases)
-
-
-def _no_mask(cfg):
-    from dataclasses import replace
-
-    return replace(cfg, use_mask=False)

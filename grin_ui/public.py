@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from grin_engine.config import GrinConfig, GrinError
+from grin_engine.config import GrinConfig
+from grin_engine.errors import GrinError
+from grin_engine.runs.sweep import point_config
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,10 @@ def describe(limits: Caps) -> str:
             f"one long job per visitor at a time, {limits.heavy_jobs} at a time on the server.</small>")
 
 
-
 def check_sweep(cfg: GrinConfig, points: list[dict], n_items: int | None, limits: Caps) -> None:
     """A Sweep grid within the caps: not too many points, and every point's run within check_run."""
     if len(points) > limits.sweep_points:
         raise GrinError(f"sweep: {len(points)} points; this server runs at most {limits.sweep_points} in one grid")
-    from grin_engine.sweep import point_config
-
     for point in points:
         check_run(point_config(cfg, point), n_items, limits, grun=point["method"] == "grun")
 

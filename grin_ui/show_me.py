@@ -1,7 +1,7 @@
 """"Show me": one button on Setup runs a small, fast demo end to end, with a sentence at each step saying what to
 look at, and leaves the tabs filled for exploration.
 
-The steps are the app's own handlers, in the order a person clicks them (callbacks.load, influence, unlearn), on
+The steps are the tabs' own handlers, in the order a person clicks them (Setup's load, Influence, Unlearn), on
 SHOW_ME_ITEMS items per set, so every tab shows what it would after those clicks: Setup's model facts and items,
 Influence's heatmap at p = 1%, Unlearn's loss curve, Compare's answers before and after. Unlearning stops once the
 forget set meets SHOW_ME_UNTIL (checked every 2 steps), so the demo takes the fewest steps that forget, and the
@@ -14,9 +14,10 @@ import gradio as gr
 
 from grin_engine.config import GrinConfig
 
-from . import callbacks
-from .callbacks import user_errors
+from .forms import SIGMA2_CHOICES, Form, Page
+from .slots import MODEL_JOB
 from .state import session_of
+from .tabs import influence, setup, unlearn
 
 SHOW_ME_ITEMS = 4
 SHOW_ME_P = 1.0
@@ -37,30 +38,26 @@ SAY = {
 }
 
 
-def button() -> dict:
-    """The Show me button (in Setup's button row)."""
-    return {"show_me_btn": gr.Button("Show me (a 4-item demo, every step explained)", variant="secondary",
-                                     scale=2, elem_id="show_me_btn")}
+OUTPUTS = {"status": "setup.show_me_status", "max_items": "setup.max_items", "facts": "setup.facts",
+           "preview": "setup.preview", "load_status": "setup.load_status",
+           "influence_status": "influence.influence_status", "selection": "influence.selection_md",
+           "heatmap": "influence.heatmap", "bars": "influence.layer_bars", "hist": "influence.score_hist",
+           "p": "influence.p_percent", "u_p": "unlearn.p_percent", "steps": "unlearn.steps", "until": "unlearn.until",
+           "run_status": "unlearn.run_status", "loss": "unlearn.loss_plot", "forget_gen": "compare.forget_gen",
+           "retain_gen": "compare.retain_gen", "metrics": "compare.metrics", "session": "session"}
 
 
-def wire(s: dict, i: dict, u: dict, c: dict, session, model_queue: dict) -> None:
-    outputs = [s["show_me_status"], s["max_items"], s["facts"], s["preview"], s["load_status"],
-               i["influence_status"], i["selection_md"], i["heatmap"], i["layer_bars"], i["score_hist"],
-               i["p_percent"], u["u_p_percent"], u["steps"], u["until"], u["run_status"], u["loss_plot"],
-               c["forget_gen"], c["retain_gen"], c["metrics"], session]
-    s["show_me_btn"].click(show_me, session, outputs, api_name="show_me", show_progress_on=s["show_me_status"],
-                           **model_queue)
+def wire(page: Page) -> None:
+    page["setup.show_me_btn"].click(**page.event(show_me, ["session"], list(OUTPUTS.values()), api_name="show_me",
+                                                 show_progress_on=page["setup.show_me_status"], **MODEL_JOB))
 
 
-@user_errors
-def show_me(session, request: gr.Request = None, progress=gr.Progress()):
+def show_me(form: Form, request, progress):
     """Load, influence at 1%, unlearn until forgotten, answers before / after: each step with its sentence."""
     d = GrinConfig()
-    sigma2 = next((c for c in callbacks.SIGMA2_CHOICES if float(c) == d.sigma2), callbacks.SIGMA2_CHOICES[2])
-    out = {"status": "", "session": session_of(session)}
-    keys = ["status", "max_items", "facts", "preview", "load_status", "influence_status", "selection", "heatmap",
-            "bars", "hist", "p", "u_p", "steps", "until", "run_status", "loss", "forget_gen", "retain_gen",
-            "metrics", "session"]
+    sigma2 = next((c for c in SIGMA2_CHOICES if float(c) == d.sigma2), SIGMA2_CHOICES[2])
+    out = {"status": "", "session": session_of(form["session"])}
+    keys = list(OUTPUTS)
 
     def emit(**values):
         out.update(values)
@@ -72,15 +69,15 @@ def show_me(session, request: gr.Request = None, progress=gr.Progress()):
 
     yield emit(status=SAY["load"], max_items=SHOW_ME_ITEMS, p=SHOW_ME_P, u_p=SHOW_ME_P, steps=SHOW_ME_STEPS,
                until=SHOW_ME_UNTIL)
-    facts, preview, load_status, out["session"] = callbacks.load(
-        "default", "", "harry_potter", "", None, "general_knowledge", "", None, out["session"], progress=progress)
+    load = ("default", "", "harry_potter", "", None, "general_knowledge", "", None, out["session"])
+    facts, preview, load_status, out["session"] = setup.load(Form(setup.LOAD_INPUTS, load), request, progress)
     yield emit(facts=facts, preview=preview, load_status=load_status, status=SAY["influence"])
 
     # Each handler's last frame goes out together with the next sentence: a table sent and then skipped in a later
     # frame of the same event is shown empty by Gradio's page, so nothing follows a frame that carries results.
     last = {}
-    for status, out["session"], *figures in callbacks.influence(SHOW_ME_ITEMS, SHOW_ME_P, out["session"], request,
-                                                                progress=progress):
+    scores = Form(["setup.max_items", "influence.p_percent", "session"], (SHOW_ME_ITEMS, SHOW_ME_P, out["session"]))
+    for status, out["session"], *figures in influence.influence(scores, request, progress):
         if last:
             yield emit(**last)
         last = dict(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
@@ -89,10 +86,10 @@ def show_me(session, request: gr.Request = None, progress=gr.Progress()):
         return
     yield emit(**last, status=SAY["unlearn"])
 
-    run = (d.method, SHOW_ME_P, sigma2, d.lr, SHOW_ME_STEPS, d.alpha, None, d.seed, True, SHOW_ME_ITEMS)
+    run = (d.loss, SHOW_ME_P, sigma2, d.lr, SHOW_ME_STEPS, d.alpha, None, d.seed, True, SHOW_ME_ITEMS,
+           out["session"], SHOW_ME_UNTIL)
     previous, last = out["session"].run, {}
-    for status, loss, out["session"], *tables in callbacks.unlearn(*run, out["session"], SHOW_ME_UNTIL,
-                                                                   request=request, progress=progress):
+    for status, loss, out["session"], *tables in unlearn.unlearn(Form(unlearn.RUN_INPUTS, run), request, progress):
         if last:
             yield emit(**last)
         last = dict(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))

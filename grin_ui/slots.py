@@ -1,6 +1,6 @@
 """The server's budget for model-sized work, and a queue that is fair to visitors.
 
-Every event that costs a model copy runs in one of two Gradio concurrency groups (app_builder.py):
+Every event that costs a model copy runs in one of two Gradio concurrency groups (the event options below):
 - HEAVY (influence, unlearn, compare): `caps.heavy_jobs` at a time server-wide (1 by default); each holds one copy
   of the model with its gradients for minutes;
 - LIGHT (Ask with an unlearned model, weights download): one at a time; each holds one copy for seconds.
@@ -32,10 +32,17 @@ import os
 import gradio as gr
 from gradio.server_messages import ProcessCompletedMessage
 
+from .public import caps
 from .state import stop_flag
 
 HEAVY = "heavy"
 LIGHT = "light"
+# The options of each kind of event: long jobs share HEAVY, short ones that copy the model share LIGHT, loading a
+# model has its own line, and Stop is never queued behind anything; so a short action never waits behind a long one.
+MODEL_JOB = {"concurrency_id": HEAVY, "concurrency_limit": caps().heavy_jobs}
+SHORT_JOB = {"concurrency_id": LIGHT, "concurrency_limit": 1}
+LOAD_JOB = {"concurrency_id": "load", "concurrency_limit": 1}
+STOP_JOB = {"concurrency_id": "stop", "concurrency_limit": None}
 BUSY_MESSAGE = ("You already have a job queued or running (influence, unlearn or compare): wait for it to finish, or "
                 "press Stop, then start the next one.")
 log = logging.getLogger("grin_ui")

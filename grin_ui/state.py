@@ -18,9 +18,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grin_engine.config import GrinError, ModelSpec, as_number
+from grin_engine.config import GrinConfig, ModelSpec, as_number
 from grin_engine.data import QAItem
+from grin_engine.errors import GrinError
 from grin_engine.limits import user_path
+from grin_engine.method.score_cache import evaluation_key, score_key
 from grin_engine.models import LoadedModel, load_model
 
 
@@ -136,6 +138,20 @@ SCORES = SharedResults(int(float(os.environ.get("GRIN_SCORE_CACHE_MB", "1024")) 
 BEFORE = SharedResults(1024 * 2**16, per_owner=2, size=lambda value: 2**16)
 
 
+def shared_inputs(model_name: str, forget, retain, cfg: GrinConfig) -> tuple[str, str, dict | None, object]:
+    """The keys of these items' shared results and what the server holds for them: (evaluation key, score key,
+    the base model's evaluation or None, the kept influence scores or None)."""
+    token = model_token(model_name)
+    before_key, key = evaluation_key(token, forget, retain, cfg), score_key(token, forget, retain, cfg)
+    kept = SCORES.get(key)
+    return before_key, key, BEFORE.get(before_key), kept[0] if kept else None
+
+
+def owner(request) -> str | None:
+    """Who pins a shared result (SharedResults): the browser session."""
+    return getattr(request, "session_hash", None)
+
+
 @dataclass
 class Session:
     """One visitor's work, all CPU data (safe to return from a ZeroGPU worker)."""
@@ -145,8 +161,8 @@ class Session:
     sources: tuple[str, str] = ("", "")  # what the forget / retain sets were loaded from (for the report)
     hist: object = None  # score_summary.ScoreHistograms of the last influence computation
     influence_s: float | None = None
-    run: object = None  # pipeline.RunResult of the last run (its patch = what it changed)
-    comparison: object = None  # compare.Comparison of the last Compare-methods run (no patches)
+    run: object = None  # runs/pipeline.RunResult of the last run (its patch = what it changed)
+    comparison: object = None  # runs/compare.Comparison of the last Compare-methods run
     files: str | None = None  # the visitor's download folder (one file of each kind, replaced; deleted with us)
 
     def require_loaded(self) -> None:

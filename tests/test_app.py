@@ -182,7 +182,7 @@ def test_presets_fill_the_unlearn_controls(client):
                        ("/preset_aggressive", "Forget Harry Potter, aggressively")):
         values = client.predict(api_name=slug)
         expected = PRESETS[name]
-        assert values[0] == expected["method"] and float(values[1]) == expected["p_percent"]
+        assert values[0] == expected["loss"] and float(values[1]) == expected["p_percent"]
         assert values[2] == expected["sigma2"] and int(values[4]) == expected["steps"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from grin_ui import plots
-from grin_ui.tofu_view import scatter
+from grin_ui.tabs.tofu import scatter
 
 PLACES = {name: (sx, sy) for name, sx, sy in plots.LABEL_PLACES}
 
@@ -74,7 +74,7 @@ def test_the_methods_scatter_labels_do_not_cover_each_other():
 def test_the_sweep_scatter_labels_stay_inside_and_apart():
     """The Sweep tab's screenshot case: four points and the base on the top line (retain 1.0), two of them on one
     spot, auto-p's pick outlined: every label inside the plot, none on another."""
-    from grin_ui.sweep_view import sweep_figure
+    from grin_ui.tabs.sweep import sweep_figure
 
     def point(method, p, forget):
         return {"method": method, "p": p, "sigma2": 1e-6, "lr": 5e-4, "steps": 2, "seed": 0,

@@ -74,7 +74,7 @@ def test_built_space_is_a_supported_zerogpu_combination(tmp_path):
     repo_pins = pins((ROOT / "requirements.txt").read_text())
     assert {k: v for k, v in pins(requirements).items() if k not in ("torch", "spaces")} == \
         {k: v for k, v in repo_pins.items() if k != "torch"}
-    assert (out / "app.py").is_file() and (out / "grin_engine" / "pipeline.py").is_file()
+    assert (out / "app.py").is_file() and (out / "grin_engine" / "runs" / "pipeline.py").is_file()
     assert (out / "grin_ui" / "gpu.py").is_file() and (out / "assets").is_dir()
     assert not list(out.rglob("__pycache__"))
 

@@ -54,7 +54,8 @@ def forget_grad_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in_
 class ComparisonMethod:
     name: str
     label: str  # how tables, plots and the progress bar name it
-    description: str  # one line: what it does and what it asks of GRIN
+    description: str  # one line: what it does
+    question: str  # the question about GRIN it answers (the Learn tab's table)
     knobs: tuple[str, ...]  # the sweep axes it reads ("seed": it has randomness of its own)
     mask: str  # "scores", "random", "none" or "grun" (module docstring)
     scores: Callable | None = None  # (gradients, weights, cfg, in_place) -> scores, for mask == "scores"
@@ -70,17 +71,21 @@ class ComparisonMethod:
 
 METHODS = {m.name: m for m in [
     ComparisonMethod("grin", "GRIN", "GRIN: influence-ratio mask + noise + masked fine-tuning",
-                     ("p", "sigma2", "lr", "steps", "seed"), "scores", grin_scores, uses_retain=True),
+                     "the method itself", ("p", "sigma2", "lr", "steps", "seed"), "scores", grin_scores,
+                     uses_retain=True),
     ComparisonMethod("grun", "GRUN", "GRUN: gated representation edits, weights frozen",
+                     "is changing no weight at all a better way to protect the rest?",
                      ("grun_lr", "grun_steps", "seed"), "grun"),
     ComparisonMethod("full", "Full", "Full: every candidate weight trains, no mask, no noise",
-                     ("lr", "steps"), "none", configure=lambda cfg: replace(cfg, use_mask=False)),
+                     "what does selecting weights buy?", ("lr", "steps"), "none",
+                     configure=lambda cfg: replace(cfg, use_mask=False)),
     ComparisonMethod("random", "Random mask", "Random mask: same number of weights, chosen at random",
-                     ("p", "sigma2", "lr", "steps", "seed"), "random"),
+                     "is the influence score better than luck?", ("p", "sigma2", "lr", "steps", "seed"), "random"),
     ComparisonMethod("forget-grad", "|G_f| mask", "|G_f| mask: top p by the forget gradient alone",
-                     ("p", "sigma2", "lr", "steps", "seed"), "scores", forget_grad_scores),
+                     "does the retain side of the ratio matter?", ("p", "sigma2", "lr", "steps", "seed"), "scores",
+                     forget_grad_scores),
     ComparisonMethod("grin-nonoise", "GRIN without noise", "GRIN without noise (sigma2 = 0)",
-                     ("p", "lr", "steps"), "scores", scores_of="grin",
+                     "does the noise help?", ("p", "lr", "steps"), "scores", scores_of="grin",
                      configure=lambda cfg: replace(cfg, sigma2=0.0)),
 ]}
 

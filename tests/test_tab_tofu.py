@@ -1,4 +1,4 @@
-"""The TOFU view (grin_ui/tofu_view.py): its tables and plot from a real report (a tiny model's run), its API through
+"""The TOFU view (grin_ui/tabs/tofu.py): its tables and plot from a real report (a tiny model's run), its API through
 gradio_client against a launched app, and the tab in headless Chromium with a screenshot (screenshots/tofu.png)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def report_path(tmp_path_factory):
 
 
 def test_table_scatter_and_published_numbers(report_path):
-    from grin_ui import tofu_view
+    from grin_ui.tabs import tofu as tofu_view
 
     report = json.loads(report_path.read_text())
     table = tofu_view.report_table(report)

@@ -1,6 +1,6 @@
-"""The TOFU benchmark view: run the protocol (grin_engine.tofu) on the loaded model, or open a report made by
+"""TOFU benchmark: run the protocol (grin_engine/benchmarks/tofu.py) on the loaded model, or open a report made by
 `python -m grin_engine tofu`, and see forget quality against model utility, with open-unlearning's published numbers
-beside ours (another model and recipe, labelled as such). Layout (`tofu_tab`), callbacks and their wiring (`wire`)."""
+beside ours (another model and recipe, labelled as such). Layout, wiring and handlers of the tab."""
 
 from __future__ import annotations
 
@@ -12,22 +12,25 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from grin_engine.config import GrinConfig, GrinError
-from grin_engine.losses import LOSSES
-from grin_engine.tofu import FORGET_AUTHORS, PUBLISHED, TofuRecipe, parse_methods
+from grin_engine.benchmarks.tofu import FORGET_AUTHORS, PUBLISHED, TofuRecipe, parse_methods
+from grin_engine.config import GrinConfig
+from grin_engine.errors import GrinError
+from grin_engine.method.losses import LOSSES
 
-from . import gpu, plots, public
-from .callbacks import user_errors
-from .state import session_of, stop_flag
+from .. import gpu, inputs, plots, public
+from ..forms import Form, Page
+from ..jobs import STOPPED, run_job, stop
+from ..slots import MODEL_JOB, STOP_JOB
+from ..state import session_of
 
-METHOD_CHOICES = ["grin", "grun", *LOSSES]
+METHOD_CHOICES = ["grin", "grun", *LOSSES]  # GRIN's mask with GradDiff, GRUN, or a loss on all weights
 TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model utility", "privleak",
                  "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "note"]
 TABLE_WIDTHS = ["8%", "9%", "10%", "8%", "8%", "8%", "8%", "9%", "9%", "23%"]
 MAX_REPORT_BYTES = 20_000_000
 
 
-def tofu_tab() -> dict:
+def layout(page: Page) -> None:
     t = {}
     with gr.Tab("TOFU benchmark", id="tofu"):
         gr.Markdown(
@@ -43,7 +46,7 @@ def tofu_tab() -> dict:
                                      info="forget01: 2 authors (40 QA); forget05: 10 authors")
             t["methods"] = gr.CheckboxGroup(METHOD_CHOICES, value=["grin", "graddiff", "npo"], label="methods",
                                             info="grin: GRIN's mask with GradDiff; a loss name: that loss on all weights")
-            t["steps"] = gr.Number(5, label="unlearning steps", minimum=1, precision=0)
+            t["steps"] = inputs.Number(5, label="unlearning steps", minimum=1, precision=0)
         with gr.Row():
             t["run_btn"] = gr.Button("Run TOFU on the loaded model", variant="primary")
             t["stop_btn"] = gr.Button("Stop", variant="stop")
@@ -60,7 +63,7 @@ def tofu_tab() -> dict:
         t["published"] = gr.Dataframe(published_table(), interactive=False, elem_id="tofu_published",
                                       label="open-unlearning's published numbers: ANOTHER model and recipe "
                                             "(Llama-3.2-1B-Instruct, all 200 authors, lr 1e-5, 10 epochs)")
-    return t
+    page.add("tofu", t)
 
 
 def _fmt(value, spec):
@@ -146,9 +149,9 @@ def _outputs(report: dict | None):
     return report_table(report), scatter(report), sanity_text(report)
 
 
-@user_errors
-def open_report(file):
+def open_report(form: Form):
     """A report JSON written by `python -m grin_engine tofu` -> (status, table, scatter, sanity)."""
+    file = form["tofu.report_file"]
     if file is None:
         raise GrinError("choose a TOFU report file (tofu.json) first")
     path = Path(file if isinstance(file, str) else file.name)
@@ -167,50 +170,35 @@ def open_report(file):
     return (f"Opened a report with {len(report['rows'])} models.",) + outputs
 
 
-@user_errors
-def run(split, methods, steps, session, request: gr.Request, progress=gr.Progress()):
+def run(form: Form, request, progress):
     """The protocol on the loaded model (fine-tuned models cached): (status, table, scatter, sanity, session)."""
-    session = session_of(session)
+    session = session_of(form["session"])
     if session.model_name is None:
         raise GrinError("load a model in Setup first (the TOFU data itself comes with the app)")
     public.check_tofu(public.caps())
-    names = parse_methods(",".join(methods or []))
-    try:
-        steps = int(steps)
-    except (TypeError, ValueError):
-        raise GrinError("unlearning steps must be a whole number") from None
-    recipe = TofuRecipe(forget=split)
-    cfg = GrinConfig(steps=steps, max_new_tokens=200, max_length=recipe.max_length)
-    stop = stop_flag(request.session_hash if request else None)
-    stop.clear()
-    for kind, *payload in gpu.tofu_work(session.model_name, recipe, names, cfg, stop):
-        if kind == "progress":
-            stage, (_, done, total, *_) = list(payload[0].items())[-1]
-            progress((done, total), desc=stage)
-            yield (f"Running: {stage} {done}/{total}",) + (gr.skip(),) * 3 + (session,)
-        elif kind == "error":
-            raise payload[0]
-        elif kind == "done":
-            report = payload[0]
-            yield ("**Stopped**; complete fine-tuned models stay cached." if report is None
-                   else f"**Done** in {report['timings'].get('total_s', 0):.0f} s.",) + _outputs(report) + (session,)
-            return
+    names = parse_methods(",".join(form.names("tofu.methods", "methods")))
+    recipe = TofuRecipe(forget=form["tofu.split"])
+    cfg = GrinConfig(steps=form.number("tofu.steps", "steps"), max_new_tokens=200, max_length=recipe.max_length)
+    nothing = (gr.skip(),) * 3 + (session,)
+
+    def show(latest, losses, stop):
+        stage, (_, done, total, *_) = list(latest.items())[-1]
+        progress((done, total), desc=stage)
+        return (f"Running: {stage} {done}/{total}",) + nothing
+
+    report = yield from run_job(
+        request, lambda stop: gpu.tofu_work(session.model_name, recipe, names, cfg, stop), show,
+        queued=("**Stopped** while waiting in the queue; nothing ran.",) + nothing,
+        stopped=("**Stopped**; complete fine-tuned models stay cached.",) + nothing)
+    if report is STOPPED:
+        return
+    yield (f"**Done** in {report['timings'].get('total_s', 0):.0f} s.",) + _outputs(report) + (session,)
 
 
-def stop(_=None):
-    return "Stopping after the current step ..."
-
-
-def wire(t: dict, session, model_queue: dict) -> None:
-    """The view's events, each with its api_name (gradio_client); the run shares the app's queue for model work."""
-    outputs = [t["status"], t["table"], t["scatter"], t["sanity"]]
-    t["report_file"].upload(open_report, t["report_file"], outputs, api_name="tofu_open")
-    t["run_btn"].click(run, [t["split"], t["methods"], t["steps"], session], outputs + [session], api_name="tofu_run",
-                       **model_queue)
-    t["stop_btn"].click(_stop_session, None, t["status"], api_name="tofu_stop", concurrency_id="stop",
-                        concurrency_limit=None)
-
-
-def _stop_session(request: gr.Request):
-    stop_flag(request.session_hash if request else None).set()
-    return stop()
+def wire(page: Page) -> None:
+    """The tab's events, each with its api_name (gradio_client); the run shares the app's queue for model work."""
+    outputs = ["tofu.status", "tofu.table", "tofu.scatter", "tofu.sanity"]
+    page["tofu.report_file"].upload(**page.event(open_report, ["tofu.report_file"], outputs, api_name="tofu_open"))
+    page["tofu.run_btn"].click(**page.event(run, ["tofu.split", "tofu.methods", "tofu.steps", "session"],
+                                            outputs + ["session"], api_name="tofu_run", **MODEL_JOB))
+    page["tofu.stop_btn"].click(stop, None, page["tofu.status"], api_name="tofu_stop", **STOP_JOB)

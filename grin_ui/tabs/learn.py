@@ -1,4 +1,12 @@
-"""The Learn tab: what each step does and why, in plain words, with the formulas."""
+"""Learn: what each step does and why, in plain words, with the formulas."""
+
+import gradio as gr
+
+from grin_engine.runs.methods import METHODS
+
+from ..forms import Page
+
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 
 LEARN_MD = r"""
 # How GRIN unlearning works
@@ -49,7 +57,7 @@ Untick **mask** for the plain baseline: all candidate weights train and no noise
 $\pi$ is the model being trained, $\pi_{\text{ref}}$ the model right before fine-tuning; $\log\pi(y\mid x)$ is the
 summed log-probability of an answer; $\alpha$ weighs the retain term.
 
-| method | loss | in words |
+| loss | formula | in words |
 |---|---|---|
 | `ga` | $-\mathrm{NLL}_f$ | gradient ascent: make the forget answers unlikely. Nothing holds the rest: it can break the model. |
 | `graddiff` | $-\gamma\,\mathrm{NLL}_f + \alpha\,\mathrm{NLL}_r$ | ascend on forget, keep learning retain. |
@@ -100,7 +108,7 @@ Training uses one of the unlearning losses above (its forget term, plus $\alpha\
 which steers forget questions to a refusal, a target that stays bounded), plus a term that teaches the gate to open
 on forget questions and stay shut on retain questions:
 
-$$\mathcal{L} = \mathcal{L}_{\text{method}} + \lambda_{\text{gate}} \cdot \mathrm{BCE}\big(\sigma(g(h)),\ 1 \text{ on forget},\ 0 \text{ on retain}\big)$$
+$$\mathcal{L} = \mathcal{L}_{\text{loss}} + \lambda_{\text{gate}} \cdot \mathrm{BCE}\big(\sigma(g(h)),\ 1 \text{ on forget},\ 0 \text{ on retain}\big)$$
 
 For `npo` and `dpo`, $\pi_{\text{ref}}$ is the same model with the edits off, which is exactly the original model.
 Only $R$, $W$, $b$ and $g$ train: a few thousand numbers per edited layer (16 thousand in all for the default
@@ -116,12 +124,7 @@ a forget question phrased in a new way), it fails in that direction. Watch the g
 
 # Why each baseline is in Compare methods
 
-| baseline | what it changes from GRIN | the question it answers |
-|---|---|---|
-| `full` | every candidate weight trains, no mask, no noise | what does selecting weights buy? (usually: much less damage to the retain set) |
-| `random` | a uniformly random mask of the same size | is the influence score better than luck? |
-| `forget-grad` | top $p$ by $\lvert G_f\rvert$ alone, no division by $\lvert G_r\rvert$ | does the retain side of the ratio matter? |
-| `grin-nonoise` | GRIN with $\sigma^2 = 0$ | does the noise help? |
+{baselines}
 
 The **mask overlap** (Jaccard $|A\cap B| / |A\cup B|$) tells how much two masks share: two random masks of
 $p$ share about $p/(2-p)$ (0.005 at $p$ = 1%). On the default model the GRIN and $|G_f|$ masks share even less
@@ -129,7 +132,7 @@ than that (0.003 at $p$ = 1%): the weights with the largest forget gradients mos
 too (they matter for everything), and the ratio steers away from exactly those.
 """
 
-# The Attack tab's part of Learn (grin_engine/attacks.py, DESIGN.md §7).
+# The Attack tab's part of Learn (grin_engine/attacks/, DESIGN.md §7).
 ATTACKS_MD = r"""
 # Is it really gone? The attacks
 
@@ -187,4 +190,15 @@ likely answers leaks even when the greedy answer looks clean.
 Its recovery compares the leak after unlearning with the greedy keyword accuracy before and after unlearning.
 """
 
-LEARN_MD = LEARN_MD + ATTACKS_MD
+BASELINES = "\n".join(["| method | what it is | the question it answers |", "|---|---|---|"] + [
+    f"| `{m.name}` | {m.description.split(': ', 1)[-1]} | {m.question} |" for m in METHODS.values() if m.name != "grin"])
+LEARN_MD = LEARN_MD.replace("{baselines}", BASELINES) + ATTACKS_MD  # the table follows the registry
+
+
+def layout(page: Page) -> None:
+    with gr.Tab("Learn", id="learn"):
+        page.add("learn", {"text": gr.Markdown(LEARN_MD, latex_delimiters=LATEX)})
+
+
+def wire(page: Page) -> None:
+    """Nothing to wire: the tab is text."""

@@ -1,4 +1,4 @@
-"""The Attack tab (grin_ui/attack_view.py) through its API, as a gradio_client user scripts it."""
+"""The Attack tab (grin_ui/tabs/attack.py) through its API, as a gradio_client user scripts it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ gradio_client = pytest.importorskip("gradio_client")
 
 from test_app import _checksum, _data, _finish, client  # noqa: E402,F401  (client: the app, launched)
 
-from grin_ui import attack_view  # noqa: E402
+from grin_ui.tabs import attack as attack_view  # noqa: E402
 
 LAST_RUN, COMPARISON = attack_view.TARGETS
 

@@ -1,7 +1,6 @@
-"""The Sweep tab: a grid of runs drawn as forget-vs-retain curves (grin_engine.sweep, grin_engine.frontier).
+"""Sweep: a grid of runs drawn as forget-vs-retain curves (grin_engine/runs/sweep.py, runs/frontier.py).
 
-Layout (`sweep_tab`), callbacks and the figure live here; `wire` connects them (app_builder.py calls it). The model
-work is gpu.sweep_work, which appends each finished point to a JSON-lines file; while it runs, the callback reads
+Layout, wiring, handlers and the figure of the tab. The model work is gpu.sweep_work, which appends each finished point to a JSON-lines file; while it runs, the callback reads
 the points from that file and redraws the scatter, so points appear as they finish and Stop keeps them. Pressing
 Run again with the same settings continues the same file: finished points are skipped.
 """
@@ -17,23 +16,26 @@ from pathlib import Path
 import gradio as gr
 import plotly.graph_objects as go
 
-from grin_engine.compare import METHODS
-from grin_engine.config import GrinConfig, GrinError
-from grin_engine.frontier import summarize
-from grin_engine.sweep import SweepGrid, evaluation_from_json, read_lines, result_from_file, write_outputs
-from grin_engine.until import TARGET_METRICS, parse_target
+from grin_engine.config import GrinConfig
+from grin_engine.errors import GrinError
+from grin_engine.runs.frontier import summarize
+from grin_engine.runs.methods import METHODS
+from grin_engine.runs.sweep import SweepGrid, evaluation_from_json, read_lines, result_from_file, write_outputs
+from grin_engine.targets import TARGET_METRICS, parse_target
 
-from . import gpu, public
-from .callbacks import shared_inputs, stop, user_errors
-from .plots import METHOD_COLOURS, label_positions
-from .state import BEFORE, session_of, stop_flag
+from .. import gpu, public
+from ..forms import Form, Page
+from ..jobs import STOPPED, run_job, stop
+from ..plots import label_positions, method_colour
+from ..slots import MODEL_JOB, STOP_JOB
+from ..state import BEFORE, owner, session_of, shared_inputs
 
 METRIC_CHOICES = [f"{split}_{m}" for split in ("forget", "retain") for m in TARGET_METRICS]
 DEFAULT_TARGET = "forget_keyword_accuracy<=0.25"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The figure (also used for the README picture: docs/frontier_png.py)
+# The figure (also used for the docs' picture: docs/make_frontier.py)
 
 
 def _setting_label(row: dict) -> str:
@@ -77,7 +79,7 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
                                  marker={"symbol": "circle-open", "size": 14, "color": "#1a202c"},
                                  hovertemplate="base model: forget %{x:.3f}, retain %{y:.3f}<extra></extra>"))
     for method, front in summary["fronts"].items():
-        colour = METHOD_COLOURS.get(method, "#4a5568")
+        colour = method_colour(method)
         rows = by_method[method]
         area = summary["areas"].get(method)
         name = method + (f" (area {area['mean']:.2f}±{area['std']:.2f})" if area else "")
@@ -132,7 +134,7 @@ def areas_markdown(points: list[dict], forget_key: str, retain_key: str, target:
 # Layout
 
 
-def sweep_tab() -> dict:
+def layout(page: Page) -> None:
     c = {}
     with gr.Tab("Sweep", id="sweep"):
         gr.Markdown("One run is one point; a **sweep** draws the curve. Choose the methods and the values of p, σ² "
@@ -141,7 +143,7 @@ def sweep_tab() -> dict:
                     "the scatter as they finish; each method's best points (its *Pareto front*) are joined by a line; "
                     "the smaller the area between that line and the ideal corner, the better the method trades. "
                     "Stop keeps the finished points; Run again with the same settings continues where it stopped.")
-        c["methods"] = gr.CheckboxGroup([(f"{name} — {text}", name) for name, text in METHODS.items()],
+        c["methods"] = gr.CheckboxGroup([(f"{m.name} — {m.description}", m.name) for m in METHODS.values()],
                                         value=["grin", "random"], label="methods")
         with gr.Row():
             c["p_values"] = gr.Textbox("0.1, 1, 5", label="p values (%)", info="comma-separated, each in (0, 100]",
@@ -170,7 +172,7 @@ def sweep_tab() -> dict:
             c["sweep_json"] = gr.File(label="sweep JSON", interactive=False, elem_classes="download")
             c["sweep_csv"] = gr.File(label="sweep CSV", interactive=False, elem_classes="download")
         c["sweep_state"] = gr.State(None)
-    return c
+    page.add("sweep", c)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -232,61 +234,61 @@ def _estimate(points: list[dict], total: int) -> str:
             f"{left * per_point / 60:.1f} min for the remaining {left}.")
 
 
-@user_errors
-def run_sweep(methods, p_values, sigma2_values, seeds, target, until, forget_metric, retain_metric, method, lr, steps,
-              alpha, beta, max_items, session, state, request: gr.Request, progress=gr.Progress()):
+def run_sweep(form: Form, request, progress):
     """The grid on the loaded items, points streamed onto the scatter; same settings again: continue the file."""
-    session = session_of(session)
+    session = session_of(form["session"])
     session.require_loaded()
-    grid = _grid(methods, p_values, sigma2_values, seeds, steps, lr)
-    target = (target or "").strip() or None
+    steps, lr = form.number("unlearn.steps"), form.number("unlearn.lr")
+    grid = _grid(form.names("sweep.methods", "methods"), form["sweep.p_values"], form["sweep.sigma2_values"],
+                 form["sweep.seeds"], steps, lr)
+    target = form.text("sweep.target", "target").strip() or None
     if target:
         parse_target(target)
-    if until and not target:
+    if form["sweep.until"] and not target:
         raise GrinError("'unlearn until the target holds' needs a target, e.g. " + DEFAULT_TARGET)
-    beta = float(beta) if beta not in (None, "") and float(beta) > 0 else None
-    cfg = GrinConfig(method=method, alpha=float(alpha), beta=beta, seed=grid.seeds[0],
-                     until=target if until else None)
+    cfg = GrinConfig(loss=form["unlearn.loss"], alpha=form.number("unlearn.alpha"),
+                     beta=form.number("unlearn.beta", optional=True) or None, seed=grid.seeds[0],
+                     until=target if form["sweep.until"] else None)
     for point in grid.points():  # every value checked before the slow part
         GrinConfig(**{**cfg.to_dict(), **{k: v for k, v in point.items() if k != "method"}})
-    forget, retain = session.items(max_items)
+    forget, retain = session.items(form["setup.max_items"])
     public.check_sweep(cfg, grid.points(), len(forget), public.caps())
     key = hashlib.sha256(json.dumps([session.model_name, [it.to_dict() for it in forget],
                                      [it.to_dict() for it in retain], cfg.to_dict(), grid.to_dict()],
                                     default=str).encode()).hexdigest()
+    state = form["sweep.sweep_state"]
     if not state or state.get("key") != key:  # other settings: a new file; the same: continue the old one
         state = {"key": key, "path": str(Path(tempfile.mkdtemp(prefix="grin_sweep_")) / "sweep.jsonl")}
     state.update(total=len(grid.points()), target=target, config=cfg.to_dict(), grid=grid.to_dict(),
                  model=session.model_name)
-    stop = stop_flag(request.session_hash if request else None)
-    stop.clear()
-    shown = -1
-    outcome = None
-    yield (f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3
-    before_key, _, cached, top = shared_inputs(session, forget, retain, cfg)  # computed once per server
-    for kind, *payload in gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop,
-                                         cached, top):
-        if kind == "error":
-            raise payload[0]
-        if kind == "done":
-            outcome = payload[0]
-            break
-        if kind == "stopped":
-            break
-        before, points = _read(state)
-        stage, (_, done, total, *_) = list(payload[0].items())[-1]
-        progress((len(points), state["total"]), desc=f"{len(points)}/{state['total']} points; now {stage} {done}/{total}")
+    forget_metric, retain_metric = form["sweep.forget_metric"], form["sweep.retain_metric"]
+    shown = [-1]
+
+    def show(latest, losses, stop):
+        points = _read(state)[1]
+        stage, (_, done, total, *_) = list(latest.items())[-1]
+        progress((len(points), state["total"]), desc=f"{len(points)}/{state['total']} points; now {stage} "
+                                                     f"{done}/{total}")
         text = f"Running: {_estimate(points, state['total'])} Now: {stage} {done}/{total}" + (
             " — stopping ..." if stop.is_set() else "")
-        if len(points) != shown:
-            shown = len(points)
-            yield (text, state) + _views(state, forget_metric, retain_metric)
-        else:
-            yield (text, state) + (gr.skip(),) * 3
+        if len(points) == shown[0]:
+            return (text, state) + (gr.skip(),) * 3
+        shown[0] = len(points)
+        return (text, state) + _views(state, forget_metric, retain_metric)
+
+    yield (f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3
+    before_key, _, cached, top = shared_inputs(session.model_name, forget, retain, cfg)  # computed once per server
+    outcome = yield from run_job(
+        request, lambda stop: gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop,
+                                             cached, top), show,
+        queued=("**Stopped** while waiting in the queue; Run sweep again to start.", state) + (gr.skip(),) * 3,
+        stopped=None)
     before_line, points = _read(state)
     if cached is None and before_line and "evaluation" in before_line:  # the base evaluation, for everybody
-        BEFORE.put(before_key, evaluation_from_json(before_line["evaluation"]), getattr(request, "session_hash", None))
-    stopped = outcome is None or outcome.stopped
+        BEFORE.put(before_key, evaluation_from_json(before_line["evaluation"]), owner(request))
+    if outcome is STOPPED and not before_line and not points:
+        return
+    stopped = outcome is STOPPED or outcome.stopped
     status = (f"**Stopped** — {len(points)} of {state['total']} points kept; Run sweep again to continue." if stopped
               else f"**Done**: {len(points)} points ({outcome.skipped} from before) on {len(forget)} forget and "
                    f"{len(retain)} retain items.")
@@ -303,45 +305,44 @@ def _views(state, forget_metric, retain_metric):
             gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None))
 
 
-@user_errors
-def redraw(forget_metric, retain_metric, state):
+def redraw(form: Form):
     """Another pair of metrics: the same points, redrawn."""
-    return _views(state, forget_metric, retain_metric)
+    return _views(form["sweep.sweep_state"], form["sweep.forget_metric"], form["sweep.retain_metric"])
 
 
-@user_errors
-def point_answers(key, state):
+def point_answers(form: Form):
     """The chosen point's answers beside the base model's."""
-    before, points = _read(state)
-    return _answers_table(before, next((p for p in points if p["key"] == key), None))
+    before, points = _read(form["sweep.sweep_state"])
+    return _answers_table(before, next((p for p in points if p["key"] == form["sweep.sweep_point"]), None))
 
 
-@user_errors
-def sweep_report(forget_metric, retain_metric, state):
+def sweep_report(form: Form):
     """sweep.json (config, points, fronts, areas, auto-p) and sweep.csv of the points finished so far."""
+    state = form["sweep.sweep_state"]
     if not _read(state)[1]:
         raise GrinError("no finished points yet: run a sweep first")
     result = result_from_file(state["path"], state["config"], {"name": state["model"]}, state["grid"], state["total"])
     folder = Path(tempfile.mkdtemp(prefix="grin_sweep_report_"))
-    write_outputs(result, folder / "grin_sweep.jsonl", forget_metric, retain_metric, state.get("target"))
+    write_outputs(result, folder / "grin_sweep.jsonl", form["sweep.forget_metric"], form["sweep.retain_metric"],
+                  state.get("target"))
     return str(folder / "grin_sweep.json"), str(folder / "grin_sweep.csv")
 
 
-def wire(c: dict, setup: dict, unlearn: dict, session, model_queue: dict) -> None:
+def wire(page: Page) -> None:
     """Connect the tab's events (every one with an api_name, for gradio_client)."""
-    controls = [c[k] for k in ("methods", "p_values", "sigma2_values", "seeds", "target", "until", "forget_metric",
-                               "retain_metric")]
-    shared = [unlearn[k] for k in ("method", "lr", "steps", "alpha", "beta")] + [setup["max_items"], session]
-    c["sweep_btn"].click(run_sweep, controls + shared + [c["sweep_state"]],
-                         [c["sweep_status"], c["sweep_state"], c["sweep_plot"], c["sweep_areas"], c["sweep_point"]],
-                         api_name="sweep", **model_queue)
-    c["sweep_stop_btn"].click(stop, None, c["sweep_status"], api_name="stop_sweep", concurrency_id="stop",
-                              concurrency_limit=None)
-    for metric in (c["forget_metric"], c["retain_metric"]):
-        metric.change(redraw, [c["forget_metric"], c["retain_metric"], c["sweep_state"]],
-                      [c["sweep_plot"], c["sweep_areas"], c["sweep_point"]], api_visibility="undocumented",
-                      queue=False)
-    c["sweep_point"].change(point_answers, [c["sweep_point"], c["sweep_state"]], c["sweep_answers"],
-                            api_name="sweep_point", queue=False)
-    c["sweep_report_btn"].click(sweep_report, [c["forget_metric"], c["retain_metric"], c["sweep_state"]],
-                                [c["sweep_json"], c["sweep_csv"]], api_name="sweep_report")
+    controls = ["sweep.methods", "sweep.p_values", "sweep.sigma2_values", "sweep.seeds", "sweep.target", "sweep.until",
+                "sweep.forget_metric", "sweep.retain_metric"]
+    shared = ["unlearn.loss", "unlearn.lr", "unlearn.steps", "unlearn.alpha", "unlearn.beta", "setup.max_items",
+              "session"]
+    views = ["sweep.sweep_plot", "sweep.sweep_areas", "sweep.sweep_point"]
+    page["sweep.sweep_btn"].click(**page.event(run_sweep, controls + shared + ["sweep.sweep_state"],
+                                               ["sweep.sweep_status", "sweep.sweep_state"] + views, api_name="sweep",
+                                               **MODEL_JOB))
+    page["sweep.sweep_stop_btn"].click(stop, None, page["sweep.sweep_status"], api_name="stop_sweep", **STOP_JOB)
+    metrics = ["sweep.forget_metric", "sweep.retain_metric", "sweep.sweep_state"]
+    for metric in ("sweep.forget_metric", "sweep.retain_metric"):
+        page[metric].change(**page.event(redraw, metrics, views, api_visibility="undocumented", queue=False))
+    page["sweep.sweep_point"].change(**page.event(point_answers, ["sweep.sweep_point", "sweep.sweep_state"],
+                                                  ["sweep.sweep_answers"], api_name="sweep_point", queue=False))
+    page["sweep.sweep_report_btn"].click(**page.event(sweep_report, metrics, ["sweep.sweep_json", "sweep.sweep_csv"],
+                                                      api_name="sweep_report"))

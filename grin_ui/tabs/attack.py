@@ -1,7 +1,7 @@
-"""The Attack tab: is the forgotten knowledge really gone? Layout, callbacks and figures of the view in one module.
+"""Attack: is the forgotten knowledge really gone? Layout, wiring, handlers and figures of the tab.
 
 It attacks the unlearned model of the last Unlearn run, or of each method of the last comparison, with the engine's
-attacks (grin_engine/attacks.py: relearning, quantisation, a forced answer start, paraphrases, a one-shot context,
+attacks (grin_engine/attacks/: relearning, quantisation, a forced answer start, paraphrases, a one-shot context,
 sampling) through gpu.attack_work, and shows the forget metric before / unlearned / attacked per method with the
 recovery written on the bars, and the attacked answers beside the unlearned ones. No tensors here.
 """
@@ -14,12 +14,15 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from grin_engine.attacks import ATTACKS, AttackConfig, Target, attacks_report, recovery_table
-from grin_engine.config import GrinError
+from grin_engine.attacks import ATTACKS, AttackConfig, Unlearned, attacks_report, recovery_table
+from grin_engine.config import GrinConfig
+from grin_engine.errors import GrinError
 
-from . import gpu, public
-from .callbacks import _replace, _visitor_file, stop, user_errors
-from .state import session_of, stop_flag
+from .. import downloads, gpu, inputs, public
+from ..forms import Form, Page
+from ..jobs import STOPPED, run_job, stop
+from ..slots import MODEL_JOB, STOP_JOB
+from ..state import session_of
 
 TARGETS = ["last run (Unlearn)", "each method of the last comparison"]
 DEFAULT_ATTACKS = ["relearn", "quant4", "gguf_q4_1", "prefix"]
@@ -34,7 +37,7 @@ NOT_FORGOTTEN = "n/a: nothing forgotten"  # recovery is undefined when unlearnin
 # Layout
 
 
-def attack_tab() -> dict:
+def layout(page: Page) -> None:
     c = {}
     defaults = AttackConfig()
     with gr.Tab("Attack", id="attack"):
@@ -52,11 +55,11 @@ def attack_tab() -> dict:
                                         value=DEFAULT_ATTACKS, label="attacks")
         with gr.Accordion("attack settings", open=False):
             with gr.Row():
-                c["relearn_steps"] = gr.Number(defaults.relearn_steps, label="relearning steps", minimum=1,
+                c["relearn_steps"] = inputs.Number(defaults.relearn_steps, label="relearning steps", minimum=1,
                                                precision=0, info="fine-tuning steps on half A of the forget set")
-                c["relearn_lr"] = gr.Number(defaults.relearn_lr, label="relearning learning rate", minimum=0,
+                c["relearn_lr"] = inputs.Number(defaults.relearn_lr, label="relearning learning rate", minimum=0,
                                             info="all weights, AdamW")
-                c["samples"] = gr.Number(defaults.samples, label="samples per question", minimum=1, precision=0,
+                c["samples"] = inputs.Number(defaults.samples, label="samples per question", minimum=1, precision=0,
                                          info="sampling leak: answers drawn at temperature 1")
         with gr.Row():
             c["attack_btn"] = gr.Button("Attack", variant="primary")
@@ -74,122 +77,116 @@ def attack_tab() -> dict:
             c["attack_report_btn"] = gr.Button("Prepare attacks JSON")
             c["attack_report"] = gr.File(label="attacks JSON", interactive=False, elem_classes="download")
         c["attack_state"] = gr.State(None, time_to_live=6 * 3600)  # this visitor's attack results (plain data)
-    return c
+    page.add("attack", c)
 
 
-def wire(c: dict, session, model_queue: dict) -> None:
+def wire(page: Page) -> None:
     """The tab's events; every one named for gradio_client."""
-    c["attack_btn"].click(
-        attack, [c["target"], c["attacks"], c["relearn_steps"], c["relearn_lr"], c["samples"], c["metric"], session],
-        [c["attack_status"], c["attack_state"], c["attack_bars"], c["attack_table"], c["answers_of"],
-         c["attack_answers"]], api_name="attack", **model_queue)
-    c["attack_stop_btn"].click(stop, None, c["attack_status"], api_name="stop_attack", concurrency_id="stop",
-                               concurrency_limit=None)
-    c["metric"].change(bars, [c["metric"], c["attack_state"]], c["attack_bars"], api_name="attack_bars",
-                       queue=False)
-    c["answers_of"].change(answers, [c["answers_of"], c["attack_state"]], c["attack_answers"],
-                           api_name="attack_answers", queue=False)
-    c["attack_report_btn"].click(attack_report, [c["attack_state"], session], c["attack_report"],
-                                 api_name="attack_report")
+    names = ["attack.target", "attack.attacks", "attack.relearn_steps", "attack.relearn_lr", "attack.samples",
+             "attack.metric", "session"]
+    page["attack.attack_btn"].click(**page.event(
+        attack, names, ["attack.attack_status", "attack.attack_state", "attack.attack_bars", "attack.attack_table",
+                        "attack.answers_of", "attack.attack_answers"], api_name="attack", **MODEL_JOB))
+    page["attack.attack_stop_btn"].click(stop, None, page["attack.attack_status"], api_name="stop_attack",
+                                         **STOP_JOB)
+    page["attack.metric"].change(**page.event(bars, ["attack.metric", "attack.attack_state"], ["attack.attack_bars"],
+                                              api_name="attack_bars", queue=False))
+    page["attack.answers_of"].change(**page.event(answers, ["attack.answers_of", "attack.attack_state"],
+                                                  ["attack.attack_answers"], api_name="attack_answers",
+                                                  queue=False))
+    page["attack.attack_report_btn"].click(**page.event(download_attacks, ["attack.attack_state", "session"],
+                                                        ["attack.attack_report"], api_name="attack_report"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Callbacks
 
 
-def _targets(choice: str, session) -> list[Target]:
+def _unlearned(choice: str, session) -> list[Unlearned]:
+    """The unlearned models to attack: the last run's, or each finished method's of the last comparison."""
     if choice == TARGETS[1]:
         comparison = session.comparison
         if comparison is None:
             raise GrinError("no comparison yet: run Compare methods first (or attack the last Unlearn run)")
-        targets = [Target.of(name, r) for name, r in comparison.results.items()
-                   if r.patch is not None and not r.stopped]
-        if not targets:
+        unlearned = [Unlearned.of(name, r) for name, r in comparison.results.items()
+                     if r.patch is not None and not r.stopped]
+        if not unlearned:
             raise GrinError("the last comparison kept no unlearned model to attack (stopped, or only the "
                             "full-model baseline, whose patch is not kept)")
-        return targets
+        return unlearned
     if session.run is None or session.run.patch is None:
         raise GrinError("no unlearned model yet: run Unlearn to the end first")
-    return [Target.of("grin" if session.run.config.get("use_mask", True) else "full", session.run)]
+    return [Unlearned.of("grin" if session.run.config.get("use_mask", True) else "full", session.run)]
 
 
-def _attack_config(relearn_steps, relearn_lr, samples) -> AttackConfig:
-    try:
-        return AttackConfig(relearn_steps=int(relearn_steps), relearn_lr=float(relearn_lr), samples=int(samples))
-    except (TypeError, ValueError):
-        raise GrinError("attack settings: steps, learning rate and samples must be numbers") from None
-
-
-@user_errors
-def attack(target, names, relearn_steps, relearn_lr, samples, metric, session, request: gr.Request,
-           progress=gr.Progress()):
+def attack(form: Form, request, progress):
     """Run the chosen attacks on the last run or on each method of the last comparison; stream progress."""
-    session = session_of(session)
+    session = session_of(form["session"])
     session.require_loaded()
+    names = form.names("attack.attacks", "attacks")
     if not names:
         raise GrinError("choose at least one attack")
-    targets = _targets(target, session)
-    acfg = _attack_config(relearn_steps, relearn_lr, samples)
+    target = form["attack.target"]
+    unlearned = _unlearned(target, session)
+    acfg = AttackConfig(relearn_steps=form.number("attack.relearn_steps", "relearn steps", integer=True),
+                        relearn_lr=form.number("attack.relearn_lr", "relearn lr", integer=False),
+                        samples=form.number("attack.samples", "samples", integer=True))
     public.check_attack(acfg.relearn_steps, acfg.samples, public.caps())
     source = session.comparison if target == TARGETS[1] else session.run
-    from grin_engine.config import GrinConfig
-
-    cfg = GrinConfig(**{k: v for k, v in source.config.items() if k in GrinConfig.__dataclass_fields__})
-    n_forget = len(targets[0].answers("forget"))
-    n_retain = len(targets[0].answers("retain"))
+    cfg = GrinConfig.from_dict(source.config)
+    n_forget, n_retain = len(unlearned[0].answers("forget")), len(unlearned[0].answers("retain"))
     forget, retain = session.forget[:n_forget], session.retain[:n_retain]  # the items the run was evaluated on
-    stop_flag_ = stop_flag(request.session_hash if request else None)
-    stop_flag_.clear()
     nothing = (gr.skip(),) * 5
-    results = None
-    for kind, *payload in gpu.attack_work(session.model_name, forget, retain, cfg, targets, list(names), acfg,
-                                          stop_flag_):
-        if kind == "progress":
-            stage, (_, done, total, *_) = list(payload[0].items())[-1]
-            text = f"{stage.replace('/', ': ')} {done} of {total}" + (" — stopping ..." if stop_flag_.is_set() else "")
-            progress((done, total), desc=text)
-            yield (f"Attacking: {text}",) + nothing
-        elif kind == "error":
-            raise payload[0]
-        elif kind == "stopped":
-            yield ("**Stopped**: no attack result kept (the base model and the run are unchanged).",) + nothing
-            return
-        else:
-            results = payload[0]
+
+    def show(latest, losses, stop):
+        stage, (_, done, total, *_) = list(latest.items())[-1]
+        text = f"{stage.replace('/', ': ')} {done} of {total}" + (" — stopping ..." if stop.is_set() else "")
+        progress((done, total), desc=text)
+        return (f"Attacking: {text}",) + nothing
+
+    results = yield from run_job(
+        request, lambda stop: gpu.attack_work(session.model_name, forget, retain, cfg, unlearned, list(names), acfg,
+                                              stop), show,
+        queued=("**Stopped** while waiting in the queue: nothing attacked.",) + nothing,
+        stopped=("**Stopped**: no attack result kept (the base model and the run are unchanged).",) + nothing)
+    if results is STOPPED:
+        return
     state = {"results": [r.to_dict() for r in results], "table": recovery_table(results),
              "report": attacks_report(results)}
     keys = [f"{r.method} · {r.attack}" for r in results if not r.skipped]
     seconds = sum(r.seconds for r in results)
     skipped = [f"{r.method} · {r.attack}: {r.skipped}" for r in results if r.skipped]
-    status = (f"**Done**: {len(results)} attack(s) on {', '.join(t.method for t in targets)} in {seconds:.0f} s, "
+    status = (f"**Done**: {len(results)} attack(s) on {', '.join(u.method for u in unlearned)} in {seconds:.0f} s, "
               f"{len(forget)} forget and {len(retain)} retain items."
               + ("\n\nSkipped: " + "; ".join(skipped) if skipped else ""))
-    yield (status, state, recovery_bars(state["table"], METRICS.get(metric, "keyword_accuracy"), state["results"]),
+    yield (status, state, recovery_bars(state["table"], METRICS.get(form["attack.metric"], "keyword_accuracy"),
+                                        state["results"]),
            recovery_frame(state["table"]), gr.Dropdown(keys, value=keys[0] if keys else None),
-           answers(keys[0] if keys else None, state))
+           answers_table(state, keys[0] if keys else None))
 
 
-@user_errors
-def bars(metric, state):
+def bars(form: Form):
+    state = form["attack.attack_state"]
     if not state:
         return recovery_bars(None, "keyword_accuracy")
-    return recovery_bars(state["table"], METRICS.get(metric, "keyword_accuracy"), state["results"])
+    return recovery_bars(state["table"], METRICS.get(form["attack.metric"], "keyword_accuracy"), state["results"])
 
 
-@user_errors
-def answers(key, state):
+def answers(form: Form):
+    return answers_table(form["attack.attack_state"], form["attack.answers_of"])
+
+
+def answers_table(state: dict | None, key: str | None):
     return gr.Dataframe(answers_frame(state, key), column_widths=ANSWER_WIDTHS)
 
 
-@user_errors
-def attack_report(state, session, request: gr.Request = None):
+def download_attacks(form: Form, request, progress):
     """The attack results as JSON: the same `attacks` / `attack_table` sections as the CLI's report."""
+    state = form["attack.attack_state"]
     if not state:
         raise GrinError("no attack yet: press Attack first")
-    path = _visitor_file(session_of(session), request, "grin_attacks.json")
-    text = json.dumps({"attacks": state["report"], "attack_table": state["table"]}, indent=2)
-    _replace(path, lambda tmp: tmp.write_text(text))
-    return str(path)
+    return downloads.write_text(session_of(form["session"]), request, "grin_attacks.json",
+                                json.dumps({"attacks": state["report"], "attack_table": state["table"]}, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
