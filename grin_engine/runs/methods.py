@@ -50,6 +50,13 @@ def forget_grad_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in_
             for name, grad in ((n, _forget_on(gradients, n, weights[n], in_place)) for n in list(gradients.forget))}
 
 
+def snip_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in_place: bool) -> dict:
+    """|theta * G_f|: a weight-times-gradient saliency (SNIP's connection sensitivity, Lee et al. 2019, on the
+    forget loss): the first-order change of the forget loss if the weight were set to zero."""
+    return {name: (grad.mul_(weights[name]).abs_() if in_place else (grad * weights[name]).abs())
+            for name, grad in ((n, _forget_on(gradients, n, weights[n], in_place)) for n in list(gradients.forget))}
+
+
 @dataclass(frozen=True)
 class ComparisonMethod:
     name: str
@@ -87,6 +94,9 @@ METHODS = {m.name: m for m in [
     ComparisonMethod("grin-nonoise", "GRIN without noise", "GRIN without noise (sigma2 = 0)",
                      "does the noise help?", ("p", "lr", "steps"), "scores", scores_of="grin",
                      configure=lambda cfg: replace(cfg, sigma2=0.0)),
+    ComparisonMethod("snip", "SNIP mask", "SNIP mask: top p by |theta * G_f|, a weight-times-gradient saliency",
+                     "is the ratio a better influence estimate than the forget loss's saliency?",
+                     ("p", "sigma2", "lr", "steps", "seed"), "scores", snip_scores),
 ]}
 
 
