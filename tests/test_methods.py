@@ -46,6 +46,25 @@ def test_snip_scores_are_weight_times_forget_gradient(tiny, forget_items, retain
     assert not METHODS["snip"].uses_retain  # G_f only: no retain pass is formed for it
 
 
+def test_fisher_ratio_scores_are_the_ratio_of_squared_gradients(tiny, forget_items, retain_items):
+    cfg = _cfg()
+    g_f, g_r = _gradients(tiny, forget_items, cfg), _gradients(tiny, retain_items, cfg)
+    weights = dict(tiny.model.named_parameters())
+    by_hand = {n: g_f[n] ** 2 / (g_r[n] ** 2 + cfg.eps) for n in g_f}
+    for in_place in (False, True):
+        given = Gradients({n: g.clone() for n, g in g_f.items()}, {n: g.clone() for n, g in g_r.items()})
+        scores = METHODS["fisher-ratio"].scores(given, weights, cfg, in_place)
+        for name, expected in by_hand.items():
+            torch.testing.assert_close(scores[name], expected, rtol=1e-6, atol=0)
+    assert METHODS["fisher-ratio"].uses_retain
+    # it is not GRIN's ratio under another name: with a large eps the two masks differ
+    big_eps = _cfg(eps=1e-2)
+    tops = masks.kept_scores(tiny, forget_items, retain_items, big_eps, [METHODS["grin"], METHODS["fisher-ratio"]],
+                             keep=big_eps.p, copy=True)
+    grin, fisher = (masks.method_selection(METHODS[n], tops, tiny, big_eps) for n in ("grin", "fisher-ratio"))
+    assert jaccard(grin, fisher) < 1.0
+
+
 @pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.scores is not None and m.name != "grin"])
 def test_a_registered_method_runs_in_compare_and_sweep(tiny, forget_items, retain_items, tmp_path, name):
     """Registered once, a mask method is compared (with its overlap with GRIN's mask) and swept."""

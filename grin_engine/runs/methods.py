@@ -57,6 +57,19 @@ def snip_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in_place: 
             for name, grad in ((n, _forget_on(gradients, n, weights[n], in_place)) for n in list(gradients.forget))}
 
 
+def fisher_ratio_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in_place: bool) -> dict:
+    """G_f^2 / (G_r^2 + eps): the ratio of squared gradients of the two sets' mean losses, a diagonal-Fisher-style
+    influence estimate. It ranks the weights as GRIN's ratio squared would, except where G_r^2 is near eps (so it
+    departs from GRIN only for weights the retain set barely uses; eps then acts on |G_r| at sqrt(eps))."""
+    scores = {}
+    for name in list(gradients.forget):
+        g_f = _forget_on(gradients, name, weights[name], in_place)
+        g_r = gradients.retain.pop(name) if in_place else gradients.retain[name]
+        scores[name] = g_f.square_().div_(g_r.square_().add_(cfg.eps)) if in_place else g_f.square() / (
+            g_r.square() + cfg.eps)
+    return scores
+
+
 @dataclass(frozen=True)
 class ComparisonMethod:
     name: str
@@ -97,6 +110,9 @@ METHODS = {m.name: m for m in [
     ComparisonMethod("snip", "SNIP mask", "SNIP mask: top p by |theta * G_f|, a weight-times-gradient saliency",
                      "is the ratio a better influence estimate than the forget loss's saliency?",
                      ("p", "sigma2", "lr", "steps", "seed"), "scores", snip_scores),
+    ComparisonMethod("fisher-ratio", "Fisher ratio mask", "Fisher ratio mask: top p by G_f^2 / (G_r^2 + eps)",
+                     "does squaring the gradients (a Fisher-style estimate) change which weights are chosen?",
+                     ("p", "sigma2", "lr", "steps", "seed"), "scores", fisher_ratio_scores, uses_retain=True),
 ]}
 
 
