@@ -1,4 +1,4 @@
-"""README's default flow in the web app, timed step by step as a visitor waits for it, for one or more checkouts.
+"""The default classroom flow in the web app, timed step by step as a visitor waits for it, for one or more checkouts.
 
     python bench/classroom.py --repos . /tmp/before            # this checkout, then another (e.g. git worktree)
     python bench/classroom.py --repos . --items 4 --steps 2    # smaller, for a quick look
@@ -8,7 +8,7 @@ then through gradio_client as one visitor: Load -> Compute influence (p = 1%) ->
 defaults -> Compare methods with its default methods (grin, grun, full). Each step's wall time is from submit to
 the last message (what the visitor waits). Prints a table of the times with the ratio of each checkout to the
 first, and the default run's forget and retain answers before / after. --out writes it all as JSON.
-The /load, /influence, /unlearn and /compare API names and inputs are those of README (stable across versions).
+The /load, /influence, /unlearn and /compare API names and inputs are those of docs/API.md (stable across versions).
 """
 
 from __future__ import annotations

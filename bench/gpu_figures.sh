@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 8's GPU figures in one prepared call on a GPU machine, from the project root, after `source .gpu/setup.sh`
-# (README, "GPU figures"). Two parts, each under the device tool's 600 s per call:
+# The GPU figures of docs/RESULTS.md in one prepared call on a GPU machine, from the project root, after `source .gpu/setup.sh`
+# (docs/RESULTS.md, GPU figures). Two parts, each under the device tool's 600 s per call:
 #     bash bench/gpu_figures.sh small   # the default run, bench/influence.py, bench/evaluation.py      (~5 min)
 #     bash bench/gpu_figures.sh 7b      # a random 7.2B Llama: score and run --max-items 32 --steps 5   (~8 min)
 # Every step has its own time limit, so one slow step cannot spend the machine's budget; each step's log and JSON go

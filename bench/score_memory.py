@@ -4,11 +4,11 @@ in float32 sets of the candidates.
     python bench/score_memory.py [--model default] [--items 8] [--batch-size 2] [--no-park] [--threads 1]
                                  [--train-steps 2] [--p 1] [--loss graddiff]
 
-One float32 set = 4 bytes per candidate parameter. README's memory plan: on an accelerator scoring holds weights + one
+One float32 set = 4 bytes per candidate parameter. docs/SERVING.md's memory plan: on an accelerator scoring holds weights + one
 set (G_f parked in CPU memory), plus activations; on a CPU, weights + two sets (G_f and G_r). Before the plan it
 was one more set (a batch's whole gradient set next to both accumulators).
 
-On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown as a multiple of the weights (issue 8's
+On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown as a multiple of the weights (the GPU
 target for `score`: <= 3x the bf16 weights). On a CPU it is the rise of the process's peak RSS (Linux VmHWM, reset
 before scoring) over its RSS before scoring, after a one-weight warm-up; also the same scoring of one weight only,
 whose peak is the activations'. Then `--train-steps` steps of masked unlearning (GradDiff) at the top p%

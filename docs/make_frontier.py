@@ -1,10 +1,10 @@
-"""The README's frontier picture and table from a sweep's sweep.json (the app's own figure, rendered by Chromium).
+"""docs/RESULTS.md's frontier picture and table from a sweep's sweep.json (the app's own figure, rendered by Chromium).
 
     python docs/make_frontier.py sweep.json docs/frontier.png
 
 Draws grin_ui.tabs.sweep.sweep_figure (the Sweep tab's scatter) from the points in sweep.json, saves it as a PNG
 with headless Chromium (Playwright, requirements-dev.txt; no kaleido needed) and prints the markdown table of
-setting means and the areas, for README.md.
+setting means and the areas, for docs/RESULTS.md.
 """
 
 from __future__ import annotations

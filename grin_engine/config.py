@@ -64,7 +64,7 @@ class ModelSpec:
     name: str = "default"  # "default" (packaged SmolLM2-135M-Instruct), a Hub id, or a local folder
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    # Spread the model over several devices with accelerate (README "Beyond one GPU"): None (all on `device`),
+    # Spread the model over several devices with accelerate (docs/SERVING.md, beyond one GPU): None (all on `device`),
     # "auto" | "balanced" | "balanced_low_0" | "sequential", or an explicit {module name: device} map
     device_map: str | dict | None = None
     max_memory: dict | None = None  # with device_map: {device index or "cpu": "70GiB" or bytes}

@@ -93,17 +93,20 @@ class Job:
         return value
 
 
-def run_job(request, start, show_progress, queued, stopped):
+def run_job(request, start, show_progress, queued, stopped, starting=None):
     """Generator of the tab's frames; returns the work's result, or STOPPED. See the module docstring.
 
     start(stop) -> the gpu.*_work message stream; show_progress(latest, losses, stop) -> a frame (None: nothing
     new to show); `queued`: the frame saying the job was stopped while it waited in the queue (it never started);
-    `stopped`: the frame saying the work ended on the visitor's Stop (None: the handler shows it)."""
+    `stopped`: the frame saying the work ended on the visitor's Stop (None: the handler shows it); `starting`: a
+    first frame for a job that does start (what it will do, how long it should take)."""
     stop = stop_flag(getattr(request, "session_hash", None))
     if stop.is_set():  # Stop was pressed while this job waited in the queue: it ends before it starts
         stop.clear()
         yield queued
         return STOPPED
+    if starting is not None:
+        yield starting
     try:
         for kind, *payload in start(stop):
             if kind == "progress":

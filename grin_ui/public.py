@@ -1,4 +1,4 @@
-"""Public mode: the caps a server open to anybody needs, and the one place that checks them (README lists them).
+"""Public mode: the caps a server open to anybody needs, and the one place that checks them (docs/SERVING.md lists them).
 
 Public mode is on when GRIN_PUBLIC=1, and on a Hugging Face Space (SPACE_ID is set) unless GRIN_PUBLIC=0. Locally
 the app keeps its freedom; the caps that hold everywhere (prompt length in tokens, item fields, file size, number

@@ -73,7 +73,7 @@ def model_token(name: str) -> str:
 
 
 class SharedResults:
-    """Results computed from the shared base model that every visitor may re-use, read-only (README: "what each
+    """Results computed from the shared base model that every visitor may re-use, read-only (docs/SERVING.md: "what each
     visitor holds"): influence scores (score_cache.TopScores with the histograms) and the base model's evaluations.
 
     Bounded twice: the whole store keeps at most `max_bytes` (least recently used dropped first), and each owner (a

@@ -344,7 +344,7 @@ def test_weights_leave_one_file_per_visitor(visitor):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Compute once, reuse everywhere (issue 9): scores and the base model's evaluation are shared server-wide
+# Compute once, reuse everywhere: scores and the base model's evaluation are shared server-wide
 
 
 def _counting(monkeypatch, module, name, keep=lambda *a, **k: True):

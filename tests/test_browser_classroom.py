@@ -1,4 +1,4 @@
-"""Issue 9's classroom checks in a real headless browser, on the tiny random model (fast; the full flow on the real
+"""The classroom checks in a real headless browser, on the tiny random model (fast; the full flow on the real
 model is tests/test_browser.py): the progress text during every phase, one progress bar per action, the Compare
 methods table within 1440 px, the time the status reports equal to the time the visitor waited, answers that end at
 a boundary or are marked as cut, and "Show me". Screenshots go to screenshots/classroom_*.png.

@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# ZeroGPU's supported versions (Hugging Face hub docs, spaces-zerogpu.md, as quoted in issue 8). Written here, apart
+# ZeroGPU's supported versions (Hugging Face hub docs, spaces-zerogpu.md). Written here, apart
 # from space/build.py, so that a wrong choice in the build fails this test.
 ZEROGPU_PYTHON = {"3.10.13", "3.12.12"}
 ZEROGPU_TORCH = {"2.8.0", "2.9.1", "2.10.0", "2.11.0"}

@@ -172,7 +172,7 @@ def test_point_config_checks_each_value():
 
 
 def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tiny_model_files):
-    """The issue's command shape (`sweep --p .. --methods grin,random --seeds 0 1 --steps 2`) through the CLI on a
+    """A smoke grid's command shape (`sweep --p .. --methods grin,random --seeds 0 1 --steps 2`) through the CLI on a
     tiny local model: JSON lines + sweep.json + sweep.csv; the same command again runs nothing."""
     import os
     import subprocess

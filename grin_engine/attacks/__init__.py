@@ -1,4 +1,4 @@
-"""Is it really gone? Attacks on an unlearned model (DESIGN.md §7), one module per family:
+"""Is it really gone? Attacks on an unlearned model (DESIGN.md §8), one module per family:
 
     relearn       fine-tune on half A of the forget set, test half B
     quantisation  round the weights to 8 or 4 bits (ours and GGUF's formats)

@@ -1,4 +1,4 @@
-"""Is it really gone? Attacks on an unlearned model (DESIGN.md §7): what every attack shares.
+"""Is it really gone? Attacks on an unlearned model (DESIGN.md §8): what every attack shares.
 
 Unlearning is usually judged by greedy answers to the very questions it trained on. That overstates forgetting:
 a few steps of fine-tuning on related data (Hu et al., arXiv 2406.13356; Deeb & Roger, arXiv 2410.08827), a 4-bit

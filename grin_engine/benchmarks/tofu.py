@@ -61,7 +61,7 @@ class TofuRecipe:
     retain_authors: int = 1  # authors 0..n-1 (the first of retain_perturbed): learned by both models
     holdout_authors: int = 1  # authors just below the forget ones, seen by neither model (membership inference)
     epochs: int = 3
-    lr: float = 1e-4  # 4e-4 (last session) wiped the real-author answers of both models: DESIGN.md §7
+    lr: float = 1e-4  # 4e-4 wiped the real-author answers of both models: DESIGN.md §7
     batch_size: int = 8
     max_length: int = 128  # tokens per training example (prompt + answer)
     seed: int = 0

@@ -109,7 +109,7 @@ def select_top_fraction(scores: dict[str, torch.Tensor], p: float, consume: bool
     """Select the round(p * n) highest-scoring weights over the whole model (more only where scores tie at tau).
 
     consume=True takes each score tensor out of `scores` as its mask is made, so a caller that needs the scores no
-    more peaks at the scores plus one tensor's mask (4 bytes per candidate, not 4 + 1; README's memory plan)."""
+    more peaks at the scores plus one tensor's mask (4 bytes per candidate, not 4 + 1; docs/SERVING.md's memory plan)."""
     tau, n = top_fraction_threshold(scores, p)
     masks = {}
     for name in list(scores):

@@ -95,12 +95,12 @@ def influence(form: Form, request, progress):
         progress(fraction_done, desc=text)
         return (f"Computing influence scores: {text}", session) + nothing
 
-    if reused is None:
-        yield (f"Computing influence scores: {plan.update('influence', 0, 0)[1]}", session) + nothing
     outcome = yield from run_job(
         request, start, show,
         queued=("Stopped while waiting in the queue; the previous scores are kept.", session) + nothing,
-        stopped=("Influence computation stopped; the previous scores (if any) are kept.", session) + nothing)
+        stopped=("Influence computation stopped; the previous scores (if any) are kept.", session) + nothing,
+        starting=None if reused is not None else
+        (f"Computing influence scores: {plan.update('influence', 0, 0)[1]}", session) + nothing)
     if outcome is STOPPED:
         return
     hist, top = outcome

@@ -132,7 +132,7 @@ than that (0.003 at $p$ = 1%): the weights with the largest forget gradients mos
 too (they matter for everything), and the ratio steers away from exactly those.
 """
 
-# The Attack tab's part of Learn (grin_engine/attacks/, DESIGN.md §7).
+# The Attack tab's part of Learn (grin_engine/attacks/, DESIGN.md §8).
 ATTACKS_MD = r"""
 # Is it really gone? The attacks
 

@@ -123,12 +123,12 @@ def compare_methods(form: Form, request, progress):
         progress(fraction, desc=text)
         return (f"Running: {text}", session) + nothing
 
-    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
-           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", session) + nothing
     outcome = yield from run_job(
         request, lambda stop: gpu.compare_work(session.model_name, forget, retain, cfg, names, stop, cached, top),
         show, queued=("**Stopped** while waiting in the queue; your previous comparison (if any) is kept.", session)
-        + nothing, stopped=("Stopped; your previous comparison (if any) is kept.", session) + nothing)
+        + nothing, stopped=("Stopped; your previous comparison (if any) is kept.", session) + nothing,
+        starting=(f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+                  f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", session) + nothing)
     if outcome is STOPPED:
         return
     before, comparison = outcome

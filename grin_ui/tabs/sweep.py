@@ -276,13 +276,12 @@ def run_sweep(form: Form, request, progress):
         shown[0] = len(points)
         return (text, state) + _views(state, forget_metric, retain_metric)
 
-    yield (f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3
     before_key, _, cached, top = shared_inputs(session.model_name, forget, retain, cfg)  # computed once per server
     outcome = yield from run_job(
         request, lambda stop: gpu.sweep_work(session.model_name, forget, retain, cfg, grid, state["path"], stop,
                                              cached, top), show,
         queued=("**Stopped** while waiting in the queue; Run sweep again to start.", state) + (gr.skip(),) * 3,
-        stopped=None)
+        stopped=None, starting=(f"Starting: {_estimate(_read(state)[1], state['total'])}", state) + (gr.skip(),) * 3)
     before_line, points = _read(state)
     if cached is None and before_line and "evaluation" in before_line:  # the base evaluation, for everybody
         BEFORE.put(before_key, evaluation_from_json(before_line["evaluation"]), owner(request))

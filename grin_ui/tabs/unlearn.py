@@ -167,15 +167,15 @@ def unlearn(form: Form, request, progress):
         progress(fraction, desc=text)
         return (f"Running: {text}", plots.loss_curve(losses, cfg.steps), session) + nothing
 
-    yield (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
-           f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}", plots.loss_curve([], cfg.steps),
-           session) + nothing
+    starting = (f"Starting: about {format_seconds(plan.expected_seconds())} expected on this server, in "
+                f"{len(plan.phases)} steps; {plan.update(plan.phases[0].key, 0, 0)[1]}",
+                plots.loss_curve([], cfg.steps), session) + nothing
     not_started = ("**Stopped** before training started; your previous run (if any) is kept.",
                    plots.loss_curve([], cfg.steps), session) + nothing
     outcome = yield from run_job(
         request, lambda stop: gpu.unlearn_work(session.model_name, forget, retain, cfg, cached, stop, top), show,
         queued=("**Stopped** while waiting in the queue; your previous run (if any) is kept.",) + not_started[1:],
-        stopped=not_started)
+        stopped=not_started, starting=starting)
     if outcome is STOPPED:
         return
     before, result, kept = outcome
