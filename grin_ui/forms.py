@@ -20,6 +20,7 @@ import gradio as gr
 
 from grin_engine.config import GrinConfig, as_number
 from grin_engine.errors import GrinError
+from grin_engine.runs.methods import METHODS
 
 from .jobs import user_errors
 
@@ -109,6 +110,11 @@ def by_name(handler, names: list[str]):
             return call(values, request, progress)
     event.__name__, event.__doc__ = handler.__name__, handler.__doc__  # not functools.wraps: Gradio reads the
     return user_errors(event)                                           # signature, which must stay event's
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """The comparison methods as checkbox choices (label, name), in the registry's order."""
+    return [(f"{m.name} — {m.description}", m.name) for m in METHODS.values()]
 
 
 def fraction(p_percent) -> float:

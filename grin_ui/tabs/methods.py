@@ -12,11 +12,11 @@ from grin_engine.config import GrinConfig
 from grin_engine.errors import GrinError
 from grin_engine.method.losses import LOSSES
 from grin_engine.runs.masks import missing_scores
-from grin_engine.runs.methods import METHODS, get_methods
+from grin_engine.runs.methods import get_methods
 from grin_engine.runs.pipeline import retain_collapse
 
 from .. import downloads, gpu, inputs, plots, public, tables
-from ..forms import UNLEARN_CONTROLS, Form, Page, unlearn_config
+from ..forms import UNLEARN_CONTROLS, Form, Page, method_choices, unlearn_config
 from ..jobs import STOPPED, run_job, stop
 from ..progress import compare_plan, format_seconds, observe
 from ..slots import MODEL_JOB, STOP_JOB
@@ -39,7 +39,7 @@ def layout(page: Page) -> None:
                     "forgot and what each kept. Each method costs about one Unlearn run (they share one evaluation "
                     "of the base model and one set of gradients for their masks); on a CPU keep *max items* in "
                     "Setup small. **Learn** explains why each baseline is here.")
-        c["methods"] = gr.CheckboxGroup([(f"{m.name} — {m.description}", m.name) for m in METHODS.values()],
+        c["methods"] = gr.CheckboxGroup(method_choices(),
                                         value=["grin", "grun", "full"], label="methods")
         with gr.Accordion("GRUN settings", open=False):
             with gr.Row():

@@ -19,12 +19,11 @@ import plotly.graph_objects as go
 from grin_engine.config import GrinConfig
 from grin_engine.errors import GrinError
 from grin_engine.runs.frontier import summarize
-from grin_engine.runs.methods import METHODS
 from grin_engine.runs.sweep import SweepGrid, evaluation_from_json, read_lines, result_from_file, write_outputs
 from grin_engine.targets import TARGET_METRICS, parse_target
 
 from .. import gpu, public
-from ..forms import Form, Page
+from ..forms import Form, Page, method_choices
 from ..jobs import STOPPED, run_job, stop
 from ..plots import label_positions, method_colour
 from ..slots import MODEL_JOB, STOP_JOB
@@ -143,7 +142,7 @@ def layout(page: Page) -> None:
                     "the scatter as they finish; each method's best points (its *Pareto front*) are joined by a line; "
                     "the smaller the area between that line and the ideal corner, the better the method trades. "
                     "Stop keeps the finished points; Run again with the same settings continues where it stopped.")
-        c["methods"] = gr.CheckboxGroup([(f"{m.name} — {m.description}", m.name) for m in METHODS.values()],
+        c["methods"] = gr.CheckboxGroup(method_choices(),
                                         value=["grin", "random"], label="methods")
         with gr.Row():
             c["p_values"] = gr.Textbox("0.1, 1, 5", label="p values (%)", info="comma-separated, each in (0, 100]",
