@@ -9,7 +9,7 @@ The public API, in the order a run uses it (docs/ARCHITECTURE.md has every modul
     comparison = ge.compare(base, forget, retain, ge.GrinConfig(), ["grin", "random", "full"])   # runs/compare.py
     swept = ge.sweep(base, forget, retain, ge.GrinConfig(), ge.SweepGrid(methods=["grin"], p=[0.005, 0.01]))
 
-Long calls take `progress=ge.Progress(report, should_stop)` (events.py); a Stop ends them with what was finished.
+Long calls take `progress=ge.Progress(callback, should_stop)` (events.py); a Stop ends them with what was finished.
 The configs: ModelSpec (which model, where), DataSpec (which sets), GrinConfig (everything a run does).
 """
 

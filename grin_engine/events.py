@@ -2,11 +2,11 @@
 
 Every slow function (a run, a comparison, a sweep, TOFU, the attacks) takes `progress`, a `Progress`:
 
-    progress = Progress(report=lambda stage, done, total, *extra: ..., should_stop=lambda: flag.is_set())
-    progress("influence", 3, 8)          # reports, then raises Stopped if the user asked to stop
-    progress.report("unlearn", 5, 20, loss)  # reports only (the training loop checks the stop itself, between steps)
-    on_batch = progress.stage("before")  # an on_batch(done, total) counter for a low-level loop, reporting as "before"
-    progress.within("grin")              # the same reporter, its stages named "grin/<stage>" (one method of several)
+    progress = Progress(callback=lambda stage, done, total, *extra: ..., should_stop=lambda: flag.is_set())
+    progress("influence", 3, 8)          # tells the callback, then raises Stopped if the user asked to stop
+    progress.update("unlearn", 5, 20, loss)  # tells the callback only (the training loop checks the stop itself)
+    on_batch = progress.stage("before")  # an on_batch(done, total) counter for a low-level loop, stage "before"
+    progress.within("grin")              # the same Progress, its stages named "grin/<stage>" (one method of several)
 
 Stage names are the contract with the CLI's progress bars and the app's progress plan: "before", "influence",
 "select", "unlearn", "after", "gradients" (a comparison's shared gradients), "<method>/<stage>" inside a comparison,
@@ -18,18 +18,20 @@ from __future__ import annotations
 
 
 class Stopped(Exception):
-    """The user asked to stop; raised at the next report or step, caught where finished work is kept."""
+    """The user asked to stop; raised at the next progress update or step, caught where finished work is kept."""
 
 
 class Progress:
-    """A progress reporter that also carries the user's Stop. Progress() reports nothing and never stops."""
+    """Where a long job tells how far it is (a callback), and the user's Stop. Progress() tells nobody and never
+    stops."""
 
-    def __init__(self, report=None, should_stop=None, prefix: str = ""):
-        self._report, self._should_stop, self.prefix = report, should_stop, prefix
+    def __init__(self, callback=None, should_stop=None, prefix: str = ""):
+        self._callback, self._should_stop, self.prefix = callback, should_stop, prefix
 
-    def report(self, stage: str, done: int, total: int, *extra) -> None:
-        if self._report is not None:
-            self._report(self.prefix + stage, done, total, *extra)
+    def update(self, stage: str, done: int, total: int, *extra) -> None:
+        """Tell the callback how far `stage` is (done of total), with its extra values (a training step's loss)."""
+        if self._callback is not None:
+            self._callback(self.prefix + stage, done, total, *extra)
 
     def stop_requested(self) -> bool:
         return self._should_stop is not None and bool(self._should_stop())
@@ -40,16 +42,16 @@ class Progress:
             raise Stopped
 
     def __call__(self, stage: str, done: int, total: int, *extra) -> None:
-        self.report(stage, done, total, *extra)
+        self.update(stage, done, total, *extra)
         self.check()
 
     def stage(self, stage: str):
-        """An on_batch(done, total) counter for a low-level loop: reports as `stage`, then checks the stop."""
+        """An on_batch(done, total) counter for a low-level loop: updates `stage`, then checks the stop."""
         return lambda done, total: self(stage, done, total)
 
     def within(self, name: str) -> "Progress":
-        """The same reporter and stop, its stages reported as '<name>/<stage>'."""
-        return Progress(self._report, self._should_stop, f"{self.prefix}{name}/")
+        """The same callback and stop, its stages named '<name>/<stage>'."""
+        return Progress(self._callback, self._should_stop, f"{self.prefix}{name}/")
 
 
 def as_progress(progress: Progress | None) -> Progress:

@@ -130,8 +130,8 @@ LOAD_STAGES = ("locating", "config", "tokenizer", "weights", "placing")
 def load_model(spec: ModelSpec, on_stage=None) -> LoadedModel:
     """Load tokenizer and causal LM, in eval mode, on the chosen device and dtype.
     on_stage(name) is called as each of LOAD_STAGES starts (the app's progress)."""
-    say = on_stage or (lambda name: None)
-    say("locating")
+    enter = on_stage or (lambda name: None)
+    enter("locating")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -141,7 +141,7 @@ def load_model(spec: ModelSpec, on_stage=None) -> LoadedModel:
     placement = {"device_map": spec.device_map or str(device)}  # one device, or accelerate's big-model placement
     if spec.max_memory:
         placement["max_memory"] = dict(spec.max_memory)  # a copy: transformers rewrites it in place
-    say("config")
+    enter("config")
     try:
         config = AutoConfig.from_pretrained(where, **extra)
     except Exception as exc:  # OSError (not found, offline), ValueError (bad config) ...
@@ -149,14 +149,14 @@ def load_model(spec: ModelSpec, on_stage=None) -> LoadedModel:
     if not is_causal_lm(config, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
         raise GrinError(f"model: {spec.name!r} is a {config.model_type!r} model, not a causal language model")
     try:
-        say("tokenizer")
+        enter("tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-        say("weights")
+        enter("weights")
         if source == "gguf":
             # GGUF de-quantises fastest to float32 (transformers warns about other dtypes: 35 s instead of a few
             # on a GPU in bf16): de-quantise on the CPU in float32, then cast, then move or place
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra).to(dtype)
-            say("placing")
+            enter("placing")
             model = place_model(model, spec.device_map, spec.max_memory) if spec.device_map else model.to(device)
         else:  # Hub ids and folders load straight onto their device(s) in their dtype: no CPU round trip
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **placement, **extra)

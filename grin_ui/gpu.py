@@ -116,9 +116,9 @@ def _as_user_error(exc: BaseException) -> GrinError:
 
 
 def _stream(work, stop: StopFlag):
-    """Run work(progress) in a thread (jobs.Job) and turn its events and outcome into messages; `progress` reports
-    to the thread's queue and carries the visitor's Stop."""
-    job = Job(lambda report: work(Progress(report, stop.is_set)), stop)
+    """Run work(progress) in a thread (jobs.Job) and turn its events and outcome into messages; `progress` sends
+    its updates to the thread's queue and carries the visitor's Stop."""
+    job = Job(lambda callback: work(Progress(callback, stop.is_set)), stop)
     for latest in job.updates():
         yield "progress", latest, [e[3] for e in job.history if e[0] == "unlearn"]
     try:

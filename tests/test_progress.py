@@ -11,6 +11,7 @@ from grin_ui import progress
 def test_unlearn_plan_covers_every_phase_in_order_and_never_goes_back(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(progress, "COSTS", dict(progress.DEFAULT_COSTS))  # not what earlier tests' apps observed
     cfg = GrinConfig(steps=20)
     plan = progress.unlearn_plan(16, 16, cfg, before_cached=False, scores_cached=False)
     assert [p.key for p in plan.phases] == ["before", "influence", "select", "unlearn", "after"]

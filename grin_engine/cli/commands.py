@@ -60,7 +60,7 @@ def progress_bars() -> Progress:
     bars: dict[str, tqdm] = {}
     units = {"unlearn": "step", "finetune": "step", "influence": "batch", "gradients": "batch", "nll": "batch"}
 
-    def report(stage, done, total, loss=None):
+    def draw(stage, done, total, loss=None):
         bar = bars.get(stage)
         if bar is None or done < bar.n or bar.n >= bar.total:  # a new stage, or the same stage again (sweeps)
             unit = units.get(stage.split("/")[-1], "answer")
@@ -70,7 +70,7 @@ def progress_bars() -> Progress:
             bar.set_postfix(loss=f"{loss:.4f}")
         if done >= total:
             bar.close()
-    return Progress(report)
+    return Progress(draw)
 
 
 def _memory_map(text: str | None) -> dict | None:

@@ -41,7 +41,7 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
     A loss given as `losses.Terms` is backpropagated term by term (one backward per forward pass; the gradients add
     up to the sum's), so a pass's weight gradients are complete before the next pass's are formed. Gradients of
     `leaves` are clipped to a total norm of max_grad_norm (0: no clipping). The stop is checked before each step, so
-    a Stop takes effect within one step; progress.report(stage, step, steps, loss) follows each step.
+    a Stop takes effect within one step; progress.update(stage, step, steps, loss) follows each step.
     `until(step) -> bool` (evaluation/until.ForgetCheck) is asked after each step; True ends training there.
     """
     progress = as_progress(progress)
@@ -64,7 +64,7 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
             after_update()
         result.losses.append(value)
         result.steps_done = step + 1
-        progress.report(stage, step + 1, steps, value)
+        progress.update(stage, step + 1, steps, value)
         if until is not None and until(step + 1):
             result.until_step = step + 1
             break
