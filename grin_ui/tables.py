@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from grin_engine.runs.methods import METHODS
+
 PREVIEW_ROWS = 50  # rows of each set shown in the Setup preview
 
 
@@ -173,10 +175,9 @@ def overlap_text(overlap: dict, masks_selected: dict, p: float | None) -> str:
     chance = p / (2 - p) if p else None  # Jaccard of two independent random masks of the same size
     lines = ["**Overlap of the GRIN mask with the other masks** (Jaccard |A∩B| / |A∪B|: 1 = the same weights, "
              "0 = none shared)"]
-    names = {"random": "a random mask of the same size (drawn for this comparison; trained only if `random` is ticked)",
-             "forget-grad": "|G_f|-only mask"}
+    names = {"random": "a random mask of the same size (drawn for this comparison; trained only if `random` is ticked)"}
     for name, value in overlap.items():
-        lines.append(f"- {names.get(name, name)}: **{value:.4f}**")
+        lines.append(f"- {names.get(name) or (METHODS[name].label if name in METHODS else name)}: **{value:.4f}**")
     if chance is not None:
         lines.append(f"\nTwo random masks of {100 * p:g}% share about {chance:.4f} (chance). The GRIN mask has "
                      f"{masks_selected.get('grin', 0):,} weights.")

@@ -128,6 +128,8 @@ def test_full_flow_in_a_browser(page):
     expect(heatmap.locator("g.hm image").first).to_be_attached()  # plotly draws a heatmap as an image
     expect(selection).to_contain_text("p = 1%:")
     at_1 = _selected(selection.inner_text())
+    page.wait_for_timeout(800)  # plotly's layout settles
+    page.locator("#heatmap").screenshot(path=str(SHOTS / "influence_heatmap.png"))  # README's picture (docs/)
 
     _number(page, "p (%)", 5)
     page.get_by_label("p (%)", exact=True).press("Enter")  # and Enter, as a person who wants it now (submit)

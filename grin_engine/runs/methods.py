@@ -101,7 +101,7 @@ METHODS = {m.name: m for m in [
                      configure=lambda cfg: replace(cfg, use_mask=False)),
     ComparisonMethod("random", "Random mask", "Random mask: same number of weights, chosen at random",
                      "is the influence score better than luck?", ("p", "sigma2", "lr", "steps", "seed"), "random"),
-    ComparisonMethod("forget-grad", "|G_f| mask", "|G_f| mask: top p by the forget gradient alone",
+    ComparisonMethod("forget-grad", "|G_f|-only mask", "|G_f| mask: top p by the forget gradient alone",
                      "does the retain side of the ratio matter?", ("p", "sigma2", "lr", "steps", "seed"), "scores",
                      forget_grad_scores),
     ComparisonMethod("grin-nonoise", "GRIN without noise", "GRIN without noise (sigma2 = 0)",

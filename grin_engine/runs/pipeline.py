@@ -34,8 +34,6 @@ from ..method.unlearn import unlearn_selected
 from ..models import LoadedModel, copy_model
 from .masks import Mask, choose_mask
 
-METRIC_NAMES = ("rougeL_recall", "keyword_accuracy", "probability", "truth_ratio")
-
 
 @dataclass
 class RunResult:
