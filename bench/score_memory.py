@@ -12,7 +12,8 @@ On CUDA the peak is torch.cuda.max_memory_allocated during scoring, also shown a
 target for `score`: <= 3x the bf16 weights). On a CPU it is the rise of the process's peak RSS (Linux VmHWM, reset
 before scoring) over its RSS before scoring, after a one-weight warm-up; also the same scoring of one weight only,
 whose peak is the activations'. Then `--train-steps` steps of masked unlearning (GradDiff) at the top p%
-of those scores: the selection's peak keeping the scores and consuming them (as a run does), then the training
+of those scores: the selection's peak keeping the scores and as a run makes it (the scores consumed into the kept
+top scores, then the masks: runs/masks.choose_mask), then the training
 steps' peak above the model and the masks. glibc keeps freed memory and fragments it: run with MALLOC_MMAP_THRESHOLD_=65536 so
 every tensor is its own mapping and RSS follows the live tensors.
 """
@@ -33,6 +34,7 @@ from common import bench_parser, device_name, load_for_bench, peak_bytes, reset_
 from grin_engine.config import GrinConfig  # noqa: E402
 from grin_engine.data import forget_batches, load_items, qa_batches  # noqa: E402
 from grin_engine.method.influence import candidate_parameters, compute_influence  # noqa: E402
+from grin_engine.method.score_cache import TopScores  # noqa: E402
 from grin_engine.method.selection import select_top_fraction  # noqa: E402
 from grin_engine.method.unlearn import attach_reference, unlearn  # noqa: E402
 
@@ -103,16 +105,20 @@ def main() -> None:
     if args.train_steps > 0:
         scores = compute_influence(model, f_batches, r_batches, candidates, cfg.eps, **chosen_park)
 
-        def select(consume):
-            return lambda: held.update(masks=select_top_fraction(scores, args.p / 100, consume=consume).masks)
+        def select_keeping_the_scores():
+            held.update(masks=select_top_fraction(scores, args.p / 100).masks)
 
-        kept_masks = peak_above_start(select(False), base.device)
+        def select_as_a_run():  # runs/masks.choose_mask: each score tensor becomes its kept top entries, then masks
+            top = TopScores.from_scores(scores, candidates, keep=args.p / 100, consume=True)
+            held.update(masks=top.select(args.p / 100, {n: w.device for n, w in model.named_parameters()}).masks)
+
+        kept_masks = peak_above_start(select_keeping_the_scores, base.device)
         held.clear()
-        consumed = peak_above_start(select(True), base.device)
+        consumed = peak_above_start(select_as_a_run, base.device)
         masks = held.pop("masks")
         print(f"selection at p = {args.p:g}%: peak above the scores {kept_masks / one_set:.2f} float32 sets keeping "
-              f"the scores, {consumed / one_set:.2f} consuming them (a run's choice; one set = 4 bytes, a mask 1 byte "
-              f"per candidate)")
+              f"the scores, {consumed / one_set:.2f} as a run makes it (the scores turned into the kept top scores, "
+              f"then the masks; one set = 4 bytes, a mask 1 byte per candidate)")
         train_cfg = GrinConfig(batch_size=args.batch_size, loss=args.loss, steps=args.train_steps)
         f_train = forget_batches(tok, load_items("harry_potter", args.items), cfg.batch_size, cfg.max_length, seed=0)
         attach_reference(model, f_train)

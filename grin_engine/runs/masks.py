@@ -36,9 +36,9 @@ def kept_scores(loaded: LoadedModel, forget: list[QAItem], retain: list[QAItem],
     """The kept top-`keep` scores of every score source of `methods` (see the module docstring); the gradients are
     formed on `loaded` (copy=True: on a private copy of it, for a shared base), reported as `stage`."""
     progress = as_progress(progress)
-    tops = {s: kept[s] for s in dict.fromkeys(m.score_source for m in methods if m.score_source)
-            if s not in missing_scores(methods, kept, keep)}
-    missing = [METHODS[s] for s in missing_scores(methods, kept, keep)]
+    missing = [METHODS[source] for source in missing_scores(methods, kept, keep)]
+    tops = {source: kept[source] for source in dict.fromkeys(m.score_source for m in methods if m.score_source)
+            if METHODS[source] not in missing}
     if not missing:
         return tops
     start = time.perf_counter()
