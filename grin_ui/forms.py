@@ -112,6 +112,12 @@ def by_name(handler, names: list[str]):
     return user_errors(event)                                           # signature, which must stay event's
 
 
+def job_buttons(run_label: str, stop_id: str | None = None) -> tuple[gr.Button, gr.Button]:
+    """A job's two buttons side by side: the one that starts it, and Stop (jobs.stop)."""
+    with gr.Row():
+        return gr.Button(run_label, variant="primary"), gr.Button("Stop", variant="stop", elem_id=stop_id)
+
+
 def method_choices() -> list[tuple[str, str]]:
     """The comparison methods as checkbox choices (label, name), in the registry's order."""
     return [(f"{m.name} — {m.description}", m.name) for m in METHODS.values()]

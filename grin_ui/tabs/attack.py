@@ -19,7 +19,7 @@ from grin_engine.config import GrinConfig
 from grin_engine.errors import GrinError
 
 from .. import downloads, gpu, inputs, public
-from ..forms import Form, Page
+from ..forms import Form, Page, job_buttons
 from ..jobs import STOPPED, run_job, stop
 from ..slots import MODEL_JOB, STOP_JOB
 from ..state import session_of
@@ -61,9 +61,7 @@ def layout(page: Page) -> None:
                                             info="all weights, AdamW")
                 c["samples"] = inputs.Number(defaults.samples, label="samples per question", minimum=1, precision=0,
                                          info="sampling leak: answers drawn at temperature 1")
-        with gr.Row():
-            c["attack_btn"] = gr.Button("Attack", variant="primary")
-            c["attack_stop_btn"] = gr.Button("Stop", variant="stop")
+        c["attack_btn"], c["attack_stop_btn"] = job_buttons("Attack")
         c["attack_status"] = gr.Markdown(elem_id="attack_status")
         c["attack_bars"] = gr.Plot(recovery_bars(None, "keyword_accuracy"), label="before / unlearned / attacked",
                                    elem_id="attack_bars")

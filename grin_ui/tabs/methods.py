@@ -16,7 +16,7 @@ from grin_engine.runs.methods import get_methods
 from grin_engine.runs.pipeline import retain_collapse
 
 from .. import downloads, gpu, inputs, plots, public, tables
-from ..forms import UNLEARN_CONTROLS, Form, Page, method_choices, unlearn_config
+from ..forms import UNLEARN_CONTROLS, Form, Page, job_buttons, method_choices, unlearn_config
 from ..jobs import STOPPED, run_job, stop
 from ..progress import compare_plan, format_seconds, observe
 from ..slots import MODEL_JOB, STOP_JOB
@@ -53,9 +53,7 @@ def layout(page: Page) -> None:
                                                       info="weight of BCE(gate, 1 on forget / 0 on retain)")
                 c["grun_steps"] = inputs.Number(DEFAULTS.grun_steps, label="GRUN steps", minimum=1, precision=0,
                                                 info="its steps are cheaper: 40 cost about GRIN's 20")
-        with gr.Row():
-            c["compare_btn"] = gr.Button("Compare", variant="primary")
-            c["compare_stop_btn"] = gr.Button("Stop", variant="stop")
+        c["compare_btn"], c["compare_stop_btn"] = job_buttons("Compare")
         c["compare_status"] = gr.Markdown(elem_id="compare_status")
         c["methods_table"] = gr.Dataframe(tables.methods_table(None), label="metrics after unlearning, per method",
                                           interactive=False, wrap=True, elem_id="methods_table")

@@ -23,7 +23,7 @@ from grin_engine.runs.sweep import SweepGrid, evaluation_from_json, read_lines, 
 from grin_engine.targets import TARGET_METRICS, parse_target
 
 from .. import gpu, public
-from ..forms import Form, Page, method_choices
+from ..forms import Form, Page, job_buttons, method_choices
 from ..jobs import STOPPED, run_job, stop
 from ..plots import label_positions, method_colour
 from ..slots import MODEL_JOB, STOP_JOB
@@ -156,9 +156,7 @@ def layout(page: Page) -> None:
                                      info="each run checks the forget set every 2 steps and stops once it holds")
             c["forget_metric"] = gr.Dropdown(METRIC_CHOICES[:3], value="forget_keyword_accuracy", label="x: forget")
             c["retain_metric"] = gr.Dropdown(METRIC_CHOICES[3:], value="retain_keyword_accuracy", label="y: retain")
-        with gr.Row():
-            c["sweep_btn"] = gr.Button("Run sweep", variant="primary")
-            c["sweep_stop_btn"] = gr.Button("Stop", variant="stop", elem_id="sweep_stop")
+        c["sweep_btn"], c["sweep_stop_btn"] = job_buttons("Run sweep", stop_id="sweep_stop")
         c["sweep_status"] = gr.Markdown("Choose a grid and press **Run sweep**.", elem_id="sweep_status")
         with gr.Row():
             c["sweep_plot"] = gr.Plot(sweep_figure([], None), label="forget vs retain", scale=3, elem_id="sweep_plot")

@@ -11,7 +11,7 @@ from grin_engine.method.losses import LOSSES, describe_losses
 from grin_engine.runs.pipeline import retain_collapse
 
 from .. import gpu, inputs, plots, public, tables
-from ..forms import SIGMA2_CHOICES, UNLEARN_CONTROLS, Form, Page, unlearn_config
+from ..forms import SIGMA2_CHOICES, UNLEARN_CONTROLS, Form, Page, job_buttons, unlearn_config
 from ..jobs import STOPPED, run_job, stop
 from ..presets import PRESETS
 from ..progress import format_seconds, observe, unlearn_plan
@@ -64,9 +64,7 @@ def layout(page: Page) -> None:
                                      "evaluation's own code (each check answers the forget questions); steps is "
                                      "then the most. On by default: a fixed step count over-unlearns small sets. "
                                      "Empty: always all steps")
-        with gr.Row():
-            c["run_btn"] = gr.Button("Run", variant="primary")
-            c["stop_btn"] = gr.Button("Stop", variant="stop")
+        c["run_btn"], c["stop_btn"] = job_buttons("Run")
         c["expected"] = gr.Markdown(elem_id="run_expected")  # the time a Run would take (expected_time)
         c["run_status"] = gr.Markdown(elem_id="run_status")
         c["loss_plot"] = gr.Plot(plots.loss_curve([], DEFAULTS.steps), label="loss", elem_id="loss_plot")
