@@ -15,7 +15,7 @@ steps and the model's size, from per-item and per-step costs measured on an H100
 scaled by the parameter count; a shorter request gets a visitor through ZeroGPU's queue sooner.
 
 The long ones are generators of messages:
-    ("progress", {stage: latest event}, unlearning losses so far)   while working
+    ("progress", the latest event (stage, done, total, *extra), unlearning losses so far)   while working
     ("done", result) | ("stopped", None) | ("error", GrinError)      once, at the end
 Exceptions are turned into an ("error", ...) message so that a worker never sends a traceback or an object that
 cannot be pickled back.
@@ -119,8 +119,8 @@ def _stream(work, stop: StopFlag):
     """Run work(progress) in a thread (jobs.Job) and turn its events and outcome into messages; `progress` sends
     its updates to the thread's queue and carries the visitor's Stop."""
     job = Job(lambda callback: work(Progress(callback, stop.is_set)), stop)
-    for latest in job.updates():
-        yield "progress", latest, [e[3] for e in job.history if e[0] == "unlearn"]
+    for event in job.updates():
+        yield "progress", event, [e[3] for e in job.history if e[0] == "unlearn"]
     try:
         yield "done", job.result
     except Stopped:

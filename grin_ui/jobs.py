@@ -61,8 +61,9 @@ class Job:
         self._events.put(_DONE)
 
     def updates(self, every: float = 0.4):
-        """Yield {stage: latest event} whenever something new arrived, at most every `every` seconds."""
-        latest: dict[str, tuple] = {}
+        """Yield the latest event, (stage, done, total, *extra), whenever something new arrived, at most every
+        `every` seconds (the events in between are in `history`)."""
+        latest = None
         last_yield, fresh = 0.0, False
         try:
             while True:
@@ -74,11 +75,10 @@ class Job:
                     break
                 if event is not None:
                     self.history.append(event)
-                    latest[event[0]] = event
-                    fresh = True
+                    latest, fresh = event, True
                 if fresh and time.monotonic() - last_yield >= every:
                     last_yield, fresh = time.monotonic(), False
-                    yield dict(latest)
+                    yield latest
         finally:
             if self._thread.is_alive():  # closed early: ask the worker to stop and wait for it
                 if self._stop is not None:
@@ -96,10 +96,11 @@ class Job:
 def run_job(request, start, show_progress, queued, stopped, starting=None):
     """Generator of the tab's frames; returns the work's result, or STOPPED. See the module docstring.
 
-    start(stop) -> the gpu.*_work message stream; show_progress(latest, losses, stop) -> a frame (None: nothing
-    new to show); `queued`: the frame saying the job was stopped while it waited in the queue (it never started);
-    `stopped`: the frame saying the work ended on the visitor's Stop (None: the handler shows it); `starting`: a
-    first frame for a job that does start (what it will do, how long it should take)."""
+    start(stop) -> the gpu.*_work message stream; show_progress(event, losses, stop) -> a frame (None: nothing new
+    to show), from the latest progress event (stage, done, total, *extra); `queued`: the frame saying the job was
+    stopped while it waited in the queue (it never started); `stopped`: the frame saying the work ended on the
+    visitor's Stop (None: the handler shows it); `starting`: a first frame for a job that does start (what it will
+    do, how long it should take)."""
     stop = stop_flag(getattr(request, "session_hash", None))
     if stop.is_set():  # Stop was pressed while this job waited in the queue: it ends before it starts
         stop.clear()

@@ -317,7 +317,7 @@ def test_a_failed_run_keeps_the_previous_good_run(visitor, monkeypatch):
     from grin_ui import gpu
 
     def failing(*args, **kwargs):  # the run fails half-way (out of memory, a NaN loss ...)
-        yield "progress", {"unlearn": ("unlearn", 1, 2, 0.5)}, [0.5]
+        yield "progress", ("unlearn", 1, 2, 0.5), [0.5]
         yield "error", GrinError("the loss became nan at step 2")
 
     monkeypatch.setattr(gpu, "unlearn_work", failing)

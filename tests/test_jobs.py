@@ -76,11 +76,11 @@ def test_run_job_streams_progress_and_returns_the_result():
         session_hash = "test-run-job"
 
     def work(stop):
-        yield "progress", {"unlearn": ("unlearn", 1, 2, 0.5)}, [0.5]
+        yield "progress", ("unlearn", 1, 2, 0.5), [0.5]
         yield "done", 42
 
     frames, result = [], None
-    job = run_job(Request(), work, lambda latest, losses, stop: ("progress", losses), ("queued",), ("stopped",))
+    job = run_job(Request(), work, lambda event, losses, stop: ("progress", losses), ("queued",), ("stopped",))
     try:
         while True:
             frames.append(next(job))

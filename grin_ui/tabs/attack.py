@@ -136,8 +136,8 @@ def attack(form: Form, request, progress):
     forget, retain = session.forget[:n_forget], session.retain[:n_retain]  # the items the run was evaluated on
     nothing = (gr.skip(),) * 5
 
-    def show(latest, losses, stop):
-        stage, (_, done, total, *_) = list(latest.items())[-1]
+    def show(event, losses, stop):
+        stage, done, total = event[:3]
         text = f"{stage.replace('/', ': ')} {done} of {total}" + (" — stopping ..." if stop.is_set() else "")
         progress((done, total), desc=text)
         return (f"Attacking: {text}",) + nothing

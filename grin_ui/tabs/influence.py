@@ -90,8 +90,8 @@ def influence(form: Form, request, progress):
             return iter([("done", reused[::-1])])
         return gpu.influence_work(session.model_name, forget, retain, stop)
 
-    def show(latest, losses, stop):
-        fraction_done, text = plan.update(*(latest.get("summary") or latest.get("influence"))[:3])
+    def show(event, losses, stop):
+        fraction_done, text = plan.update(*event[:3])
         progress(fraction_done, desc=text)
         return (f"Computing influence scores: {text}", session) + nothing
 

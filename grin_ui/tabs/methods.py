@@ -114,9 +114,8 @@ def compare_methods(form: Form, request, progress):
     plan = compare_plan(len(forget), len(retain), cfg, names, cached is not None,
                         bool(missing_scores(methods, {"grin": top} if top else None, cfg.p)))
 
-    def show(latest, losses, stop):
-        stage, (_, done, total, *_) = list(latest.items())[-1]
-        fraction, text = plan.update(stage, done, total)
+    def show(event, losses, stop):
+        fraction, text = plan.update(*event[:3])
         text += " — stopping ..." if stop.is_set() else ""
         progress(fraction, desc=text)
         return (f"Running: {text}", session) + nothing

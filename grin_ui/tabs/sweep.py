@@ -261,9 +261,9 @@ def run_sweep(form: Form, request, progress):
     forget_metric, retain_metric = form["sweep.forget_metric"], form["sweep.retain_metric"]
     shown = [-1]
 
-    def show(latest, losses, stop):
+    def show(event, losses, stop):
         points = _read(state)[1]
-        stage, (_, done, total, *_) = list(latest.items())[-1]
+        stage, done, total = event[:3]
         progress((len(points), state["total"]), desc=f"{len(points)}/{state['total']} points; now {stage} "
                                                      f"{done}/{total}")
         text = f"Running: {_estimate(points, state['total'])} Now: {stage} {done}/{total}" + (

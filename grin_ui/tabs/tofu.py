@@ -181,8 +181,8 @@ def run(form: Form, request, progress):
     cfg = GrinConfig(steps=form.number("tofu.steps", "steps"), max_new_tokens=200, max_length=recipe.max_length)
     nothing = (gr.skip(),) * 3 + (session,)
 
-    def show(latest, losses, stop):
-        stage, (_, done, total, *_) = list(latest.items())[-1]
+    def show(event, losses, stop):
+        stage, done, total = event[:3]
         progress((done, total), desc=stage)
         return (f"Running: {stage} {done}/{total}",) + nothing
 

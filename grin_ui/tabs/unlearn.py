@@ -156,9 +156,9 @@ def unlearn(form: Form, request, progress):
     nothing = (gr.skip(),) * 3
     plan = unlearn_plan(len(forget), len(retain), cfg, cached is not None, top is not None and top.covers(cfg.p))
 
-    def show(latest, losses, stop):
-        stage = list(latest)[-1]
-        fraction, text = plan.update(stage, *latest[stage][1:3])
+    def show(event, losses, stop):
+        stage = event[0]
+        fraction, text = plan.update(*event[:3])
         if stage == "unlearn" and losses:
             text += f" (loss {losses[-1]:.4f})"
         text += " — stopping ..." if stop.is_set() else ""
