@@ -35,7 +35,7 @@ from ..errors import GrinError
 from ..evaluation import metrics
 from ..evaluation.evaluate import generate_answers, pair_token_nlls, shared_prompt_token_nlls
 from ..events import Progress, Stopped, as_progress
-from ..method.grun import Grun, GrunSpec, default_layers, train_grun
+from ..method.grun import grun_for, train_grun
 from ..method.losses import LOSSES, mean_nll
 from ..method.training import train_loop
 from ..models import LoadedModel, copy_model, load_model, save_model_folder
@@ -353,12 +353,9 @@ def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConf
     work = copy_model(target)
     forget, retain = data.forget, data.retain_train
     if method.mask == "grun":
-        config = work.model.config
-        layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
-        grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
-                             gate=cfg.grun_gate), seed=cfg.seed).attach(work.model, work.tokenizer)
+        grun = grun_for(work.model, cfg).attach(work.model, work.tokenizer)
         result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, progress)
-        return work, grun.detach, {"kind": "grun", "layers": list(layers), "steps": result.steps_done,
+        return work, grun.detach, {"kind": "grun", "layers": list(grun.spec.layers), "steps": result.steps_done,
                                    "stopped": result.stopped}
     tops = kept_scores(work, forget, retain, run_cfg, [method], run_cfg.p, progress, stage="influence")
     mask = given_mask(work.model, run_cfg, method_selection(method, tops, work, run_cfg))

@@ -124,6 +124,14 @@ def last_prompt_positions(input_ids: torch.Tensor, end_ids: list[int]) -> tuple[
     return rows, last_start[rows] + k - 1
 
 
+def grun_for(model, cfg: GrinConfig) -> "Grun":
+    """A new GRUN for `model` from the run's config: cfg.grun_layers (default: default_layers), rank, gate, seed."""
+    config = model.config
+    layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
+    return Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
+                         gate=cfg.grun_gate), seed=cfg.seed)
+
+
 class Grun(nn.Module):
     """Gated LoReFT edits on some layers of a causal LM. Build, `attach(model, tokenizer)`, train, `save`."""
 

@@ -26,7 +26,7 @@ from ..evaluation import metrics
 from ..evaluation.evaluate import evaluate_both, evaluate_split, shown_answers
 from ..evaluation.until import until_check
 from ..events import Progress, Stopped, as_progress
-from ..method.grun import Grun, GrunSpec, GrunState, default_layers, export_state, gate_values, train_grun
+from ..method.grun import GrunState, export_state, gate_values, grun_for, train_grun
 from ..method.influence import candidate_parameters
 from ..method.patch import WeightPatch, apply_patch, extract_patch, trained_in_place, unlearned_copy
 from ..method.training import TrainResult
@@ -201,11 +201,8 @@ def run_grun(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg:
     timings, trained = {}, TrainResult()
     # hooks on a shared base would change it for everybody else while we train: a copy unless told otherwise
     work = base if in_place else copy_model(base)
-    config = work.model.config
-    layers = cfg.grun_layers or default_layers(config.num_hidden_layers)
-    grun = Grun(GrunSpec(hidden_size=config.hidden_size, layers=list(layers), rank=int(cfg.grun_rank),
-                         gate=cfg.grun_gate), seed=cfg.seed)
-    summary = {"kind": "grun", "layers": list(layers), "rank": int(cfg.grun_rank), "gate": cfg.grun_gate,
+    grun = grun_for(work.model, cfg)
+    summary = {"kind": "grun", "layers": list(grun.spec.layers), "rank": int(cfg.grun_rank), "gate": cfg.grun_gate,
                "trainable": sum(p.numel() for p in grun.parameters()),
                "candidates": sum(c.numel for c in candidate_parameters(work.model).values()), "selected": 0}
     try:
