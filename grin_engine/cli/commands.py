@@ -26,6 +26,7 @@ from ..method.influence import compute_influence_scores
 from ..method.patch import save_patch
 from ..method.selection import select_summary
 from ..runs.compare import compare
+from ..runs.frontier import SETTING_KNOBS
 from ..runs.methods import parse_methods
 from ..runs.pipeline import retain_collapse, run
 from ..runs.sweep import SweepGrid, output_paths, result_from_file, sweep, write_outputs
@@ -33,14 +34,12 @@ from ..targets import parse_target
 from . import outputs, tables
 from .parser import build_parser
 
-SWEEP_AXES = ("p", "sigma2", "lr", "steps", "grun_lr", "grun_steps")  # flags that take several values in a sweep
-
 
 def config_from(args, **overrides) -> GrinConfig:
     """The GrinConfig of the flags present in `args` (each flag's destination is a config field; a sweep axis gives
     its first value), with `overrides` on top; checked like any config."""
     values = {name: getattr(args, name) for name in GrinConfig.__dataclass_fields__ if hasattr(args, name)}
-    values.update({k: v[0] for k, v in values.items() if k in SWEEP_AXES and isinstance(v, list)})
+    values.update({k: v[0] for k, v in values.items() if k in SETTING_KNOBS and isinstance(v, list)})
     if isinstance(values.get("grun_layers"), str):
         values["grun_layers"] = _layer_list(values["grun_layers"])
     return GrinConfig(**{**values, **overrides})

@@ -22,8 +22,6 @@ from ..config import GrinConfig
 from ..errors import GrinError
 from ..method.influence import influence_scores
 
-SWEEP_KNOBS = ("p", "sigma2", "lr", "steps", "seed", "grun_lr", "grun_steps")  # the axes a sweep can cross
-
 
 @dataclass
 class Gradients:
