@@ -3,6 +3,8 @@ command writes) to text."""
 
 from __future__ import annotations
 
+from ..runs.frontier import SETTING_KNOBS
+
 
 def format_summary(report: dict) -> str:
     """A short before/after table for the terminal."""
@@ -67,8 +69,7 @@ def format_frontier(report: dict) -> str:
              f"{rk} {_fmt((before.get('retain') or {}).get(rk.partition('_')[2]))}",
              f"{'method':<13}{'setting':<40}{'forget':>14}{'retain':>14}{'seeds':>6}  front"]
     for row in frontier["settings"]:
-        setting = " ".join(f"{k}={row[k]:g}" for k in ("p", "sigma2", "lr", "steps", "grun_lr", "grun_steps")
-                           if row.get(k) is not None)
+        setting = " ".join(f"{k}={row[k]:g}" for k in SETTING_KNOBS if row.get(k) is not None)
         on_front = "*" if any(row is r for r in frontier["fronts"].get(row["method"], [])) else ""
         lines.append(f"{row['method']:<13}{setting:<40}{row['forget']:>8.3f}±{row['forget_std']:<5.3f}"
                      f"{row['retain']:>8.3f}±{row['retain_std']:<5.3f}{row['n']:>6}  {on_front}")

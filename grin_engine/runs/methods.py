@@ -68,6 +68,9 @@ def fisher_ratio_scores(gradients: Gradients, weights: dict, cfg: GrinConfig, in
     return scores
 
 
+MASK_KNOBS = ("p", "sigma2", "lr", "steps", "seed")  # what a masked weight run reads (seed: its noise and mask)
+
+
 @dataclass(frozen=True)
 class ComparisonMethod:
     name: str
@@ -89,8 +92,7 @@ class ComparisonMethod:
 
 METHODS = {m.name: m for m in [
     ComparisonMethod("grin", "GRIN", "GRIN: influence-ratio mask + noise + masked fine-tuning",
-                     "the method itself", ("p", "sigma2", "lr", "steps", "seed"), "scores", grin_scores,
-                     uses_retain=True),
+                     "the method itself", MASK_KNOBS, "scores", grin_scores, uses_retain=True),
     ComparisonMethod("grun", "GRUN", "GRUN: gated representation edits, weights frozen",
                      "is changing no weight at all a better way to protect the rest?",
                      ("grun_lr", "grun_steps", "seed"), "grun"),
@@ -98,19 +100,18 @@ METHODS = {m.name: m for m in [
                      "what does selecting weights buy?", ("lr", "steps"), "none",
                      configure=lambda cfg: replace(cfg, use_mask=False)),
     ComparisonMethod("random", "Random mask", "Random mask: same number of weights, chosen at random",
-                     "is the influence score better than luck?", ("p", "sigma2", "lr", "steps", "seed"), "random"),
+                     "is the influence score better than luck?", MASK_KNOBS, "random"),
     ComparisonMethod("forget-grad", "|G_f|-only mask", "|G_f| mask: top p by the forget gradient alone",
-                     "does the retain side of the ratio matter?", ("p", "sigma2", "lr", "steps", "seed"), "scores",
-                     forget_grad_scores),
+                     "does the retain side of the ratio matter?", MASK_KNOBS, "scores", forget_grad_scores),
     ComparisonMethod("grin-nonoise", "GRIN without noise", "GRIN without noise (sigma2 = 0)",
                      "does the noise help?", ("p", "lr", "steps"), "scores", scores_of="grin",
                      configure=lambda cfg: replace(cfg, sigma2=0.0)),
     ComparisonMethod("snip", "SNIP mask", "SNIP mask: top p by |theta * G_f|, a weight-times-gradient saliency",
                      "is the ratio a better influence estimate than the forget loss's saliency?",
-                     ("p", "sigma2", "lr", "steps", "seed"), "scores", snip_scores),
+                     MASK_KNOBS, "scores", snip_scores),
     ComparisonMethod("fisher-ratio", "Fisher ratio mask", "Fisher ratio mask: top p by G_f^2 / (G_r^2 + eps)",
                      "does squaring the gradients (a Fisher-style estimate) change which weights are chosen?",
-                     ("p", "sigma2", "lr", "steps", "seed"), "scores", fisher_ratio_scores, uses_retain=True),
+                     MASK_KNOBS, "scores", fisher_ratio_scores, uses_retain=True),
 ]}
 
 

@@ -33,7 +33,7 @@ from ..events import Progress, Stopped, as_progress
 from ..models import LoadedModel
 from ..targets import parse_target
 from .compare import run_method
-from .frontier import summarize
+from .frontier import SETTING_KNOBS, summarize
 from .masks import kept_scores, method_selection
 from .methods import METHODS, parse_methods
 from .pipeline import evaluate, metric_values
@@ -96,8 +96,7 @@ def point_config(cfg: GrinConfig, point: dict) -> GrinConfig:
 def fingerprint(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig) -> str:
     """What must be equal for two sweeps' points to be comparable: the model, the items, every setting that is not
     a knob of the grid. A rerun skips the points of an output file only when the fingerprints match."""
-    shared = {k: v for k, v in cfg.to_dict().items()
-              if k not in ("p", "sigma2", "lr", "steps", "seed", "grun_lr", "grun_steps")}
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in (*SETTING_KNOBS, "seed")}
     text = json.dumps({"model": base.name, "config": shared, "forget": [it.to_dict() for it in forget],
                        "retain": [it.to_dict() for it in retain]}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
