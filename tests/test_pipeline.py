@@ -283,3 +283,40 @@ def test_retain_collapse_warns_with_the_numbers():
     warning = retain_collapse(fell)
     assert "keyword accuracy 1.00 -> 0.00" in warning and "rougeL recall 0.80 -> 0.10" in warning
     assert retain_collapse({"before": {"retain": {"keyword_accuracy": 1.0}}, "after": None}) is None  # stopped
+
+
+@pytest.mark.parametrize("loss, use_mask, until", [("npo", True, None), ("graddiff", False, None),
+                                                    ("idk", True, "forget_keyword_accuracy<=1")])
+def test_training_in_pieces_gives_the_numbers_of_one_run(tiny, forget_items, retain_items, loss, use_mask, until):
+    """A run trained in three pieces, its state pickled between them (a ZeroGPU Space's GPU calls), each piece on a
+    fresh copy of the base: the same losses, the same weights and the same report as one uninterrupted run."""
+    import pickle
+
+    from grin_engine.models import copy_model
+    from grin_engine.runs.masks import choose_mask
+
+    cfg = _cfg(use_mask, loss=loss, steps=7, until=until, until_every=3)
+    before, _ = pipeline.evaluate(tiny, forget_items, retain_items, cfg, Progress(), "before")
+    whole_work = copy_model(tiny)
+    mask = choose_mask(whole_work, forget_items, retain_items, cfg, keep=0.5)
+    whole = pipeline.finish(tiny, whole_work, forget_items, retain_items, cfg, mask, before, keep_model=True)
+
+    state = None
+    for last_step in (2, 5):
+        work = copy_model(tiny)
+        piece_mask = choose_mask(work, forget_items, retain_items, cfg, kept=mask.top, keep=0.5)
+        trained = pipeline.train(work, forget_items, retain_items, cfg, piece_mask, Progress(), state, last_step)
+        state = pickle.loads(pickle.dumps(trained.state))
+        assert all(t.device.type == "cpu" for t in state.values)
+    work = copy_model(tiny)
+    piece_mask = choose_mask(work, forget_items, retain_items, cfg, kept=mask.top, keep=0.5)
+    pieces = pipeline.finish(tiny, work, forget_items, retain_items, cfg, piece_mask, before, keep_model=True,
+                             resume=state)
+
+    assert pieces.losses == whole.losses
+    assert pieces.metrics == whole.metrics and pieces.until == whole.until
+    for (name, a), b in zip(whole.unlearned_model.model.state_dict().items(),
+                            pieces.unlearned_model.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    if until:  # the target holds at the first check: the later pieces restore the weights and take no step
+        assert whole.until["stopped_at"] == 3 and len(pieces.losses) == 3

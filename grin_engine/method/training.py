@@ -31,11 +31,13 @@ class TrainResult:
     until_step: int | None = None  # the step after which the until-check said the target holds (None: it never did)
     until: dict | None = None  # the until-check's own report (evaluation/until.ForgetCheck.report), when one ran
     seconds: float = 0.0
+    state: object = None  # masked unlearning trained in pieces: where it stands (method/unlearn.TrainingState)
 
 
 def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float,
                progress: Progress | None = None, stage: str = "unlearn", after_update=None, until=None,
-               what: str = "unlearning", hint: str = "a smaller learning rate") -> TrainResult:
+               what: str = "unlearning", hint: str = "a smaller learning rate", first_step: int = 0,
+               last_step: int | None = None) -> TrainResult:
     """`steps` optimiser steps (see the module docstring); returns the losses and how training ended.
 
     A loss given as `losses.Terms` is backpropagated term by term (one backward per forward pass; the gradients add
@@ -43,10 +45,12 @@ def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max
     `leaves` are clipped to a total norm of max_grad_norm (0: no clipping). The stop is checked before each step, so
     a Stop takes effect within one step; progress.update(stage, step, steps, loss) follows each step.
     `until(step) -> bool` (evaluation/until.ForgetCheck) is asked after each step; True ends training there.
+    Training in pieces runs steps first_step + 1 ... last_step of `steps` (numbered as in one piece, so batches,
+    reports and until-checks fall on the same steps); steps_done counts from the start.
     """
     progress = as_progress(progress)
-    result = TrainResult(trainable=sum(leaf.numel() for leaf in leaves))
-    for step in range(steps):
+    result = TrainResult(trainable=sum(leaf.numel() for leaf in leaves), steps_done=first_step)
+    for step in range(first_step, steps if last_step is None else min(last_step, steps)):
         if progress.stop_requested():
             result.stopped = True
             break

@@ -15,7 +15,7 @@ With no mask (the plain-unlearning baseline) every candidate weight trains as an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,8 +70,41 @@ def trainable_slices(params: dict[str, torch.nn.Parameter], names: list[str],
     return slices
 
 
+@dataclass
+class TrainingState:
+    """Masked unlearning between two pieces of training, as CPU data: a ZeroGPU Space trains in several GPU calls,
+    each under its time limit, and what one call leaves the next must cross a process boundary. Resuming from it
+    gives the numbers of one uninterrupted run: the trained values (noise included), AdamW's moments and step
+    counts, pi_ref's log-probabilities as they were before the first step, and the until-check's history."""
+    values: list[torch.Tensor]  # each trained slice's values, in trainable_slices' order
+    optimizer: dict  # the optimiser's state_dict
+    references: list[tuple]  # (ref_logp of a forget batch, of its refusal sub-batch), in batch order
+    steps_done: int
+    losses: list[float] = field(default_factory=list)
+    until_history: list = field(default_factory=list)  # evaluation/until.ForgetCheck.history
+    until_step: int | None = None  # the step where the until-check's target held (training is over)
+    seconds: float = 0.0  # training time so far
+
+    @property
+    def finished(self) -> bool:
+        return self.until_step is not None
+
+
+def _on_cpu(value):
+    """A copy of `value` (tensors, nested in dicts, lists and tuples) with every tensor on the CPU."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def attach_reference(model, forget_batches: list[dict]) -> None:
-    """Cache log pi_ref(y|x) of the current (pre-unlearning) model on each forget batch and its refusal sub-batch."""
+    """Cache log pi_ref(y|x) of the current (pre-unlearning) model on each forget batch and its refusal sub-batch.
+    The cache travels with its batch (`move_batch`: to the input device); the losses bring it to the device of the
+    policy's logits before comparing (`losses.log_ratio`), which on a split model is the last one."""
     device = input_device(model)
     with torch.no_grad():
         for batch in forget_batches:
@@ -87,13 +120,18 @@ def move_batch(batch: dict, device) -> dict:
 
 
 def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: GrinConfig, names: list[str],
-            masks: dict[str, torch.Tensor] | None, progress: Progress | None = None, until=None) -> TrainResult:
+            masks: dict[str, torch.Tensor] | None, progress: Progress | None = None, until=None,
+            resume: TrainingState | None = None, last_step: int | None = None) -> TrainResult:
     """Run cfg.steps optimiser steps of cfg.loss on the weights in `names` (only the masked entries if masks).
 
     Batches cycle in order: step t uses forget batch t mod F and retain batch t mod R. Each step is reported as
     "unlearn" (with its loss); a Stop ends training before the next step. A loss that is nan or inf stops the run
     with a GrinError (the model is then left as after the last good step). `until(step) -> bool`
     (evaluation/until.ForgetCheck) is asked after each step; True ends training there (result.until_step).
+
+    In pieces: `last_step` pauses training after that step, and result.state (TrainingState) is where it stands;
+    `resume` starts from such a state (its values written into the model first; the forget batches must carry
+    their references already, see unlearn_selected).
     """
     loss_fn = get_loss(cfg.loss)
     device = input_device(model)
@@ -105,6 +143,12 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
         return TrainResult()
     leaves = [s.values for s in slices]
     optimizer = torch.optim.AdamW(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resume is not None:
+        with torch.no_grad():
+            for s, values in zip(slices, resume.values):
+                s.values.copy_(values)
+                s.write_back()
+        optimizer.load_state_dict(resume.optimizer)  # moves the moments onto each leaf's device
 
     def step_loss(step):
         forget = move_batch(forget_batches[step % len(forget_batches)], device)
@@ -120,8 +164,17 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
     handles = [s.param.register_post_accumulate_grad_hook(lambda param, s=s: s.load_gradient())
                for s in slices if s.index is not None]
     try:
-        return train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, progress,
-                          after_update=write_back, until=until, hint="a smaller learning rate or sigma2")
+        result = train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, progress,
+                            after_update=write_back, until=until, hint="a smaller learning rate or sigma2",
+                            first_step=resume.steps_done if resume else 0, last_step=last_step)
+        if last_step is not None:
+            result.state = TrainingState(
+                values=[_on_cpu(s.values) for s in slices], optimizer=_on_cpu(optimizer.state_dict()),
+                references=[_on_cpu((b.get("ref_logp"), b["idk"].get("ref_logp") if "idk" in b else None))
+                            for b in forget_batches],
+                steps_done=result.steps_done, losses=(resume.losses if resume else []) + result.losses,
+                until_step=result.until_step)
+        return result
     finally:
         for handle in handles:
             handle.remove()
@@ -132,16 +185,23 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
 
 def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, names: list[str],
                      masks: dict[str, torch.Tensor] | None, progress: Progress | None = None,
-                     until=None) -> TrainResult:
+                     until=None, resume: TrainingState | None = None, last_step: int | None = None) -> TrainResult:
     """GRIN's steps 3 and 4 on `model`: noise on the selected weights, then masked fine-tuning (masks=None: every
-    weight in `names` trains, no noise: the plain-unlearning baseline)."""
+    weight in `names` trains, no noise: the plain-unlearning baseline). `resume` / `last_step`: in pieces, as in
+    `unlearn` (a resumed piece takes the noise and the references from the state, so it adds no noise again)."""
     params = dict(model.named_parameters())
     f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed, cfg.label_layout)
     r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout)
+    if resume is not None:
+        for batch, refs in zip(f_batches, resume.references):
+            for part, ref in zip((batch, batch.get("idk")), refs):
+                if ref is not None:
+                    part["ref_logp"] = ref
+        return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, resume, last_step)
     if cfg.ref_before_noise:
         attach_reference(model, f_batches)  # open-unlearning's pi_ref: the model before any change
     if masks is not None:
         inject_noise(params, masks, cfg.sigma2, cfg.seed)
     if not cfg.ref_before_noise:
         attach_reference(model, f_batches)  # ours: pi_ref = the model right before fine-tuning (after the noise)
-    return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until=until)
+    return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, last_step=last_step)

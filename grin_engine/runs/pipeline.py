@@ -30,7 +30,7 @@ from ..method.grun import GrunState, export_state, gate_values, grun_for, train_
 from ..method.influence import candidate_parameters
 from ..method.patch import WeightPatch, apply_patch, extract_patch, trained_in_place, unlearned_copy
 from ..method.training import TrainResult
-from ..method.unlearn import unlearn_selected
+from ..method.unlearn import TrainingState, unlearn_selected
 from ..models import LoadedModel, copy_model
 from .masks import Mask, choose_mask
 
@@ -82,16 +82,31 @@ def evaluate(loaded: LoadedModel, forget: list[QAItem], retain: list[QAItem], cf
 
 
 def train(work: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, mask: Mask,
-          progress: Progress) -> TrainResult:
+          progress: Progress, resume: TrainingState | None = None, last_step: int | None = None) -> TrainResult:
     """Noise on the selected weights of `work`, then masked unlearning (no mask: every candidate, no noise), until
-    cfg.steps or, with cfg.until, until the forget set meets the target."""
+    cfg.steps or, with cfg.until, until the forget set meets the target.
+
+    In pieces (the app on a ZeroGPU Space, where one GPU call has a time limit): `last_step` pauses after that step
+    and the result's `state` is where training stands; `resume` continues from such a state on a fresh copy of the
+    base with the same mask. The pieces give the numbers of one uninterrupted train (tests/test_pipeline.py)."""
     start = time.perf_counter()
     names = list(candidate_parameters(work.model, cfg.include_embeddings, cfg.include_lm_head))
     check = until_check(work.model, work.tokenizer, forget, cfg)
+    if resume is not None:
+        if check is not None:
+            check.history, check.stopped_at = list(resume.until_history), resume.until_step
+        if resume.finished:  # the target held: the values are restored, no step is taken
+            last_step = resume.steps_done
     trained = unlearn_selected(work.model, work.tokenizer, forget, retain, cfg, names, mask.masks, progress,
-                               until=check)
+                               until=check, resume=resume, last_step=last_step)
+    if resume is not None:
+        trained.losses = resume.losses + trained.losses
+        trained.until_step = trained.until_step or resume.until_step
     trained.until = check.report() if check else None
-    trained.seconds = time.perf_counter() - start
+    trained.seconds = (resume.seconds if resume else 0.0) + time.perf_counter() - start
+    if trained.state is not None:
+        trained.state.until_history = list(check.history) if check else []
+        trained.state.seconds = trained.seconds
     return trained
 
 
@@ -127,8 +142,10 @@ def package_stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: d
 
 def finish(base: LoadedModel, work: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
            mask: Mask, before: dict, progress: Progress | None = None, timings: dict | None = None,
-           in_place: bool = False, keep_model: bool = False, reference: LoadedModel | None = None) -> RunResult:
+           in_place: bool = False, keep_model: bool = False, reference: LoadedModel | None = None,
+           resume: TrainingState | None = None) -> RunResult:
     """The rest of a run once the base is evaluated and the mask chosen: train `work`, evaluate it, package.
+    `resume`: the training done so far in earlier pieces (see `train`); this trains the rest.
 
     `timings`: what the earlier stages took (eval_before_s); the mask's own are added. `in_place`: `work` is the
     base, restored exactly when this ends. `keep_model`: the result carries the unlearned model (base + patch).
@@ -140,7 +157,7 @@ def finish(base: LoadedModel, work: LoadedModel, forget: list[QAItem], retain: l
     trained = TrainResult()
     try:
         with restoring:  # in place: the base gets its original values back on leaving, however this block ends
-            trained = train(work, forget, retain, cfg, mask, progress)
+            trained = train(work, forget, retain, cfg, mask, progress, resume)
             timings["unlearn_s"] = trained.seconds
             if trained.stopped:
                 raise Stopped
