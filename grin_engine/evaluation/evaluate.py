@@ -188,7 +188,7 @@ def pair_token_nlls(model, tokenizer, pairs: list[tuple[str, str]], batch_size: 
     for b, rows in enumerate(batches):
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:].to(logits.device)  # a split model's logits come from its last device
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
         for row, i in enumerate(rows):
             result[i] = nll[row][labels[row] != IGNORE_INDEX].tolist()
@@ -221,11 +221,13 @@ def shared_prompt_token_nlls(model, tokenizer, question: str, answers: list[str]
         mask[row, n_prompt: n_prompt + len(tail)] = 1
     cache.batch_repeat_interleave(len(tails))
     log_probs = torch.log_softmax(model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float(), -1)
+    targets = ids.to(log_probs.device)  # a split model's logits come from its last device
     result = []
     for row, tail in enumerate(tails):
         nlls = [-first_log_probs[tail[0]].item()]
         if len(tail) > 1:
-            nlls += (-log_probs[row, : len(tail) - 1].gather(1, ids[row, 1: len(tail)].unsqueeze(1))).squeeze(1).tolist()
+            picked = log_probs[row, : len(tail) - 1].gather(1, targets[row, 1: len(tail)].unsqueeze(1))
+            nlls += (-picked).squeeze(1).tolist()
         result.append(nlls)
     return result
 

@@ -78,8 +78,9 @@ def candidate_parameters(model, include_embeddings: bool = False, include_lm_hea
 
 
 def count_answer_tokens(batches: list[dict]) -> int:
-    """Tokens that carry a label (the answers), counted as the loss counts them (shifted by one)."""
-    return int(sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batches))
+    """Tokens that carry a label (the answers), counted as the loss counts them (shifted by one). Each batch's count
+    becomes a Python number before they are added, so batches on different devices can be counted together."""
+    return sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
 
 
 GRAD_MEANS = ("token", "item")

@@ -46,6 +46,15 @@ def answer_logprob(model, batch: dict) -> torch.Tensor:
     return -nll_sum
 
 
+def log_ratio(model, batch: dict) -> torch.Tensor:
+    """log pi_theta(y|x) - log pi_ref(y|x) per item, pi_ref's from the batch's cached `ref_logp`. Shape [B].
+
+    On a model spread over devices the policy's log-probabilities come from the logits, on the last device, while
+    the cached ref_logp travels with the batch to the input device: it is brought to the logits' device."""
+    logp = answer_logprob(model, batch)
+    return logp - batch["ref_logp"].to(logp.device)
+
+
 class Terms(tuple):
     """A loss as the terms of its separate forward passes (forget, retain), summed in this order.
 
@@ -101,8 +110,7 @@ def npo(model, forget, retain, cfg) -> torch.Tensor:
     pi falls below pi_ref, so it does not run away the way gradient ascent does. beta = 0.1 by default.
     """
     beta = _beta(cfg, 0.1)
-    log_ratio = answer_logprob(model, forget) - forget["ref_logp"]
-    forget_term = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+    forget_term = -(2.0 / beta) * F.logsigmoid(-beta * log_ratio(model, forget)).mean()
     return Terms((_gamma(cfg) * forget_term, cfg.alpha * mean_nll(model, retain)))
 
 
@@ -131,8 +139,7 @@ def idk_dpo(model, forget, retain, cfg) -> torch.Tensor:
     DPO with the refusal as the preferred answer and the true forget answer as the rejected one. beta = 0.1.
     """
     beta = _beta(cfg, 0.1)
-    win = answer_logprob(model, forget["idk"]) - forget["idk"]["ref_logp"]
-    lose = answer_logprob(model, forget) - forget["ref_logp"]
+    win, lose = log_ratio(model, forget["idk"]), log_ratio(model, forget)
     forget_term = -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).mean()
     return Terms((_gamma(cfg) * forget_term, cfg.alpha * mean_nll(model, retain)))
 
