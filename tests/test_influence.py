@@ -536,6 +536,10 @@ def _score_sets():
                      "b": torch.rand(40, 40, generator=g).bfloat16()},
         "float64_mixed": {"a": torch.randn(1500, generator=g, dtype=torch.float64),
                           "b": torch.randn(900, generator=g).exp()},
+        "float16": {"a": torch.randn(2000, generator=g).half(), "b": torch.tensor([0.0, -0.0] * 50).half()},
+        # one device's tensors are joined into one buffer: fp16, bf16 and fp32 together, signed, with ties
+        "halves_mixed": {"a": torch.randn(700, generator=g).half(), "b": torch.randn(30, 30, generator=g).bfloat16(),
+                         "c": torch.randn(500, generator=g).mul(4).round()},
     }
     return sets
 
@@ -584,6 +588,43 @@ def test_kth_largest_refuses_k_out_of_range():
         kth_largest({"a": torch.rand(5)}, 0)
     with pytest.raises(ValueError):
         kth_largest({"a": torch.rand(5)}, 6)
+
+
+# On a GPU every read of a value to the host (aten::item / aten::_local_scalar_dense) and every boolean index
+# (aten::nonzero, which must learn how many are true) waits for the device: selection does a fixed number of them,
+# not a number per score tensor (a model has hundreds).
+_HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero")
+
+
+def _host_reads(run) -> dict[str, int]:
+    """How many of each op in _HOST_READS `run()` calls, from the profiler's trace."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    names = [event.name for event in prof.events()]
+    return {name: names.count(name) for name in _HOST_READS}
+
+
+def _scores_in(parts: int) -> dict[str, torch.Tensor]:
+    """The same 4,000 scores, signed, with ties and -0.0, cut into `parts` tensors."""
+    flat = torch.randn(4000, generator=torch.Generator().manual_seed(3)).mul(40).round().div(8)
+    return {f"w{i}": piece.clone() for i, piece in enumerate(flat.chunk(parts))}
+
+
+def test_selection_reads_the_host_as_often_for_200_tensors_as_for_10():
+    reads, results = {}, {}
+    for parts in (10, 200):
+        scores = _scores_in(parts)
+        assert len(scores) == parts
+        reads[parts] = [_host_reads(lambda: kth_largest(scores, 1234)),
+                        _host_reads(lambda: select_top_fraction(scores, 0.1)),
+                        _host_reads(lambda: selection.top_fraction_counts(scores, 0.1))]
+        chosen = select_top_fraction(scores, 0.1)
+        results[parts] = (kth_largest(scores, 1234), chosen.threshold, chosen.selected)
+    assert reads[10] == reads[200], reads
+    for counted in reads[200]:
+        assert counted["aten::nonzero"] == 0, counted
+        assert counted["aten::_local_scalar_dense"] <= 8, counted  # a few per pass of the radix select
+    assert results[10] == results[200]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,36 +16,69 @@ from .influence import Candidate
 # Selection: one global threshold, exact, found without sorting: a radix select on the scores' bit patterns
 
 _DIGIT = 16  # bits of the key settled per pass: a histogram of 65,536 buckets (float32 scores: two passes)
-_PIECE = 1 << 26  # a tensor larger than this is read in pieces of this many values, so the extra memory stays bounded
+_PIECE = 1 << 26  # scores are read in chunks of at most this many values, so the extra memory stays bounded
 
 
-def _pieces(scores: dict[str, torch.Tensor], wide: bool):
-    """Every score as flat float32 (float64 when `wide`) pieces, each on its own tensor's device."""
+def _chunks(scores: dict[str, torch.Tensor], wide: bool):
+    """Every score as flat float32 (float64 when `wide`) chunks of at most _PIECE values, device by device.
+
+    The tensors of one device are joined (torch.cat) into as few chunks as their total size allows, so a pass costs
+    a number of kernels that grows with the number of scores, not of tensors, and a huge tensor is still read a
+    chunk at a time. Each chunk is a fresh copy (cat always copies), which the caller may overwrite in place."""
+    dtype = torch.float64 if wide else torch.float32
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
     for tensor in scores.values():
-        flat = tensor.detach().reshape(-1)
-        for start in range(0, flat.numel(), _PIECE):
-            piece = flat[start: start + _PIECE]
-            yield piece.to(torch.float64 if wide else torch.float32)  # bf16 / fp16 / fp32 widen exactly; no copy if same
+        by_device.setdefault(tensor.device, []).append(tensor.detach().reshape(-1))
+    for flats in by_device.values():
+        pieces, size = [], 0
+        for flat in flats:
+            while flat.numel():
+                piece, flat = flat[:_PIECE - size], flat[_PIECE - size:]
+                pieces.append(piece)
+                size += piece.numel()
+                if size == _PIECE:
+                    yield torch.cat(pieces).to(dtype)  # bf16 / fp16 / fp32 widen exactly
+                    pieces, size = [], 0
+        if pieces:
+            yield torch.cat(pieces).to(dtype)
 
 
 def _ordered_keys(values: torch.Tensor) -> torch.Tensor:
-    """Integers that sort exactly like the floats: the IEEE bit pattern read as a signed integer, with the magnitude
-    bits of negative numbers flipped (a more negative float has larger magnitude bits). For positive floats the key
-    is the bit pattern itself, no copy: sign, exponent (the octave, floor(log2 v)), then the mantissa, so the top 16
-    bits bucket the scores by log2, 128 buckets per octave."""
+    """Integers that sort exactly like the floats, made in place in `values`' own memory: the IEEE magnitude bits
+    (all but the sign bit) read as an integer m, with the float's sign,
+
+        key = m for v >= 0,   key = -m for v < 0,   computed as (m ^ s) - s with s = bits >> (width - 1) in {0, -1}
+
+    so -0.0 and +0.0 get the same key 0. For a positive float the key is the bit pattern itself: exponent (the
+    octave, floor(log2 v)), then the mantissa, so the top 16 bits bucket the scores by log2, 128 buckets per octave.
+    The sign is applied to every value rather than after testing for negative scores, since that test would read a
+    value back to the host (a wait on a GPU) and the arithmetic costs no more than the test."""
     bits = values.view(torch.int64 if values.dtype == torch.float64 else torch.int32)
-    if bool(values.min() > 0):  # the usual case (scores); min() is a cheap reduction, unlike a sign test per value
-        return bits
     width = 8 * bits.element_size()
-    keys = bits ^ ((bits >> (width - 1)) & ((1 << (width - 1)) - 1))
-    return keys.masked_fill_(keys == -1, 0)  # -0.0 (key -1) is +0.0 (key 0): equal floats get one key
+    sign = bits >> (width - 1)  # -1 for a negative float, else 0
+    return bits.bitwise_and_((1 << (width - 1)) - 1).bitwise_xor_(sign).sub_(sign)
+
+
+def _buckets(keys: torch.Tensor, shift: int, prefix: int | None) -> torch.Tensor:
+    """Each key's bucket in the pass that settles its bits [shift, shift + 16), made in place in `keys`.
+
+    First pass (`prefix` None): the top 16 bits, a signed number in [-2^15, 2^15), plus 2^15: a bucket in
+    [0, 2^16). Later passes: for a key whose higher bits equal the settled `prefix`, its next 16 bits; for any other
+    key, 2^16 + those bits, a second half of the histogram that is dropped. That keeps every key in the count
+    without picking out the matching ones (boolean indexing waits for the GPU to say how many there are), and
+    spreads the dropped keys over 65,536 counters (one dummy counter would take nearly every write of the pass)."""
+    buckets = 1 << _DIGIT
+    if prefix is None:
+        return keys.bitwise_right_shift_(shift).add_(buckets // 2)
+    other = (keys >> (shift + _DIGIT)) != prefix
+    return keys.bitwise_right_shift_(shift).bitwise_and_(buckets - 1).add_(other, alpha=buckets)
 
 
 def _key_value(key: int, wide: bool) -> float:
     """The float whose ordered key is `key` (the inverse of _ordered_keys)."""
     width = 64 if wide else 32
-    if key < 0:
-        key ^= (1 << (width - 1)) - 1
+    if key < 0:  # the magnitude -key under the sign bit, written as the signed integer with those bits
+        key = -key - (1 << (width - 1))
     bits = torch.tensor([key], dtype=torch.int64 if wide else torch.int32)
     return bits.view(torch.float64 if wide else torch.float32).item()
 
@@ -54,11 +87,17 @@ def kth_largest(scores: dict[str, torch.Tensor], k: int) -> float:
     """The k-th largest value over all tensors (1 <= k <= n), exact, with no sort and on the scores' own devices.
 
     Radix select (DESIGN.md §2.4): the floats are mapped to integer keys of the same order (`_ordered_keys`); one
-    pass per 16 bits of the key counts, in one vectorised bincount per tensor, how many keys share each value of
-    those bits among the keys whose higher bits equal the ones already settled; walking that histogram from the top
-    settles the next 16 bits. float32 scores need two passes, float64 four. The key settled last is exactly the
-    k-th largest key, so the value is exact, ties included. Extra memory: one key and one digit per value of the
-    piece being counted (`_PIECE`), plus the histograms; the only host syncs are one per tensor and pass.
+    pass per 16 bits of the key counts how many keys share each value of those bits among the keys whose higher
+    bits equal the ones already settled (`_buckets`, one index_add_ of ones per chunk into a histogram per device);
+    walking that histogram from the top settles the next 16 bits:
+
+        digit = the largest d with  above + #{keys in buckets >= d} >= k,   above += #{keys in buckets > digit}
+
+    float32 scores need two passes, float64 four. The key settled last is exactly the k-th largest key, so the
+    value is exact, ties included. Extra memory: one chunk (at most `_PIECE` values), whose copy becomes its keys and
+    then its buckets in place, one temporary integer and one bool per value of it (about 9 bytes per value for
+    float32 scores, 17 for float64), plus 131,072 counters per device. Host syncs: one per device and pass (its
+    histogram read back), whatever the number of tensors; the walk and the result are read on the CPU.
     """
     n = sum(t.numel() for t in scores.values())
     if not 1 <= k <= n:
@@ -67,23 +106,33 @@ def kth_largest(scores: dict[str, torch.Tensor], k: int) -> float:
     width, buckets = (64 if wide else 32), 1 << _DIGIT
     prefix, above = None, 0  # the key's top bits settled so far (a signed number); keys greater than that prefix
     for shift in range(width - _DIGIT, -1, -_DIGIT):
-        counts: dict[torch.device, torch.Tensor] = {}
-        for values in _pieces(scores, wide):
-            keys = _ordered_keys(values)
-            if prefix is None:  # the top bits, as a signed number in [-2^15, 2^15): shifted to a bucket index
-                digits = (keys >> shift).add_(buckets // 2)
-            else:  # only the keys that share the settled prefix, and their next 16 bits
-                keys = keys[(keys >> (shift + _DIGIT)) == prefix]
-                digits = (keys >> shift).bitwise_and_(buckets - 1)
-            count = torch.bincount(digits, minlength=buckets)
-            counts[count.device] = counts[count.device] + count if count.device in counts else count
-        total = sum(c.cpu() for c in counts.values())
+        counts: dict[torch.device, torch.Tensor] = {}  # per device: 2^16 counters and the 2^16 dropped ones
+        for values in _chunks(scores, wide):
+            if values.device not in counts:
+                counts[values.device] = torch.zeros(2 * buckets, dtype=torch.int64, device=values.device)
+            index = _buckets(_ordered_keys(values), shift, prefix)
+            ones = torch.ones(1, dtype=torch.int64, device=values.device).expand(index.numel())
+            counts[values.device].index_add_(0, index, ones)  # a histogram; bincount would wait for the GPU
+            del values, index  # this chunk's memory is free before the next chunk is made
+        total = sum(c[:buckets].cpu() for c in counts.values())  # the pass's host sync, one per device
         from_top = total.flip(0).cumsum(0)  # from_top[j]: keys in the top j + 1 buckets
         j = int(torch.searchsorted(from_top, torch.tensor([k - above])))  # the first with at least k - above
         digit = buckets - 1 - j
         above += int(from_top[j]) - int(total[digit])
         prefix = digit - buckets // 2 if prefix is None else (prefix << _DIGIT) | digit
     return _key_value(prefix, wide)
+
+
+def _ints(counts: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Each 0-d count tensor as an int, in the dict's order, read with one host sync per device rather than one per
+    tensor: the counts of a device are stacked there and read back at once."""
+    by_device: dict[torch.device, list[str]] = {}
+    for name, count in counts.items():
+        by_device.setdefault(count.device, []).append(name)
+    read = {}
+    for names in by_device.values():
+        read.update(zip(names, torch.stack([counts[name] for name in names]).tolist()))
+    return {name: read[name] for name in counts}
 
 
 @dataclass
@@ -114,7 +163,7 @@ def select_top_fraction(scores: dict[str, torch.Tensor], p: float, consume: bool
     masks = {}
     for name in list(scores):
         masks[name] = (scores.pop(name) if consume else scores[name]) >= tau
-    selected = int(sum(m.sum() for m in masks.values()))
+    selected = sum(_ints({name: mask.sum() for name, mask in masks.items()}).values())
     return Selection(p=p, threshold=tau, selected=selected, candidates=n, masks=masks)
 
 
@@ -122,7 +171,7 @@ def top_fraction_counts(scores: dict[str, torch.Tensor], p: float) -> tuple[floa
     """tau and how many weights of each tensor the top-p selection takes, without keeping its masks (a bool per
     weight, 1 byte per parameter at the peak of `score`): each tensor's mask is counted and dropped."""
     tau, _ = top_fraction_threshold(scores, p)
-    return tau, {name: int((t >= tau).sum()) for name, t in scores.items()}
+    return tau, _ints({name: (t >= tau).sum() for name, t in scores.items()})
 
 
 def random_selection(candidates: dict[str, Candidate], params: dict[str, torch.Tensor], p: float,
@@ -162,7 +211,7 @@ def jaccard(a: Selection, b: Selection) -> float:
 
 def summarize_selection(selection: Selection, candidates: dict[str, Candidate]) -> dict:
     """Selected / total per (layer, module), and totals for attention and feed-forward (report contract)."""
-    counts = {name: int(mask.sum()) for name, mask in selection.masks.items()}
+    counts = _ints({name: mask.sum() for name, mask in selection.masks.items()})
     return summarize_counts(counts, candidates, selection.p, selection.threshold)
 
 
