@@ -286,6 +286,20 @@ def test_park_keeps_cpu_tensors_without_a_copy():
     assert all(parked[name] is originals[name] for name in originals) and grads == {}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_park_copies_device_tensors_into_exactly_sized_pageable_memory():
+    """Parked accumulators are ordinary CPU tensors of exactly their own size (not pinned blocks rounded up to a
+    power of two), equal to the originals; the device copies leave the dict."""
+    originals = {"a": torch.randn(3, 1000), "b": torch.randn(7)}  # 12,000 and 28 bytes: neither a power of two
+    grads = {name: t.cuda() for name, t in originals.items()}
+    parked = influence.park(grads)
+    assert grads == {} and set(parked) == set(originals)
+    for name, t in originals.items():
+        host = parked[name]
+        assert host.device.type == "cpu" and not host.is_pinned() and torch.equal(host, t), name
+        assert host.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+
+
 @pytest.mark.parametrize("in_place", [True, False])
 def test_scores_form_on_the_retain_gradients_device(in_place):
     """A G_f parked on the CPU next to a G_r on another device ("meta" stands in for a GPU here): each score is
