@@ -12,6 +12,7 @@ from grin_engine.config import GrinConfig, GrinError
 from grin_engine.data import forget_batches, qa_batches
 from grin_engine.method.influence import candidate_parameters
 from grin_engine.method.selection import random_selection
+from grin_engine.method.training import train_loop
 from grin_engine.method.unlearn import attach_reference, unlearn
 from grin_engine.events import Progress
 
@@ -146,6 +147,55 @@ def test_no_mask_trains_every_candidate(tokenizer, forget_items, retain_items):
             assert moved > 0.99, f"{name}: only {moved:.1%} of the weights moved"
         else:
             assert torch.equal(value, before[name]), f"{name}: a non-candidate parameter moved"
+
+
+def test_float32_weights_train_whole_without_a_copy(tokenizer):
+    model = tiny_llama(len(tokenizer))
+    params = dict(model.named_parameters())
+    slices = unlearn_module.trainable_slices(params, list(candidate_parameters(model)), None)
+    assert slices and all(s.values is s.param and not s.copied and s.index is None for s in slices)
+
+
+def _bf16_training(tokenizer, forget_items, master: bool, lr: float, steps: int):
+    """A bf16 tiny Llama trained whole with gradient ascent: through float32 master values (train_slices), or, as
+    before, with AdamW on the bf16 weights themselves (bf16 state). (start, weights after, masters or None)."""
+    model = tiny_llama(len(tokenizer)).to(torch.bfloat16)
+    params = dict(model.named_parameters())
+    names = list(candidate_parameters(model))
+    start = {name: params[name].detach().clone() for name in names}
+    batches = qa_batches(tokenizer, forget_items, 2, MAX_LENGTH)
+
+    def step_loss(step):
+        return -losses.mean_nll(model, batches[step % len(batches)])
+
+    if master:
+        slices = unlearn_module.trainable_slices(params, names, None)
+        optimizer = torch.optim.AdamW([s.values for s in slices], lr=lr, weight_decay=0.0)
+        unlearn_module.train_slices(slices, step_loss, optimizer, steps, 0.0)
+        masters = {name: s.values.detach().view(s.param.shape) for name, s in zip(names, slices)}
+    else:
+        leaves = [params[name].requires_grad_(True) for name in names]
+        train_loop(step_loss, leaves, torch.optim.AdamW(leaves, lr=lr, weight_decay=0.0), steps, 0.0)
+        masters = None
+    return start, {name: params[name].detach() for name in names}, masters
+
+
+def test_bf16_weights_train_through_float32_master_values(tokenizer, forget_items):
+    """AdamW moves each weight by about lr per step. At lr 1e-6 that is far below half an ulp of every bf16 weight
+    of magnitude >= 2^-7 (2^-15 = 3e-5): updating the bf16 weights in place leaves all of those as they were, step
+    after step; the float32 masters accumulate every update, and each weight holds its master rounded to bf16."""
+    lr, steps = 1e-6, 4
+    start, before_weights, _ = _bf16_training(tokenizer, forget_items, master=False, lr=lr, steps=steps)
+    for name, value in before_weights.items():
+        large = start[name].float().abs() >= 2 ** -7
+        assert large.sum() > 0 and torch.equal(value[large], start[name][large]), name
+    start, weights, masters = _bf16_training(tokenizer, forget_items, master=True, lr=lr, steps=steps)
+    for name, master in masters.items():
+        assert master.dtype == torch.float32 and weights[name].dtype == torch.bfloat16
+        moved = master - start[name].float()
+        assert (moved != 0).float().mean() > 0.99, name
+        assert moved.abs().max() <= 2 * lr * steps, name
+        assert torch.equal(weights[name], master.to(torch.bfloat16)), name
 
 
 def test_on_step_called_once_per_step_with_the_loss(tokenizer, forget_items, retain_items):

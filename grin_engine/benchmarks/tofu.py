@@ -37,7 +37,7 @@ from ..evaluation.evaluate import generate_answers, pair_token_nlls, shared_prom
 from ..events import Progress, Stopped, as_progress
 from ..method.grun import grun_for, train_grun
 from ..method.losses import LOSSES, mean_nll
-from ..method.training import train_loop
+from ..method.unlearn import train_slices, trainable_slices
 from ..models import LoadedModel, copy_model, load_model, save_model_folder
 from ..runs.masks import given_mask, kept_scores, method_selection
 from ..runs.methods import METHODS, ComparisonMethod
@@ -149,10 +149,11 @@ def finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, progres
              stage: str = "finetune") -> LoadedModel:
     """A copy of `base` fine-tuned on the items' answers: AdamW (weight decay 0.01), constant lr, gradient norm
     clipped at 1, `epochs` passes over the items in an order shuffled per epoch by a generator seeded with `seed`.
-    A Stop raises Stopped (nothing is kept)."""
+    Every weight trains whole, a bf16/fp16 one through float32 master values (method/unlearn.TrainableSlice), so
+    small updates are not lost to bf16 rounding. A Stop raises Stopped (nothing is kept)."""
     work = copy_model(base)
     model = work.model
-    params = [p for p in model.parameters()]
+    params = dict(model.named_parameters())
     generator = torch.Generator().manual_seed(recipe.seed)
     pairs = [(it.question, it.answer) for it in items]
     batches = []
@@ -160,14 +161,17 @@ def finetune(base: LoadedModel, items: list[QAItem], recipe: TofuRecipe, progres
         order = torch.randperm(len(pairs), generator=generator).tolist()
         batches += make_batches(work.tokenizer, [pairs[i] for i in order], recipe.batch_size, recipe.max_length,
                                 recipe.label_layout)
-    for p in params:
-        p.requires_grad_(True)
+    slices = trainable_slices(params, list(params), None)
+    optimizer = torch.optim.AdamW([s.values for s in slices], lr=recipe.lr, weight_decay=0.01)
+
+    def step_loss(step):
+        return mean_nll(model, {k: v.to(work.device) for k, v in batches[step].items()})
+
     try:
-        trained = train_loop(lambda step: mean_nll(model, {k: v.to(work.device) for k, v in batches[step].items()}),
-                             params, torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01), len(batches), 1.0,
-                             progress, stage=stage, what="tofu fine-tuning", hint="a smaller --tofu-lr")
+        trained = train_slices(slices, step_loss, optimizer, len(batches), 1.0, progress, stage=stage,
+                               what="tofu fine-tuning", hint="a smaller --tofu-lr")
     finally:
-        for p in params:
+        for p in params.values():
             p.requires_grad_(False)
             p.grad = None
     if trained.stopped:

@@ -10,7 +10,9 @@ Memory: a hook on each such weight takes its full-size gradient the moment autog
 selected entries and drops the rest; losses of two forward passes come as `losses.Terms` and are backpropagated one
 pass at a time, so one weight's full gradient exists at a time (DESIGN.md §5a, memory of masked unlearning).
 
-With no mask (the plain-unlearning baseline) every candidate weight trains as an ordinary parameter.
+With no mask (the plain-unlearning baseline) every candidate weight trains whole: a float32 weight as an ordinary
+parameter, a bf16/fp16 one through float32 master values (`TrainableSlice`), so that small updates are not lost to
+the weight's rounding.
 """
 
 from __future__ import annotations
@@ -30,44 +32,88 @@ from .training import TrainResult, train_loop
 
 @dataclass
 class TrainableSlice:
+    """What the optimiser trains of one weight. Three kinds (DESIGN.md §2.7):
+    - masked: `values` is a float32 copy of the selected entries (flat positions `index`);
+    - whole, float32 weight: `values` is the weight itself (no copy; `index` None);
+    - whole, bf16/fp16 weight: `values` is a float32 copy of every entry, the master values (`index` None).
+      Updating a bf16 weight in place rounds it to bf16 at every step, so an update smaller than half an ulp
+      (2^-9 to 2^-8 of the weight's magnitude) is lost, every step; the float32 master accumulates such updates,
+      and the weight receives the master rounded, once per step.
+    For a copy, a hook moves the weight's gradient onto the leaf (`load_gradient`) and `write_back` puts the
+    updated values into the weight after each step (`train_slices`)."""
     param: torch.nn.Parameter
-    index: torch.Tensor | None  # flat positions of the selected entries; None = the whole weight trains
-    values: torch.Tensor  # the leaf the optimiser updates (the selected entries, or the parameter itself)
+    index: torch.Tensor | None  # flat positions of the selected entries; None = every entry trains
+    values: torch.Tensor  # the leaf the optimiser updates: a float32 copy (flat), or the parameter itself
+
+    @property
+    def copied(self) -> bool:
+        """The leaf is a copy: gradients and updates must be carried between it and the weight."""
+        return self.values is not self.param
 
     def load_gradient(self):
         """Move the weight's gradient onto the leaf (only the selected entries, added to what the leaf holds) and
         drop the weight's full-size gradient."""
-        if self.index is None:
+        if not self.copied:
             return
         grad, self.param.grad = self.param.grad, None
         if grad is None:
             return
-        entries = grad.reshape(-1)[self.index].float()
+        flat = grad.reshape(-1)
+        entries = (flat if self.index is None else flat[self.index]).float()
         self.values.grad = entries if self.values.grad is None else self.values.grad + entries
 
     def write_back(self):
-        """Copy the updated entries into the weight; nothing else in it is written."""
-        if self.index is not None:
-            self.param.view(-1).index_copy_(0, self.index, self.values.detach().to(self.param.dtype))
+        """Copy the updated values into the weight (cast to its dtype); nothing else in it is written."""
+        if not self.copied:
+            return
+        values = self.values.detach().to(self.param.dtype)
+        if self.index is None:
+            self.param.view(-1).copy_(values)
+        else:
+            self.param.view(-1).index_copy_(0, self.index, values)
+
+
+def trainable_slice(param: torch.nn.Parameter, index: torch.Tensor | None) -> TrainableSlice:
+    """The slice of `param` that trains: the entries at `index`, or every entry (index None). A float32 weight
+    trained whole is its own leaf; anything else trains through a float32 copy."""
+    param.requires_grad_(True)
+    if index is None and param.dtype == torch.float32:
+        return TrainableSlice(param, None, param)
+    flat = param.detach().reshape(-1)
+    values = (flat if index is None else flat[index]).to(torch.float32, copy=True).requires_grad_(True)
+    return TrainableSlice(param, index, values)
 
 
 def trainable_slices(params: dict[str, torch.nn.Parameter], names: list[str],
                      masks: dict[str, torch.Tensor] | None) -> list[TrainableSlice]:
-    """One slice per weight that will train; weights without a selected entry get no gradient at all."""
+    """One slice per weight that will train (masks None: every weight in `names`, whole); weights without a
+    selected entry get no gradient at all."""
     slices = []
     for name in names:
-        param = params[name]
-        if masks is None:
-            param.requires_grad_(True)
-            slices.append(TrainableSlice(param, None, param))
-            continue
-        index = masks[name].reshape(-1).nonzero().squeeze(1)
-        if index.numel() == 0:
-            continue
-        param.requires_grad_(True)
-        values = param.detach().reshape(-1)[index].float().clone().requires_grad_(True)
-        slices.append(TrainableSlice(param, index, values))
+        index = None if masks is None else masks[name].reshape(-1).nonzero().squeeze(1)
+        if index is None or index.numel() > 0:
+            slices.append(trainable_slice(params[name], index))
     return slices
+
+
+def train_slices(slices: list[TrainableSlice], step_loss, optimizer, steps: int, max_grad_norm: float,
+                 progress: Progress | None = None, **loop_args) -> TrainResult:
+    """`training.train_loop` over the slices' leaves (`optimizer` holds them): inside backward a hook moves each
+    copied slice's weight gradient onto its leaf as soon as autograd has formed it, and after each optimiser step
+    the updated values are written into the weights. loop_args go to train_loop (stage, until, what, hint, ...)."""
+    @torch.no_grad()
+    def write_back():
+        for s in slices:
+            s.write_back()
+
+    handles = [s.param.register_post_accumulate_grad_hook(lambda param, s=s: s.load_gradient())
+               for s in slices if s.copied]
+    try:
+        return train_loop(step_loss, [s.values for s in slices], optimizer, steps, max_grad_norm, progress,
+                          after_update=write_back, **loop_args)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -155,18 +201,10 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
         retain = move_batch(retain_batches[step % len(retain_batches)], device)
         return loss_fn(model, forget, retain, cfg)
 
-    @torch.no_grad()
-    def write_back():  # the updated entries into the weights; nothing else in them is written
-        for s in slices:
-            s.write_back()
-
-    # each selected weight's gradient goes onto its leaf inside backward, as soon as autograd has formed it
-    handles = [s.param.register_post_accumulate_grad_hook(lambda param, s=s: s.load_gradient())
-               for s in slices if s.index is not None]
     try:
-        result = train_loop(step_loss, leaves, optimizer, cfg.steps, cfg.max_grad_norm, progress,
-                            after_update=write_back, until=until, hint="a smaller learning rate or sigma2",
-                            first_step=resume.steps_done if resume else 0, last_step=last_step)
+        result = train_slices(slices, step_loss, optimizer, cfg.steps, cfg.max_grad_norm, progress, until=until,
+                              hint="a smaller learning rate or sigma2",
+                              first_step=resume.steps_done if resume else 0, last_step=last_step)
         if last_step is not None:
             result.state = TrainingState(
                 values=[_on_cpu(s.values) for s in slices], optimizer=_on_cpu(optimizer.state_dict()),
@@ -176,8 +214,6 @@ def unlearn(model, forget_batches: list[dict], retain_batches: list[dict], cfg: 
                 until_step=result.until_step)
         return result
     finally:
-        for handle in handles:
-            handle.remove()
         for param in model.parameters():
             param.requires_grad_(False)
             param.grad = None
