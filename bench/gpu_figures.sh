@@ -6,6 +6,9 @@
 # Every step has its own time limit, so one slow step cannot spend the machine's budget; each step's log and JSON go
 # to $OUT (the device tool brings that folder back), and the last lines of each log are printed.
 # DEVICE=cpu SHAPE=135m bash bench/gpu_figures.sh 7b is the same flow on a CPU, small: a check of this script.
+# Pre-flight, before any step: every package the steps import must import (a missing wheel is one line, not a
+# traceback after minutes), and a random model folder without its completion mark (a run cut off half-way) is
+# rebuilt, not reused.
 set -u
 part=${1:-small}
 out=${OUT:-/tmp/gpu_figures}
@@ -26,7 +29,7 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+python3 bench/preflight.py || exit 3
 case $part in
     small)
         step run_default 200 python3 -m grin_engine run --device "$device" --out "$out/run_default.json"
@@ -34,7 +37,10 @@ case $part in
         step evaluation 150 python3 bench/evaluation.py --device "$device"
         ;;
     7b)
-        [ -d "$folder" ] || step "make_$shape" 150 python3 bench/random_llama.py "$folder" "$shape"
+        if [ ! -f "$folder/random_llama.done" ]; then  # absent, or half-written by a run that was cut off
+            rm -rf "$folder"
+            step "make_$shape" 150 python3 bench/random_llama.py "$folder" "$shape"
+        fi
         step "score_$shape" 200 python3 -m grin_engine score --model "$folder" --device "$device" --max-items 32 \
             --out "$out/score_$shape.json"
         step "run_$shape" 220 python3 -m grin_engine run --model "$folder" --device "$device" --max-items 32 \

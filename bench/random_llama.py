@@ -3,10 +3,14 @@ model's tokenizer), for speed and memory figures at scale. Random weights know n
 never unlearning quality.
 
     python bench/random_llama.py OUT_FOLDER {135m,1.7b,7b}
+
+The folder is written under a temporary name and renamed when complete, so a run killed half-way (a time limit)
+leaves no folder that looks finished: bench/gpu_figures.sh rebuilds a folder without COMPLETE_MARK.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +26,7 @@ SHAPES = {  # Llama-style shapes with SmolLM2's 49,152-token vocabulary
     "7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=8),
 }
+COMPLETE_MARK = "random_llama.done"  # written last, inside the folder
 
 
 def main() -> None:
@@ -41,8 +46,13 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # initialising 7B on a GPU takes seconds
         model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    partial = Path(f"{out}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / COMPLETE_MARK).write_text(f"{shape}\n")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
     print(f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in {out}")
 
 

@@ -78,3 +78,14 @@ def memory_report(model) -> dict:
     return report
 
 
+
+
+def release_gpu_cache() -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver, where CUDA is already in use.
+
+    A server runs job after job on one base model: without this, memory a finished job freed stays reserved by the
+    cache, `torch.cuda.mem_get_info` counts it as used, and the next job's evaluation batches (sized from free
+    memory) shrink. Never initialises CUDA itself (a process that has not touched the GPU has nothing cached).
+    """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

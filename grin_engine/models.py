@@ -172,6 +172,19 @@ def load_model(spec: ModelSpec, on_stage=None) -> LoadedModel:
                        dtype=dtype)
 
 
+def load_then_move(name: str) -> LoadedModel:
+    """The model `name` loaded on the CPU in the dtype of the device it is for, then moved there with `.to()`: the
+    way a ZeroGPU Space must place its models (at import time, in the main process, where `spaces` records the move
+    and packs the weights for its GPU workers; loading straight onto "cuda" with a device_map would initialise CUDA
+    there, which ZeroGPU forbids). Elsewhere it gives the same model as load_model(ModelSpec(name))."""
+    device = resolve_device("auto")
+    loaded = load_model(ModelSpec(name, device="cpu", dtype=str(resolve_dtype("auto", device)).replace("torch.", "")))
+    if device.type != "cpu":
+        loaded.model.to(device)
+        loaded.device = input_device(loaded.model)
+    return loaded
+
+
 def place_model(model, device_map, max_memory: dict | None = None):
     """Spread a loaded model over devices with accelerate: a strategy name ("auto" ...) is turned into a
     {module: device} map that keeps each decoder layer whole, then the model is dispatched (weights moved, hooks

@@ -8,11 +8,13 @@ ranges) live in the engine (grin_engine/limits.py, config.py) and apply here too
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from grin_engine.config import GrinConfig
 from grin_engine.errors import GrinError
 from grin_engine.runs.sweep import point_config
+
+from .state import STORE
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ def public_mode() -> bool:
 
 
 def caps() -> Caps:
-    return PUBLIC if public_mode() else LOCAL
+    """The caps in force; where the server preloaded its models (a Space), those are the models it offers."""
+    limits = PUBLIC if public_mode() else LOCAL
+    offered = STORE.offered()
+    return replace(limits, models=offered) if offered else limits
 
 
 def check_model(name: str, limits: Caps) -> None:

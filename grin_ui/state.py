@@ -23,7 +23,7 @@ from grin_engine.data import QAItem
 from grin_engine.errors import GrinError
 from grin_engine.limits import user_path
 from grin_engine.method.score_cache import evaluation_key, score_key
-from grin_engine.models import LoadedModel, load_model
+from grin_engine.models import DEFAULT_HUB_ID, LoadedModel, load_model, load_then_move
 
 
 def local_models_allowed() -> bool:
@@ -48,14 +48,46 @@ def check_model_name(name: str) -> str:
 
 
 class ModelStore:
-    """The one shared base model. Loading another model replaces it (one model in memory at a time)."""
+    """The shared base models, only ever read. Two ways to hold them:
+    - locally, one model at a time, loaded when a visitor presses Load (loading another one replaces it);
+    - on a Space, the models it offers, loaded once at start (`preload`, from app.py at import time) and only those:
+      on ZeroGPU a model must be on "cuda" before the app launches, because the main process only emulates CUDA and
+      `spaces` packs the weights for its GPU workers at launch (docs/SERVING.md, ZeroGPU).
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._current: LoadedModel | None = None
+        self._preloaded: dict[str, LoadedModel] = {}
+
+    def preload(self, names: list[str]) -> None:
+        """Load `names` now, each on the device it will run on (models.load_then_move); from then on they are the
+        only models served. "default" is also served under its Hub id (the same weights)."""
+        for name in names:
+            loaded = load_then_move(name)
+            self._preloaded[name] = loaded
+            if name == "default":
+                self._preloaded.setdefault(DEFAULT_HUB_ID, loaded)
+
+    def offered(self) -> tuple[str, ...] | None:
+        """The names of the preloaded models, or None when any model may be loaded on demand."""
+        return tuple(self._preloaded) or None
+
+    def loaded(self, name: str) -> LoadedModel | None:
+        """The model `name` if it is in memory now, else None (never loads)."""
+        if self._preloaded:
+            return self._preloaded.get(name)
+        current = self._current
+        return current if current is not None and current.name == name else None
 
     def get(self, name: str, on_stage=None) -> LoadedModel:
-        """The model `name`, loaded now if another one (or none) is loaded; on_stage(stage) reports the load."""
+        """The model `name`, loaded now if another one (or none) is loaded; on_stage(stage) reports the load.
+        With preloaded models: one of them, or GrinError."""
+        if self._preloaded:
+            if name not in self._preloaded:
+                raise GrinError(f"model: this server offers {', '.join(self._preloaded)}; run GRIN Studio locally "
+                                "for other models")
+            return self._preloaded[name]
         with self._lock:
             if self._current is None or self._current.name != name:
                 # the new model loads first: a name that fails to load leaves everybody's model in place
@@ -64,6 +96,20 @@ class ModelStore:
 
 
 STORE = ModelStore()
+
+# What a Space serves unless GRIN_MODELS (comma-separated names) says otherwise: the default model, and a bigger one
+# of the same family for a second point on the size axis. Both fit ZeroGPU's memory many times over.
+SPACE_MODELS = ("default", "HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def preload_models() -> tuple[str, ...]:
+    """On a Hugging Face Space (SPACE_ID is set): load the models it serves now, in the calling thread (app.py calls
+    this at import, as ZeroGPU requires); elsewhere nothing. Returns the names now served."""
+    if not os.environ.get("SPACE_ID"):
+        return ()
+    names = [n.strip() for n in os.environ.get("GRIN_MODELS", "").split(",") if n.strip()] or list(SPACE_MODELS)
+    STORE.preload([check_model_name(name) for name in names])
+    return STORE.offered()
 
 
 def model_token(name: str) -> str:

@@ -120,26 +120,84 @@ def test_errors_come_back_as_user_errors(stored_tiny, tmp_path):
     pickle.dumps(final)
 
 
+PARTS = [(gpu.influence_seconds, gpu.influence_work), (gpu.prepare_seconds, gpu.prepare_part),
+         (gpu.piece_seconds, gpu.train_part), (gpu.finish_seconds, gpu.finish_part),
+         (gpu.masks_seconds, gpu.masks_part), (gpu.method_seconds, gpu.method_part),
+         (gpu.sweep_seconds, gpu.sweep_part), (gpu.attack_seconds, gpu.attack_part),
+         (gpu.generate_seconds, gpu.generate_work)]
+
+
 def test_gpu_durations_follow_items_steps_and_model_size(stored_tiny, forget_items, retain_items, monkeypatch):
-    """spaces.GPU(duration=callable): the callable takes the work function's own arguments, and the time asked
-    for grows with the items, the steps and the model's size, within ZeroGPU's bounds."""
+    """spaces.GPU(duration=callable): the callable takes the part's own arguments, and the time asked for grows
+    with the items, the steps and the model's size, never above one call's limit."""
     import inspect
 
-    pairs = [(gpu.influence_seconds, gpu.influence_work), (gpu.unlearn_seconds, gpu.unlearn_work),
-             (gpu.compare_seconds, gpu.compare_work), (gpu.generate_seconds, gpu.generate_work)]
-    for duration, work in pairs:
-        assert list(inspect.signature(duration).parameters) == list(inspect.signature(work).parameters)
+    for duration, part in PARTS:
+        assert list(inspect.signature(duration).parameters) == list(inspect.signature(part).parameters)
     cfg, stop = GrinConfig(steps=20), None
-    few = gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, stop)
-    many = gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, None, stop)
-    more_steps = gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], GrinConfig(steps=200), None, stop)
-    cached = gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, {"forget": {}}, stop)
-    assert 30 <= few < cached < many <= gpu.MAX_GPU_SECONDS and few < more_steps
+    few = gpu.finish_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, None, {}, {}, stop)
+    many = gpu.finish_seconds("tiny", forget_items * 20, retain_items * 20, cfg, None, None, {}, {}, stop)
+    more_steps = gpu.finish_seconds("tiny", forget_items[:1], retain_items[:1], GrinConfig(steps=40), None, None,
+                                    {}, {}, stop)
+    assert 30 <= few < many <= gpu.CALL_SECONDS and few < more_steps
+    until = GrinConfig(steps=20, until="forget_keyword_accuracy<=0.25")  # the until-checks' answers count
+    assert gpu.finish_seconds("tiny", forget_items, retain_items, until, None, None, {}, {}, stop) > \
+        gpu.finish_seconds("tiny", forget_items, retain_items, cfg, None, None, {}, {}, stop)
+    fresh = gpu.prepare_seconds("tiny", forget_items * 20, retain_items * 20, cfg, None, None, stop)
+    cached = gpu.prepare_seconds("tiny", forget_items * 20, retain_items * 20, cfg, {"forget": {}}, None, stop)
+    assert cached < fresh
     assert gpu.influence_seconds("tiny", forget_items, retain_items, stop) < \
         gpu.influence_seconds("tiny", forget_items * 50, retain_items * 50, stop)
-    small = gpu.compare_seconds("tiny", forget_items, retain_items, cfg, ["grin"], stop)
-    assert small < gpu.compare_seconds("tiny", forget_items, retain_items, cfg, ["grin", "grun", "full"], stop)
     monkeypatch.setattr(gpu, "DEFAULT_PARAMETERS", 1e3)  # the tiny model now counts as a much bigger one
-    assert gpu.unlearn_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, stop) > few
-    assert gpu.unlearn_seconds("tiny", forget_items * 50, retain_items * 50, cfg, None, stop) == gpu.MAX_GPU_SECONDS
-    assert gpu.unlearn_seconds("not-loaded", forget_items[:1], retain_items[:1], cfg, None, stop) == few
+    assert gpu.finish_seconds("tiny", forget_items[:1], retain_items[:1], cfg, None, None, {}, {}, stop) > few
+    assert gpu.finish_seconds("tiny", forget_items * 50, retain_items * 50, cfg, None, None, {}, {},
+                              stop) == gpu.CALL_SECONDS
+    assert gpu.finish_seconds("not-loaded", forget_items[:1], retain_items[:1], cfg, None, None, {}, {}, stop) == few
+
+
+@pytest.mark.parametrize("steps", [1, 7, 100, 1000])
+def test_training_pieces_fit_one_call_each(stored_tiny, forget_items, retain_items, monkeypatch, steps):
+    monkeypatch.setattr(gpu, "DEFAULT_PARAMETERS", 4e3)  # a few seconds a step: several pieces for many steps
+    cfg = GrinConfig(steps=steps, until="forget_keyword_accuracy<=0.25", until_every=2)
+    ends = gpu.training_pieces("tiny", forget_items, retain_items, cfg)
+    assert ends == sorted(ends) and (not ends or ends[-1] <= steps)
+    starts = [0] + ends
+    step = gpu.step_work("tiny", forget_items, cfg)
+    for start, end in zip(starts, ends):
+        assert gpu.GPU_SECONDS["start"] + (end - start) * step <= gpu.CALL_SECONDS
+    left = steps - starts[-1]
+    after = gpu.work_seconds("tiny", answers=gpu.answers(len(forget_items) + len(retain_items), cfg))
+    assert gpu.GPU_SECONDS["start"] + left * step + after <= gpu.CALL_SECONDS
+
+
+def test_a_run_in_many_calls_equals_a_run_in_one(stored_tiny, forget_items, retain_items, tmp_path, monkeypatch):
+    """With a call limit so short that each call holds a few steps, unlearn_work trains in several parts (each asks
+    for at most the limit) and gives the same losses, metrics and patch as with the limit that holds it all."""
+    stop = StopFlag(str(tmp_path / "stop"))
+    cfg = GrinConfig(loss="npo", p=0.1, steps=9, batch_size=2, max_length=64, max_new_tokens=4)
+    calls = []
+    for name in ("prepare_part", "train_part", "finish_part"):
+        part, duration = getattr(gpu, name), getattr(gpu, name.replace("_part", "_seconds").replace("train",
+                                                                                                   "piece"))
+
+        def recorded(*args, part=part, duration=duration, name=name):
+            calls.append((name, duration(*args)))
+            yield from part(*args)
+        monkeypatch.setattr(gpu, name, recorded)
+
+    one = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))[-1][1]
+    assert [n for n, _ in calls] == ["prepare_part", "finish_part"]
+    calls.clear()
+    monkeypatch.setattr(gpu, "DEFAULT_PARAMETERS", 1e4)  # the tiny model counts as 3x: 1.2 s a step, 4 in 5 s
+    monkeypatch.setattr(gpu, "CALL_SECONDS", 35)
+    messages = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, one[0], stop, one[2]))
+    many = messages[-1][1]
+    assert [n for n, _ in calls][0] == "train_part" and len(calls) >= 3  # prepare skipped: both kept
+    assert all(seconds <= 35 for _, seconds in calls)
+    assert many[1].losses == one[1].losses and many[1].metrics == one[1].metrics
+    assert many[1].patch.numel() == one[1].patch.numel()
+    for (name, (index, values)), (_, (index2, values2)) in zip(one[1].patch.entries.items(),
+                                                               many[1].patch.entries.items()):
+        assert torch.equal(index, index2) and torch.equal(values, values2), name
+    curves = [m[2] for m in messages if m[0] == "progress" and m[2]]
+    assert curves[-1] == many[1].losses[:len(curves[-1])]  # the loss curve goes on across the parts

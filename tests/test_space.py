@@ -84,3 +84,33 @@ def test_app_imports_spaces_before_anything_that_can_touch_cuda():
     first_spaces = next(i for i, line in enumerate(lines) if line.startswith("import spaces"))
     first_project = next(i for i, line in enumerate(lines) if re.match(r"(from|import) (grin_|torch|transformers)", line))
     assert first_spaces < first_project
+
+
+def test_the_app_as_a_zerogpu_space_starts_and_serves_a_whole_visit(tmp_path, tokenizer):
+    """app.py imported as on a ZeroGPU Space (SPACE_ID set, a strict stand-in `spaces` module: tests/spaces_standin.py)
+    in a fresh process: its model is loaded and placed at import in the main thread, and a visitor's Load ->
+    Influence -> Unlearn -> Ask -> Attack -> Sweep makes no model load or device move outside a spaces.GPU call, every
+    call asks for at most the per-call limit, and a run too long for one call is trained in several."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_model_files
+
+    folder, _, _ = save_tiny_model_files(tmp_path, tokenizer)
+    out = tmp_path / "visit.json"
+    # 32 s a call: the tiny model's 5-step run needs two training calls and a finish call
+    env = {**__import__("os").environ, "GRIN_GPU_CALL_SECONDS": "32", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "spaces_standin.py"), str(out), str(folder)], env=env,
+                   check=True, timeout=900, cwd=str(ROOT))
+    visit = json.loads(out.read_text())
+    assert visit["error"] is None, visit
+    assert visit["violations"] == []
+    calls = [name for name, _ in visit["calls"]]
+    assert all(seconds <= 32 for _, seconds in visit["calls"]), visit["calls"]
+    assert "Loaded" in visit["seen"]["load"] and "Influence computed" in visit["seen"]["influence"]
+    assert "Done" in visit["seen"]["unlearn"] and "Done" in visit["seen"]["sweep"], visit["seen"]
+    assert calls.count("train_part") >= 1 and calls.count("finish_part") == 1
+    assert calls.count("attack_part") == 2 and calls.count("sweep_part") >= 2 and "generate_work" in calls
+    assert calls.index("influence_work") < calls.index("finish_part") < calls.index("generate_work") \
+        < calls.index("attack_part") < calls.index("sweep_part")

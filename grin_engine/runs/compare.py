@@ -74,14 +74,24 @@ class Comparison:
 
 def method_masks(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
                  methods: list[ComparisonMethod], progress: Progress, in_place: bool = False,
-                 kept: dict[str, TopScores] | None = None) -> dict[str, Selection]:
+                 kept: dict[str, TopScores] | None = None) -> tuple[dict[str, Selection], dict[str, TopScores]]:
     """Every method's mask at cfg.p (runs/masks.py: one set of gradients for all, kept scores re-used), plus a random
-    mask of the same size beside GRIN's, so the overlap with chance is always reported."""
+    mask of the same size beside GRIN's, so the overlap with chance is always reported; and the kept scores they
+    came from (a later call with them as `kept` forms no gradients and gets the same masks bit for bit)."""
     tops = kept_scores(base, forget, retain, cfg, methods, cfg.p, progress, kept, copy=not in_place)
     drawn = [m for m in methods if m.mask in ("scores", "random")]
     if any(m.score_source == "grin" for m in methods) and METHODS["random"] not in drawn:
         drawn.append(METHODS["random"])
-    return {m.name: method_selection(m, tops, base, cfg) for m in drawn}
+    return {m.name: method_selection(m, tops, base, cfg) for m in drawn}, tops
+
+
+def mask_overlaps(selections: dict[str, Selection]) -> tuple[dict[str, float], dict[str, int]]:
+    """(the Jaccard overlap of GRIN's mask with each mask drawn from other scores or at random, the number of
+    weights each mask selects): what a comparison reports about its masks."""
+    grin = selections.get("grin")
+    overlap = {name: jaccard(grin, selection) for name, selection in selections.items()
+               if grin is not None and METHODS[name].score_source != "grin"}
+    return overlap, {name: selection.selected for name, selection in selections.items()}
 
 
 def run_method(method: ComparisonMethod, base: LoadedModel, forget: list[QAItem], retain: list[QAItem],
@@ -119,7 +129,7 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
         if before is None:
             before, timings["eval_before_s"] = evaluate(base, forget, retain, cfg, progress, "before")
         start = time.perf_counter()
-        selections = method_masks(base, forget, retain, cfg, methods, progress, in_place, kept)
+        selections = method_masks(base, forget, retain, cfg, methods, progress, in_place, kept)[0]
         timings["gradients_s"] = time.perf_counter() - start
         for method in methods:
             result = run_method(method, base, forget, retain, cfg, before, selections.get(method.name),
@@ -130,9 +140,7 @@ def compare(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: 
                 break
     except Stopped:
         stopped = True
-    grin = selections.get("grin")
-    overlap = {name: jaccard(grin, selection) for name, selection in selections.items()
-               if grin is not None and METHODS[name].score_source != "grin"}
-    masks_selected = {m.name: selections[m.name].selected for m in methods if m.name in selections}
+    overlap, selected = mask_overlaps(selections)
+    masks_selected = {m.name: selected[m.name] for m in methods if m.name in selected}
     return Comparison(config=cfg.to_dict(), model=base.facts(), results=results, overlap=overlap,
                       masks_selected=masks_selected, timings=timings, stopped=stopped)

@@ -179,6 +179,11 @@ class SweepResult:
     timings: dict = field(default_factory=dict)
     stopped: bool = False
     total: int = 0  # points in the grid
+    kept: dict | None = field(default=None, repr=False)  # the kept scores the points drew from (not in the report)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.points) == self.total
 
     def frontier(self, forget_key: str = "forget_keyword_accuracy", retain_key: str = "retain_keyword_accuracy",
                  target: str | None = None) -> dict:
@@ -205,7 +210,7 @@ def result_from_file(path: str | Path, config: dict, model: dict, grid: dict, to
 
 def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig, grid: SweepGrid,
           out: str | Path | None = None, on_point=None, progress: Progress | None = None, in_place: bool = False,
-          before: dict | None = None, kept: dict | None = None) -> SweepResult:
+          before: dict | None = None, kept: dict | None = None, limit: int | None = None) -> SweepResult:
     """Run every point of `grid` not already finished in `out` (JSON lines), appending each as it finishes.
     (in_place=True: each point trains `base` itself and restores it exactly, see pipeline.run; the CLI's choice.)
 
@@ -214,6 +219,8 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     the file and in the result. Re-used when given (the web app computes them once): `before`, the base model's
     evaluation on the same items; `kept`, kept scores of the same items ({"grin": TopScores}): where they cover every
     p of the grid, the points select from them (bit for bit the same masks) and no gradients are formed for them.
+    `limit`: run at most that many points now and return (a ZeroGPU Space runs a sweep in several GPU calls, each
+    under its time limit: the next call with the same `out` and `kept=result.kept` goes on from there).
     """
     require_items(forget, retain)
     progress = as_progress(progress)
@@ -226,6 +233,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     keys = [point_key(pt) for pt in points]
     todo = [(pt, k) for pt, k in zip(points, keys) if k not in finished]
     done = len(points) - len(todo)
+    tops: dict = {}
     timings: dict[str, float] = {}
     stopped = False
     try:
@@ -247,7 +255,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
             else {}
         timings["gradients_s"] = time.perf_counter() - start
         masks: dict[tuple, object] = {}  # one p's masks at a time, shared by the methods drawing the same scores
-        for point, key in todo:
+        for point, key in todo[:limit]:
             progress.check()  # between points: not even a model copy
             method, point_cfg = METHODS[point["method"]], point_config(cfg, point)
             start = time.perf_counter()
@@ -277,7 +285,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
     return SweepResult(config=cfg.to_dict(), model=base.facts(), grid=grid.to_dict(), fingerprint=fp,
                        before={k: v for k, v in before_line.items() if k in ("metrics", "generations")}
                        if before_line else {}, points=ordered, skipped=len(points) - len(todo),
-                       timings=timings, stopped=stopped, total=len(points))
+                       timings=timings, stopped=stopped, total=len(points), kept=tops)
 
 
 CSV_SKIP = ("kind", "fingerprint", "key", "answers")
