@@ -44,9 +44,12 @@ LOCAL = Caps(public=False, models=None, max_items=1_000_000, max_steps=1_000_000
              lr=(0.0, 10.0), grun_lr=(0.0, 10.0), max_p=1.0, max_new_tokens=4096, upload_bytes=64 * 1024 * 1024,
              upload_items=100_000, question_chars=2_000, heavy_jobs=1, patch_bytes=None, session_ttl_s=6 * 3600,
              methods=8, sweep_points=100_000, attack_samples=64, tofu=True)
+# Public mode's run caps are chosen so that each indivisible part of the work (one Compare method's run, one Sweep
+# point, one attack) fits one ZeroGPU call (grin_ui/gpu.CALL_SECONDS) on the largest model a Space offers at the
+# largest items, steps and answers allowed here, until-checks aside (tests/test_public.py computes it).
 PUBLIC = Caps(public=True,
               models=("default", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct"),
-              max_items=32, max_steps=100, max_grun_steps=200, lr=(1e-7, 1e-2), grun_lr=(1e-5, 1e-1), max_p=0.10,
+              max_items=32, max_steps=60, max_grun_steps=60, lr=(1e-7, 1e-2), grun_lr=(1e-5, 1e-1), max_p=0.10,
               max_new_tokens=64, upload_bytes=1024 * 1024, upload_items=2_000, question_chars=1_000, heavy_jobs=1,
               patch_bytes=64 * 1024 * 1024, session_ttl_s=1800, methods=6, sweep_points=12, attack_samples=8,
               tofu=False)

@@ -68,7 +68,7 @@ def test_upload_caps(tiny_app, tmp_path):
 
 
 @pytest.mark.parametrize("index, value, match", [
-    (3, 0.1, "this server accepts 1e-07 to 0.01"), (4, 150, "greater than maximum value 100"),
+    (3, 0.1, "this server accepts 1e-07 to 0.01"), (4, 150, "greater than maximum value 60"),
     (1, 20.0, "selects at most 10%"), (9, 64, "greater than maximum value 32"),
 ])
 def test_run_caps(visitor, index, value, match):
@@ -79,7 +79,7 @@ def test_run_caps(visitor, index, value, match):
 
 def test_grun_and_question_caps(visitor):
     _refused(lambda: visitor.submit(["grun"], "idk", "linear", 1e-2, 3.0, 1000, *RUN, "forget",
-                                    api_name="/compare").result(timeout=120), "at most 200")
+                                    api_name="/compare").result(timeout=120), "at most 60")
     _refused(lambda: visitor.predict("Who? " * 300, api_name="/generate"), "at most 1,000")
 
 
@@ -112,3 +112,28 @@ def test_sweep_tofu_and_attack_caps(visitor):
                                     api_name="/attack").result(timeout=120), "relearning steps: 400")
     _refused(lambda: visitor.submit("last run (Unlearn)", ["sample"], 10, 5e-5, 32, "keyword accuracy",
                                     api_name="/attack").result(timeout=120), "samples: 32")
+
+
+@pytest.mark.parametrize("parameters", [135e6, 362e6])  # the Space's two models: SmolLM2-135M and -360M
+def test_public_caps_keep_each_indivisible_part_within_one_gpu_call(monkeypatch, parameters):
+    """At the public caps (most items, steps, answer tokens, samples), one method's run, one sweep point and each
+    attack fit one ZeroGPU call on either model a Space offers (gpu.py's estimates; until-checks off)."""
+    from grin_engine.attacks import ATTACKS
+    from grin_engine.config import GrinConfig
+    from grin_engine.attacks.base import AttackConfig
+    from grin_engine.runs.sweep import SweepGrid
+    from grin_ui import gpu
+
+    monkeypatch.setattr(gpu, "_model_scale", lambda name: parameters / gpu.DEFAULT_PARAMETERS)
+    caps = public.PUBLIC
+    cfg = GrinConfig(steps=caps.max_steps, grun_steps=caps.max_grun_steps, max_new_tokens=caps.max_new_tokens)
+    items = [None] * caps.max_items
+    room = gpu.CALL_SECONDS - gpu.GPU_SECONDS["start"]
+    for method in ("grin", "grun", "full"):
+        assert gpu.method_work("m", items, items, cfg, method) <= room, method
+    grid = SweepGrid(methods=["grin", "grun"], steps=[caps.max_steps], grun_steps=[caps.max_grun_steps])
+    assert gpu.point_work("m", items, items, cfg, grid) <= room
+    acfg = AttackConfig(relearn_steps=caps.max_steps, samples=caps.attack_samples)
+    for name in ATTACKS:
+        answers, steps = gpu.attack_units(name, items, items, cfg, acfg)
+        assert gpu.work_seconds("m", answers=answers, steps=steps) <= room, name
