@@ -223,10 +223,11 @@ def piece_seconds(model_name, forget, retain, cfg, top, state, last_step, stop) 
 
 def _restored(model_name: str, forget, retain, cfg: GrinConfig, top: TopScores | None, progress):
     """A private copy of the base and the run's mask, as every part of a run starts (the mask from the kept scores:
-    bit for bit the one the run started with)."""
+    bit for bit the one the run started with; re-selected silently, so the page's progress does not step back)."""
     base = STORE.get(model_name)
     work_model = copy_model(base)
-    return base, work_model, choose_mask(work_model, forget, retain, cfg, progress, kept=top, keep=KEEP)
+    silent = Progress(None, progress.stop_requested)
+    return base, work_model, choose_mask(work_model, forget, retain, cfg, silent, kept=top, keep=KEEP)
 
 
 @gpu(duration=piece_seconds)

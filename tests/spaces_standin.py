@@ -1,7 +1,7 @@
 """A stand-in for Hugging Face's `spaces` package, strict where ZeroGPU is strict, and a visitor's flow through the
 app started as a ZeroGPU Space would start it. tests/test_space.py runs this file in a fresh process:
 
-    python tests/spaces_standin.py OUT_JSON MODEL_FOLDER
+    python tests/spaces_standin.py OUT_JSON MODEL_FOLDER [--no-preload]
 
 What ZeroGPU does (hub docs, spaces-zerogpu.md; the `spaces` package): the main process only emulates CUDA, in
 its main thread, until the app launches; then the weights moved to "cuda" are packed for the GPU workers, and every
@@ -13,7 +13,8 @@ its main thread, until the app launches; then the weights moved to "cuda" are pa
   any other thread than the main one outside such a call fails, and is recorded as a violation.
 Then the app is imported with SPACE_ID set (so it preloads its models, as on a Space) and a visitor goes through
 Load -> Influence -> Unlearn -> Ask -> Attack -> Sweep with gradio_client. The calls, their durations and the
-violations are written to OUT_JSON.
+violations are written to OUT_JSON. --no-preload starts the app as it was before it preloaded its models, so that
+the test sees the stand-in catch the load a visitor's Load then makes in a request thread.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def visit(url: str, folder: str) -> dict:
+def visit(url: str, source: str, name: str) -> dict:
     """Load -> Influence -> Unlearn -> Ask -> Attack -> Sweep, as a visitor scripts it: what each step showed."""
     from gradio_client import Client
 
@@ -144,7 +145,7 @@ def visit(url: str, folder: str) -> dict:
 
     client = Client(url, verbose=False)
     seen = {}
-    seen["load"] = client.predict("local folder", folder, "harry_potter", "", None, "general_knowledge", "", None,
+    seen["load"] = client.predict(source, name, "harry_potter", "", None, "general_knowledge", "", None,
                                   api_name="/load")[2]
     seen["influence"] = client.submit(4, 1.0, api_name="/influence").result(timeout=600)[0]
     # loss, p %, sigma2, lr, steps, alpha, beta, seed, mask, max items
@@ -161,7 +162,7 @@ def visit(url: str, folder: str) -> dict:
     return seen
 
 
-def main(out: str, folder: str) -> None:
+def main(out: str, folder: str, preload: bool = True) -> None:
     os.environ["SPACE_ID"] = "grin/studio-test"  # a Space: public mode, preloaded models
     os.environ["GRIN_MODELS"] = folder
     os.environ["GRIN_ALLOW_LOCAL_MODELS"] = "1"
@@ -171,6 +172,11 @@ def main(out: str, folder: str) -> None:
     install()  # before the app: app.py imports `spaces` first, as on ZeroGPU
     import importlib.util
 
+    if not preload:
+        import grin_ui
+
+        grin_ui.preload_models = lambda: ()
+
     spec = importlib.util.spec_from_file_location("app", root / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)  # preloads the model in this, the main thread
@@ -179,7 +185,8 @@ def main(out: str, folder: str) -> None:
                                                        **app.launch_kwargs())
     seen, error = {}, None
     try:
-        seen = visit(f"http://127.0.0.1:{port}/", folder)
+        # no preload: "default", which the visitor's Load would fetch in its request thread
+        seen = visit(f"http://127.0.0.1:{port}/", *(("local folder", folder) if preload else ("default", "")))
     except Exception as exc:  # the test reports it with what was recorded so far
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -188,4 +195,4 @@ def main(out: str, folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], preload="--no-preload" not in sys.argv[3:])

@@ -86,12 +86,10 @@ def test_app_imports_spaces_before_anything_that_can_touch_cuda():
     assert first_spaces < first_project
 
 
-def test_the_app_as_a_zerogpu_space_starts_and_serves_a_whole_visit(tmp_path, tokenizer):
-    """app.py imported as on a ZeroGPU Space (SPACE_ID set, a strict stand-in `spaces` module: tests/spaces_standin.py)
-    in a fresh process: its model is loaded and placed at import in the main thread, and a visitor's Load ->
-    Influence -> Unlearn -> Ask -> Attack -> Sweep makes no model load or device move outside a spaces.GPU call, every
-    call asks for at most the per-call limit, and a run too long for one call is trained in several."""
+def _visit_as_a_space(tmp_path, tokenizer, *flags) -> dict:
+    """tests/spaces_standin.py in a fresh process on a tiny model folder: what it recorded."""
     import json
+    import os
     import subprocess
     import sys
 
@@ -99,11 +97,27 @@ def test_the_app_as_a_zerogpu_space_starts_and_serves_a_whole_visit(tmp_path, to
 
     folder, _, _ = save_tiny_model_files(tmp_path, tokenizer)
     out = tmp_path / "visit.json"
-    # 32 s a call: the tiny model's 5-step run needs two training calls and a finish call
-    env = {**__import__("os").environ, "GRIN_GPU_CALL_SECONDS": "32", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(ROOT / "tests" / "spaces_standin.py"), str(out), str(folder)], env=env,
-                   check=True, timeout=900, cwd=str(ROOT))
-    visit = json.loads(out.read_text())
+    # 32 s a call: the tiny model's 5-step run needs a training call before its finish call
+    env = {**os.environ, "GRIN_GPU_CALL_SECONDS": "32", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "spaces_standin.py"), str(out), str(folder), *flags],
+                   env=env, check=True, timeout=900, cwd=str(ROOT))
+    return json.loads(out.read_text())
+
+
+def test_the_stand_in_catches_a_model_loaded_in_a_request_thread(tmp_path, tokenizer):
+    """Without the preload, a visitor's Load loads the model in a Gradio worker thread: on ZeroGPU that reaches real
+    CUDA and fails; the stand-in says so."""
+    visit = _visit_as_a_space(tmp_path, tokenizer, "--no-preload")
+    assert visit["error"] is not None and visit["calls"] == []
+    assert visit["violations"] and "load_model" in visit["violations"][0], visit
+
+
+def test_the_app_as_a_zerogpu_space_starts_and_serves_a_whole_visit(tmp_path, tokenizer):
+    """app.py imported as on a ZeroGPU Space (SPACE_ID set, a strict stand-in `spaces` module: tests/spaces_standin.py)
+    in a fresh process: its model is loaded and placed at import in the main thread, and a visitor's Load ->
+    Influence -> Unlearn -> Ask -> Attack -> Sweep makes no model load or device move outside a spaces.GPU call, every
+    call asks for at most the per-call limit, and a run too long for one call is trained in several."""
+    visit = _visit_as_a_space(tmp_path, tokenizer)
     assert visit["error"] is None, visit
     assert visit["violations"] == []
     calls = [name for name, _ in visit["calls"]]
