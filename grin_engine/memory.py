@@ -1,5 +1,6 @@
 """Which device did the work and the most memory it held: the CLI's `run` and `score` print it and write it in their
-reports, and bench/ prints it beside every ratio (figures are only comparable on the same device).
+reports, and bench/ prints it beside every ratio (figures are only comparable on the same device). Also what one
+token of a batch costs in activations, from the model's shape, and so how many tokens a gradient batch may hold.
 
 On CUDA the peak is torch.cuda.max_memory_allocated of each GPU the model sits on (the tensors; the caching
 allocator reserves a little more). On a CPU it is the process's resident-set high-water mark (Linux VmHWM, which
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +56,58 @@ def peak_bytes(device: torch.device) -> tuple[int, str]:
         return kib * 1024, "peak RSS of the process"
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (since start)"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a decoder-only transformer that decide its activations' memory."""
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int  # the feed-forward (MLP) width
+    vocab: int
+    element: int  # bytes per value in the weights' dtype
+
+
+def model_shape(model) -> ModelShape:
+    """The model's shape from its config (Llama-style names, GPT-2's where those are absent)."""
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+    return ModelShape(hidden=hidden, layers=getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1),
+                      heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                      head_dim=getattr(cfg, "head_dim", None) or hidden // heads,
+                      ffn=getattr(cfg, "intermediate_size", None) or 4 * hidden,
+                      vocab=getattr(cfg, "vocab_size", None) or 1 << 16,
+                      element=next(model.parameters()).element_size())
+
+
+def gradient_token_bytes(model) -> int:
+    """What one token of a batch holds from the forward pass until backward has used it, in bytes:
+        layers x (10 x hidden + 4 x ffn) x element   +   vocab x (element + 4 + 4)
+    Per decoder layer about ten hidden-sized vectors (the norms' inputs and outputs, q, k, v, the attention output,
+    the projections' inputs) and four FFN-sized ones (gate and up outputs, the activation, their product) are saved
+    for backward, in the weights' dtype; then the token's logits row, its float32 copy and its log-softmax
+    (losses.answer_nll). A Mistral-shaped 7.2B model in bf16: 6.6 MB per token."""
+    s = model_shape(model)
+    return s.layers * (10 * s.hidden + 4 * s.ffn) * s.element + s.vocab * (s.element + 4 + 4)
+
+
+# A gradient pass's activations may take 1/8 of the weights' bytes, or 2 GiB where that is more: scoring then peaks
+# at about the weights + one float32 gradient set + max(weights / 8, 2 GiB) (bf16 weights: 3x them + that). The floor
+# keeps small models' batches whole: 1/8 of the 135M default model's weights is a few dozen tokens.
+ACTIVATIONS_SHARE = 1 / 8
+ACTIVATIONS_FLOOR = 2 * 2**30
+
+
+def gradient_token_budget(model) -> int:
+    """Tokens (rows x padded length) one gradient pass may hold: max(weights / 8, 2 GiB) / gradient_token_bytes.
+    In bf16: a Mistral-shaped 7.2B model 324 tokens (2 GiB decides), Llama-2-13B 368 (1/8 of its weights); the 135M
+    default model in float32: 1,064 (2 GiB)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, int(max(ACTIVATIONS_SHARE * weights, ACTIVATIONS_FLOOR) // gradient_token_bytes(model)))
 
 
 def model_devices(model) -> list[torch.device]:

@@ -132,6 +132,52 @@ def test_influence_scores_do_not_depend_on_batch_size(tokenizer, forget_items, r
         _assert_scores_close(influence.influence_scores(other_f, other_r, eps=EPS), g_f, g_r)
 
 
+def test_row_chunks_keep_every_row_once_in_order_within_the_budget(tokenizer, forget_items):
+    batch = qa_batches(tokenizer, forget_items, 4, MAX_LENGTH)[0]
+    rows, width = batch["input_ids"].shape
+    for budget, per_chunk in ((10**6, rows), (2 * width + 1, 2), (width, 1), (1, 1)):
+        chunks = influence.row_chunks(batch, budget)
+        assert [len(c["input_ids"]) for c in chunks] == [min(per_chunk, rows - i) for i in range(0, rows, per_chunk)]
+        for key, value in batch.items():
+            assert torch.equal(torch.cat([c[key] for c in chunks]), value), key
+
+
+def _counting_passes(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, padded length) of every forward pass the scoring makes from now on."""
+    passes, real_nll = [], influence.answer_nll
+
+    def counted(model, batch):
+        passes.append(tuple(batch["input_ids"].shape))
+        return real_nll(model, batch)
+    monkeypatch.setattr(influence, "answer_nll", counted)
+    return passes
+
+
+@pytest.mark.parametrize("mean", influence.GRAD_MEANS)
+def test_scores_with_a_tiny_token_budget_equal_those_with_a_large_one(tokenizer, forget_items, retain_items, mean,
+                                                                      monkeypatch):
+    """A batch over the token budget runs as chunks of its rows, each adding its share of the same whole-set loss
+    (L's denominator is the whole set's tokens or items, never a chunk's): G_f, G_r and the scores with one row per
+    pass equal those of whole batches, up to float32 rounding."""
+    from grin_engine.config import GrinConfig
+    from grin_engine.method.influence import compute_influence_scores
+
+    cfg = GrinConfig(batch_size=4, max_length=MAX_LENGTH, grad_mean=mean)
+    model = tiny_llama(len(tokenizer), seed=5)
+    names = list(candidate_parameters(model))
+    g_f, g_r = (influence.accumulate_gradients(model, qa_batches(tokenizer, items, 4, MAX_LENGTH), names, mean=mean,
+                                               token_budget=10**9) for items in (forget_items, retain_items))
+    passes = _counting_passes(monkeypatch)
+    whole = compute_influence_scores(model, tokenizer, forget_items, retain_items, cfg).scores
+    assert [rows for rows, _ in passes] == [4, 4]  # the tiny model's own budget holds each batch whole
+    passes.clear()
+    monkeypatch.setattr(influence, "gradient_token_budget", lambda model: 1)
+    chunked = compute_influence_scores(model, tokenizer, forget_items, retain_items, cfg).scores
+    assert [rows for rows, _ in passes] == [1] * 8
+    _assert_scores_close(whole, g_f, g_r)
+    _assert_scores_close(chunked, g_f, g_r)
+
+
 def test_compute_influence_reports_every_batch(tokenizer, forget_items, retain_items):
     model = tiny_llama(len(tokenizer))
     calls = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..data import IGNORE_INDEX, QAItem, collate, encode_pair, format_prompt
+from ..memory import model_shape
 from ..method.losses import answer_nll
 from ..models import input_device
 from . import metrics
@@ -65,15 +66,8 @@ def token_budget(model, per_token_bytes: int, cpu_tokens: int) -> tuple[int, int
 def generation_token_bytes(model) -> int:
     """What one token of a generation batch holds on the device: its KV cache over all layers (2 x layers x
     kv heads x head dim) plus working activations (a few hidden and FFN vectors), in the model's dtype."""
-    cfg = model.config
-    element = next(model.parameters()).element_size()
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    ffn = getattr(cfg, "intermediate_size", None) or 4 * hidden
-    return element * (2 * layers * kv_heads * head_dim + 4 * (hidden + ffn))
+    s = model_shape(model)
+    return s.element * (2 * s.layers * s.kv_heads * s.head_dim + 4 * (s.hidden + s.ffn))
 
 
 @torch.no_grad()

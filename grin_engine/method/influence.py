@@ -17,6 +17,7 @@ import torch
 from ..config import GrinConfig
 from ..data import IGNORE_INDEX, QAItem, qa_batches, require_items
 from ..errors import GrinError
+from ..memory import gradient_token_budget
 from ..models import input_device
 from .losses import answer_nll
 
@@ -86,22 +87,35 @@ def count_answer_tokens(batches: list[dict]) -> int:
 GRAD_MEANS = ("token", "item")
 
 
+def row_chunks(batch: dict, token_budget: int) -> list[dict]:
+    """The batch's rows in consecutive chunks of at most token_budget tokens each (rows x the batch's padded length;
+    a row longer than the budget is a chunk of its own)."""
+    rows, width = batch["input_ids"].shape
+    per_chunk = max(1, token_budget // max(1, width))
+    if per_chunk >= rows:
+        return [batch]
+    return [{k: v[start: start + per_chunk] for k, v in batch.items()} for start in range(0, rows, per_chunk)]
+
+
 def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=None,
-                         mean: str = "token") -> dict[str, torch.Tensor]:
+                         mean: str = "token", token_budget: int | None = None) -> dict[str, torch.Tensor]:
     """G = grad L over the whole set, with L (DESIGN.md §2.1)
     - mean="token" (default): (sum of all answer-token NLLs of all batches) / (number of those tokens): every answer
       token weighs the same, so a long answer weighs more than a short one;
     - mean="item": the mean over items of each item's token-mean NLL (every item weighs the same).
 
     Each batch contributes its share (grad(sum of its token NLLs) / N_total, or grad(sum of its items' mean NLLs) /
-    n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights get gradients (the others are skipped
-    by autograd). Gradients are kept in float32 even for a bf16 model, so the sum over batches keeps its precision.
+    n_items), so the sum over batches is exactly the gradient of L whatever the batch size. Only the named weights
+    get gradients (the others are skipped by autograd). Gradients are kept in float32 even for a bf16 model, so the
+    sum over batches keeps its precision.
 
     Memory (DESIGN.md §5a, memory): the accumulators (float32, on each weight's device) are the only model-sized
     buffers. A hook on each weight adds its gradient into its accumulator the moment autograd has computed it and
     drops it, so a batch's gradients never exist for the whole model at once: weights + 4 bytes per candidate
     parameter + one weight's gradient. The sums are the same additions in the same order as adding whole gradient
-    sets afterwards.
+    sets afterwards. A forward pass holds at most `token_budget` tokens (None: the model's own,
+    `memory.gradient_token_budget`): a larger batch runs as chunks of its rows (`row_chunks`), each contributing its
+    share of the same whole-set L, so G is the same up to the order of float additions.
     """
     params = dict(model.named_parameters())
     for param in model.parameters():
@@ -125,14 +139,16 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
 
     handles = [params[name].register_post_accumulate_grad_hook(add_into_accumulator(name)) for name in names]
     device = input_device(model)
+    budget = token_budget if token_budget is not None else gradient_token_budget(model)
     try:
         for i, batch in enumerate(batches):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            nll_sum, n_tokens = answer_nll(model, batch)
-            if mean == "token":
-                (nll_sum.sum() / total_tokens).backward()
-            else:
-                ((nll_sum / n_tokens.clamp(min=1)).sum() / total_items).backward()
+            for chunk in row_chunks(batch, budget):
+                chunk = {k: v.to(device) for k, v in chunk.items()}
+                nll_sum, n_tokens = answer_nll(model, chunk)
+                if mean == "token":
+                    (nll_sum.sum() / total_tokens).backward()
+                else:
+                    ((nll_sum / n_tokens.clamp(min=1)).sum() / total_items).backward()
             if on_batch is not None:
                 on_batch(i + 1, len(batches))
     finally:
