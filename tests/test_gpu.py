@@ -201,3 +201,29 @@ def test_a_run_in_many_calls_equals_a_run_in_one(stored_tiny, forget_items, reta
         assert torch.equal(index, index2) and torch.equal(values, values2), name
     curves = [m[2] for m in messages if m[0] == "progress" and m[2]]
     assert curves[-1] == many[1].losses[:len(curves[-1])]  # the loss curve goes on across the parts
+
+
+def test_stop_between_training_parts_keeps_the_losses_so_far(stored_tiny, forget_items, retain_items, tmp_path,
+                                                              monkeypatch):
+    """A Stop pressed while a training part runs ends the run after that part: no further GPU call, a stopped result
+    with the base's metrics and the losses of the steps taken."""
+    stop = StopFlag(str(tmp_path / "stop"))
+    cfg = GrinConfig(loss="graddiff", p=0.1, steps=9, batch_size=2, max_length=64, max_new_tokens=4)
+    monkeypatch.setattr(gpu, "DEFAULT_PARAMETERS", 1e4)
+    monkeypatch.setattr(gpu, "CALL_SECONDS", 35)
+    parts, train_part = [], gpu.train_part
+
+    def train_then_stop(*args):  # the visitor presses Stop as the first training part ends
+        parts.append("train_part")
+        for message in train_part(*args):
+            if message[0] == "done":
+                stop.set()
+            yield message
+    monkeypatch.setattr(gpu, "train_part", train_then_stop)
+    monkeypatch.setattr(gpu, "finish_part", lambda *args: parts.append("finish_part") or iter(()))
+    final = list(gpu.unlearn_work("tiny", forget_items, retain_items, cfg, None, stop))[-1]
+    stop.clear()
+    assert final[0] == "done", final
+    before, result, kept = final[1]
+    assert parts == ["train_part"] and result.stopped and 0 < len(result.losses) < cfg.steps
+    assert result.metrics["before"]["forget"] and result.metrics["after"] is None and kept is not None
