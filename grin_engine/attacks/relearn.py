@@ -9,7 +9,7 @@ import torch
 from ..data import qa_batches
 from ..events import Stopped
 from ..method.patch import unlearned_copy
-from ..method.training import train_loop
+from ..method.unlearn import train_slices, trainable_slice
 from .base import AttackResult, Context, _answers, _baseline, _values, split_halves
 from ..evaluation.evaluate import shown_answers
 
@@ -20,17 +20,18 @@ def relearn(ctx: Context) -> AttackResult:
     a_idx, b_idx = split_halves(len(ctx.forget), ctx.cfg.seed)
     work = unlearned_copy(ctx.base, ctx.unlearned.patch)
     model = work.model
-    params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = list(model.parameters())
+    # every weight trains; a bf16 / fp16 weight through float32 master values, as unlearning's own baselines do, so
+    # the attack's small steps are not lost to rounding on a GPU
+    slices = [trainable_slice(p, None) for p in params]
     batches = qa_batches(work.tokenizer, [ctx.forget[i] for i in a_idx], ctx.cfg.batch_size, ctx.cfg.max_length)
     model.train()
     try:  # token-mean cross-entropy on the answer tokens (labels are -100 elsewhere)
-        trained = train_loop(lambda step: model(**{k: v.to(work.device) for k, v in
-                                                   batches[step % len(batches)].items()}).loss,
-                             params, torch.optim.AdamW(params, lr=ctx.acfg.relearn_lr, weight_decay=0.0),
-                             ctx.acfg.relearn_steps, ctx.cfg.max_grad_norm, ctx.progress, stage=ctx.attack,
-                             what="relearning", hint="a smaller relearning learning rate")
+        trained = train_slices(slices, lambda step: model(**{k: v.to(work.device) for k, v in
+                                                             batches[step % len(batches)].items()}).loss,
+                               torch.optim.AdamW([s.values for s in slices], lr=ctx.acfg.relearn_lr, weight_decay=0.0),
+                               ctx.acfg.relearn_steps, ctx.cfg.max_grad_norm, ctx.progress, stage=ctx.attack,
+                               what="relearning", hint="a smaller relearning learning rate")
     finally:
         model.eval()
         for p in params:
