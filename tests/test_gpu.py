@@ -227,3 +227,14 @@ def test_stop_between_training_parts_keeps_the_losses_so_far(stored_tiny, forget
     before, result, kept = final[1]
     assert parts == ["train_part"] and result.stopped and 0 < len(result.losses) < cfg.steps
     assert result.metrics["before"]["forget"] and result.metrics["after"] is None and kept is not None
+
+
+def test_every_part_hands_the_gpu_cache_back(stored_tiny, forget_items, retain_items, tmp_path, monkeypatch):
+    """A plain GPU server runs job after job: each part, finished, stopped or failed, releases the CUDA cache."""
+    released = []
+    monkeypatch.setattr(gpu, "release_gpu_cache", lambda: released.append(True))
+    stop = StopFlag(str(tmp_path / "stop"))
+    list(gpu.influence_work("tiny", forget_items, retain_items, stop))
+    list(gpu.influence_work("tiny", [], [], stop))  # an error
+    gpu.generate_work("tiny", "Who?", None, 2)
+    assert released == [True, True, True]

@@ -74,3 +74,16 @@ def test_gradient_token_budget_of_a_small_model_is_the_2_gib_floor(tokenizer):
     model = tiny_llama(len(tokenizer))
     budget, per_token = memory.gradient_token_budget(model), memory.gradient_token_bytes(model)
     assert budget * per_token <= memory.ACTIVATIONS_FLOOR < (budget + 1) * per_token
+
+
+def test_release_gpu_cache_empties_the_cache_only_where_cuda_is_in_use(monkeypatch):
+    """After a job the CUDA cache goes back to the driver; a process that never touched CUDA is not made to."""
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    memory.release_gpu_cache()
+    assert emptied == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    memory.release_gpu_cache()
+    assert emptied == [True]
