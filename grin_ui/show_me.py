@@ -60,12 +60,11 @@ def show_me(form: Form, request, progress):
     keys = list(OUTPUTS)
 
     def emit(**values):
-        out.update(values)
-        frame = tuple(out.get(k, gr.skip()) for k in keys)
-        for k in keys:  # a component is sent once per change, not again with every frame
-            if k not in ("status", "session"):
-                out.pop(k, None)
-        return frame
+        """One frame: every output's latest value. Gradio sends a generator's frames as diffs against the frame
+        before, so a value sent again unchanged costs nothing, while a value sent once and then skipped is diffed
+        against the skip and shows empty on the page (the Influence figures did, under the later steps' frames)."""
+        out.update({k: v for k, v in values.items() if not _skipped(v)})
+        return tuple(out.get(k, gr.skip()) for k in keys)
 
     yield emit(status=SAY["load"], max_items=SHOW_ME_ITEMS, p=SHOW_ME_P, u_p=SHOW_ME_P, steps=SHOW_ME_STEPS,
                until=SHOW_ME_UNTIL)
@@ -73,26 +72,24 @@ def show_me(form: Form, request, progress):
     facts, preview, load_status, out["session"] = setup.load(Form(setup.LOAD_INPUTS, load), request, progress)
     yield emit(facts=facts, preview=preview, load_status=load_status, status=SAY["influence"])
 
-    # Each handler's last frame goes out together with the next sentence: a table sent and then skipped in a later
-    # frame of the same event is shown empty by Gradio's page, so nothing follows a frame that carries results.
-    last = {}
     scores = Form(["setup.max_items", "influence.p_percent", "session"], (SHOW_ME_ITEMS, SHOW_ME_P, out["session"]))
     for status, out["session"], *figures in influence.influence(scores, request, progress):
-        if last:
-            yield emit(**last)
-        last = dict(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
+        yield emit(influence_status=status, **dict(zip(("selection", "heatmap", "bars", "hist"), figures)))
     if out["session"].hist is None:
-        yield emit(**last, status="Stopped during the influence step; press **Show me** again to start over.")
+        yield emit(status="Stopped during the influence step; press **Show me** again to start over.")
         return
-    yield emit(**last, status=SAY["unlearn"])
+    yield emit(status=SAY["unlearn"])
 
     run = (d.loss, SHOW_ME_P, sigma2, d.lr, SHOW_ME_STEPS, d.alpha, None, d.seed, True, SHOW_ME_ITEMS,
            out["session"], SHOW_ME_UNTIL)
-    previous, last = out["session"].run, {}
+    previous = out["session"].run
     for status, loss, out["session"], *tables in unlearn.unlearn(Form(unlearn.RUN_INPUTS, run), request, progress):
-        if last:
-            yield emit(**last)
-        last = dict(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))
+        yield emit(run_status=status, loss=loss, **dict(zip(("forget_gen", "retain_gen", "metrics"), tables)))
     finished = out["session"].run is not previous
-    yield emit(**last, status=SAY["compare"] if finished else
+    yield emit(status=SAY["compare"] if finished else
                "Stopped during unlearning; press **Show me** again to start over.")
+
+
+def _skipped(value) -> bool:
+    """A handler's "no change" for an output (gr.skip())."""
+    return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1

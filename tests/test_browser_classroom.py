@@ -118,14 +118,22 @@ def test_show_me_then_every_phase_speaks_and_times_are_true(page):
     for step in ("2 of 4 — Influence", "3 of 4 — Unlearn", "4 of 4 — Compare"):
         assert step in said, step
     _shot(page, "1_show_me")
+    # every tab Show me names is drawn, though the visitor opens it only now: Influence's three figures
     _tab(page, "Influence")
     expect(page.locator("#selection")).to_contain_text("p = 1%:")
+    for figure in ("#heatmap", "#layer_bars", "#score_hist"):
+        expect(page.locator(f"{figure} .js-plotly-plot")).to_have_count(1)
+    expect(page.locator("#heatmap .js-plotly-plot g.hm image").first).to_be_attached()  # the heatmap itself
+    _shot(page, "1a_influence_after_show_me")
     _tab(page, "Unlearn")
     expect(page.locator("#run_status")).to_contain_text("Done")
+    expect(page.locator("#loss_plot .js-plotly-plot g.scatterlayer .trace")).to_have_count(1)  # the loss curve
     expect(page.locator("#until textarea")).to_have_value("forget_keyword_accuracy<=0.25")
     _shot(page, "1b_unlearn_after_show_me")
     _tab(page, "Compare")
     expect(page.locator("#forget_gen").get_by_role("grid")).to_have_attribute("aria-rowcount", "5")  # header + 4
+    expect(page.locator("#retain_gen").get_by_role("grid")).to_have_attribute("aria-rowcount", "5")
+    expect(page.locator("#metrics").get_by_role("grid")).not_to_have_attribute("aria-rowcount", "1")
     _shot(page, "2_compare_after_show_me")
 
     # answers end at a sentence / word boundary or say they were cut

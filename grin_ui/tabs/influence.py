@@ -37,8 +37,8 @@ def layout(page: Page) -> None:
         c["selection_md"] = gr.Markdown(tables.selection_text(None), elem_id="selection")
         c["heatmap"] = gr.Plot(plots.selection_heatmap(None), label="selected share", elem_id="heatmap")
         with gr.Row():
-            c["layer_bars"] = gr.Plot(plots.layer_bars(None), label="attention vs feed-forward")
-            c["score_hist"] = gr.Plot(plots.score_histogram(None, None), label="scores")
+            c["layer_bars"] = gr.Plot(plots.layer_bars(None), label="attention vs feed-forward", elem_id="layer_bars")
+            c["score_hist"] = gr.Plot(plots.score_histogram(None, None), label="scores", elem_id="score_hist")
     page.add("influence", c)
 
 
