@@ -214,9 +214,9 @@ class GrinConfig:
                 raise GrinError(f"seed must be a whole number, got {self.seed!r}")
             self.seed = int(self.seed)
         if self.until is not None:
-            from .targets import parse_target
+            from .targets import parse_conditions
 
-            if parse_target(self.until).split != "forget":
+            if any(t.split != "forget" for t in parse_conditions(self.until).targets):
                 raise GrinError(f"until checks the forget set only; got {self.until!r}")
             if isinstance(self.until_every, bool) or not isinstance(self.until_every, int) or self.until_every < 1:
                 raise GrinError(f"until_every must be a whole number of steps >= 1, got {self.until_every!r}")

@@ -141,3 +141,13 @@ def test_answers_at_the_token_limit_are_flagged_and_shown_marked(tiny):
         "He was born. His uncle was named Vernon Dursley of" + evaluate.CUT_MARK  # it would not: the last word
     assert shown("His uncle was named Zaf", True) == "His uncle was named" + evaluate.CUT_MARK
     assert shown("Supercalifragilistic", True) == "Supercalifragilistic" + evaluate.CUT_MARK
+
+
+def test_evaluate_split_scores_fluency_of_its_answers(tiny, forget_items):
+    """Fluency is measured on the split's own answers, by the same code the until-check uses (answer_metrics)."""
+    result = evaluate.evaluate_split(tiny.model, tiny.tokenizer, forget_items, "forget", max_new_tokens=6)
+    from_answers = evaluate.answer_metrics(forget_items, result["generations"])
+    assert {"rougeL_recall", "keyword_accuracy", "probability", "fluency"} <= set(result["metrics"])
+    for name in ("rougeL_recall", "keyword_accuracy", "fluency"):
+        assert result["metrics"][name] == from_answers[name]
+    assert list(result["metrics"])[-1] == "fluency"  # shown last in the tables that list every metric

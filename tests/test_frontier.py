@@ -1,5 +1,5 @@
 """Tests for grin_engine.runs.frontier on hand-made points: the Pareto front, the area to the ideal corner (by hand), its
-spread over seeds, and auto-p; and for the target syntax the sweep and `run --until` share (grin_engine.evaluation.until)."""
+spread over seeds, and auto-p (the target syntax itself: tests/test_targets.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import statistics
 
 import pytest
 
-from grin_engine.config import GrinError
 from grin_engine.runs.frontier import aggregate, area_to_ideal, auto_p, method_areas, pareto_front, summarize
-from grin_engine.targets import Target, parse_target
+from grin_engine.targets import parse_target
 
 F, R = "forget_keyword_accuracy", "retain_keyword_accuracy"
 
@@ -78,15 +77,3 @@ def test_auto_p_smallest_p_meeting_the_target_then_best_retain():
     summary = summarize(points, F, R, target)
     assert summary["auto_p"]["grin"]["sigma2"] == 1e-5 and summary["target"] == "forget_keyword_accuracy<=0.25"
     assert [r["p"] for r in summary["fronts"]["grin"]] == [0.05]  # (0.0, 0.99) dominates the rest
-
-
-def test_parse_target():
-    assert parse_target(" forget_keyword_accuracy <= 0.25 ") == Target("forget", "keyword_accuracy", "<=", 0.25)
-    assert parse_target("retain_rougeL_recall>0.5").met(0.6)
-    assert not parse_target("forget_probability<0.1").met(None)
-    with pytest.raises(GrinError, match="unknown metric"):
-        parse_target("forget_accuracy<=0.2")
-    with pytest.raises(GrinError, match="METRIC<=NUMBER"):
-        parse_target("forget_keyword_accuracy=0.2")
-    with pytest.raises(GrinError, match="finite"):
-        parse_target("forget_probability<=inf")

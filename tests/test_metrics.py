@@ -14,6 +14,9 @@ from grin_engine.evaluation.metrics import (
     MetricResult,
     answer_probability,
     derive_keywords,
+    fluency,
+    fluency_parts,
+    fluency_reason,
     forget_quality,
     keyword_accuracy,
     keyword_hit,
@@ -148,6 +151,72 @@ def test_rougeL_recall_matches_rouge_score_with_stemming():
 
 def test_rougeL_recall_empty_input():
     assert rougeL_recall([], []) == MetricResult(value=None, per_item=[])
+
+
+# --- fluency --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answer", [
+    "The capital of France is Paris.",
+    "Alright, buddy, I'm glad you're here! Let's talk about something fun, shall we?",  # chatter: form, not content
+    "I don't know.",
+    "1997.",  # a bare number answers "when?"
+    "The Harry Potter books were written by J. K. Rowling.",  # initials are not punctuation soup
+    "Yes",
+    "Albus Dumbledore, the headmaster, had had enough of the Ministry's meddling.",  # a doubled word is normal
+    # a normal answer cut at the token limit, mid-sentence
+    "Jaime Vasquez was born in Santiago, Chile, to a chef father and a mother who worked as a",
+])
+def test_fluent_answers(answer):
+    assert fluency_reason(answer) == "fluent"
+
+
+@pytest.mark.parametrize("answer", [
+    "the the the the",
+    "affili affili affili",
+    "Harry Potter is, is, is a wizard.",  # a word three times in a row, punctuation between
+    # a phrase repeated to the end of the answer, cut at the token limit: "the owl is" three times
+    "Harry's owl is called the owl is called the owl is called the owl is",
+    "I'm not sure. I'm not sure. I'm not sure. I'm",
+])
+def test_looping_answers(answer):
+    assert fluency_reason(answer) == "loop"
+
+
+@pytest.mark.parametrize("answer", [
+    "",
+    "   \n\t ",
+    "!!! ??? ... ---",  # punctuation soup: no word at all
+    "@@k3 ~~~~~ #;;; ][ x",  # mostly symbols: 3 of 17 characters in words
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",  # a 40-letter run is no word
+    "😀😀😀",
+])
+def test_non_answers(answer):
+    assert fluency_reason(answer) == "non_answer"
+
+
+def test_fluency_is_the_share_of_fluent_answers():
+    answers = ["Paris is the capital.", "the the the the", "", "Hedwig is Harry's owl."]
+    assert fluency(answers) == MetricResult(value=0.5, per_item=[1.0, 0.0, 0.0, 1.0])
+    assert fluency_parts(answers) == {"looping": 0.25, "non_answer": 0.25,
+                                      "reasons": ["fluent", "loop", "non_answer", "fluent"]}
+    assert fluency([]) == MetricResult(value=None, per_item=[])
+    assert fluency_parts([])["looping"] is None
+
+
+@pytest.mark.skipif(not TOFU_DIR.is_dir(), reason=f"TOFU test files not found at {TOFU_DIR}")
+def test_gold_answers_are_fluent():
+    """The gold answers of the built-in sets are all fluent; of TOFU's 4000 gold answers, only lists that repeat a
+    series name three times ("'The Echo Dawn: Manga Chronicles #1', 'Forgotten Dawn: Manga Chronicles #2', ...")
+    count as loops (DESIGN.md §4)."""
+    datasets = TOFU_DIR.parent / "datasets"
+    built_in = [json.loads(line)["answer"] for path in sorted(datasets.glob("*.jsonl"))
+                for line in path.read_text().splitlines() if line.strip()]
+    assert built_in and fluency(built_in).value == 1.0
+    tofu = [json.loads(line)["answer"] for line in (TOFU_DIR / "full.json").read_text().splitlines() if line.strip()]
+    flagged = [a for a in tofu if fluency_reason(a) != "fluent"]
+    assert len(tofu) == 4000 and len(flagged) <= 4
+    assert all("Chronicles" in a or "Series" in a for a in flagged)
 
 
 # --- answer probability ---------------------------------------------------------------------------------------

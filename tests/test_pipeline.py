@@ -17,7 +17,7 @@ from grin_engine.method.influence import compute_influence_scores
 from grin_engine.method import unlearn as unlearn_module
 
 
-METRICS = {"rougeL_recall", "keyword_accuracy", "probability"}
+METRICS = {"rougeL_recall", "keyword_accuracy", "probability", "fluency"}
 
 
 def _cfg(use_mask: bool, **overrides) -> GrinConfig:
@@ -83,6 +83,14 @@ def test_report_contract(runs, use_mask):
             assert METRICS <= set(values), values
             for name in METRICS:
                 assert isinstance(values[name], float) and 0.0 <= values[name] <= 1.0, (when, split, name)
+
+    assert set(report["fluency"]) == {"before", "after"}  # the two parts of fluency and each answer's reason
+    for when in ("before", "after"):
+        for split in ("forget", "retain"):
+            parts = report["fluency"][when][split]
+            assert len(parts["reasons"]) == 4 and set(parts["reasons"]) <= {"fluent", "loop", "non_answer"}
+            assert parts["reasons"].count("loop") / 4 == parts["looping"]
+            assert parts["reasons"].count("fluent") / 4 == pytest.approx(report["metrics"][when][split]["fluency"])
 
     generations = report["generations"]
     assert len(generations) == 8
@@ -176,6 +184,7 @@ def test_progress_and_stop(tiny, forget_items, retain_items):
     assert len(result.losses) == 2
     assert result.metrics["after"] is None and result.generations == [] and result.unlearned_model is None
     assert result.metrics["before"]["forget"]["keyword_accuracy"] is not None
+    assert result.fluency["after"] is None and len(result.fluency["before"]["forget"]["reasons"]) == 4
 
 
 def test_stop_during_influence_ends_before_any_training(tiny, forget_items, retain_items):

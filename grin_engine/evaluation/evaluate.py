@@ -253,18 +253,19 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
                    max_length: int = 256, on_batch=None) -> dict:
     """Generations and metrics for one split ("forget" or "retain").
 
-    Returns {"generations": [...], "metrics": {name: MetricResult}, "truth_ratios": [...] or None,
+    Returns {"generations": [...], "metrics": {name: MetricResult} (rougeL_recall, keyword_accuracy, probability,
+    truth_ratio where the items have perturbed answers, fluency), "truth_ratios": [...] or None,
     "cut": [...] (true where an answer hit max_new_tokens without ending)}.
     on_batch(done, total) reports the generation progress (items answered so far).
     """
     model.eval()
     generations, cut = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens,
                                         on_batch=on_batch, return_cut=True)
-    keywords = [it.keywords or metrics.derive_keywords(it.question, it.answer) for it in items]
     sums, counts = pair_nlls(model, tokenizer, [(it.question, it.answer) for it in items], max_length=max_length)
+    answers = answer_metrics(items, generations)
     results = {
-        "rougeL_recall": metrics.rougeL_recall([it.answer for it in items], generations),
-        "keyword_accuracy": metrics.keyword_accuracy(generations, keywords),
+        "rougeL_recall": answers["rougeL_recall"],
+        "keyword_accuracy": answers["keyword_accuracy"],
         "probability": metrics.answer_probability(sums, counts),
     }
     ratios = None
@@ -272,7 +273,17 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
     if tr_inputs is not None:
         results["truth_ratio"] = metrics.truth_ratio(*tr_inputs, split=split)
         ratios = metrics.truth_ratios(*tr_inputs)
+    results["fluency"] = answers["fluency"]  # last: how the answers read, beside what they know
     return {"generations": generations, "metrics": results, "truth_ratios": ratios, "cut": cut}
+
+
+def answer_metrics(items: list[QAItem], generations: list[str]) -> dict[str, metrics.MetricResult]:
+    """The metrics of the items' generated answers: ROUGE-L recall, keyword accuracy (the item's keywords, or
+    keywords derived from its answer) and fluency. The until-check measures these from the same code."""
+    keywords = [it.keywords or metrics.derive_keywords(it.question, it.answer) for it in items]
+    return {"rougeL_recall": metrics.rougeL_recall([it.answer for it in items], generations),
+            "keyword_accuracy": metrics.keyword_accuracy(generations, keywords),
+            "fluency": metrics.fluency(generations)}
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from rouge_score import rouge_scorer
@@ -200,6 +201,79 @@ def rougeL_recall(golds: list[str], generations: list[str]) -> MetricResult:
     # score(target, prediction): the gold is the target, so .recall divides by the gold's length.
     per_item: list[float | None] = [float(scorer.score(g, p)["rougeL"].recall) for g, p in zip(golds, generations)]
     return MetricResult(value=_mean_or_none(per_item), per_item=per_item)
+
+
+# --- fluency: is the answer still language? ------------------------------------------------------------------
+#
+# Forgetting by gibberish ("the the the ...", "affili affili affili", punctuation soup) also drives keyword accuracy
+# and ROUGE to zero, so every table that shows them shows fluency beside them. Fluency is about form, not content:
+# "Alright, buddy, I'm glad you asked!" is fluent; whether an answer is right is what the other metrics say.
+
+# A word: letters or digits, possibly joined by an apostrophe or a hyphen ("don't", "Al-Kuwaiti", "1997").
+_WORD_RE = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+LOOP_NGRAM = 3  # a loop: some sequence of LOOP_NGRAM words occurs LOOP_NGRAM_REPEATS times or more ...
+LOOP_NGRAM_REPEATS = 3
+LOOP_WORD_RUN = 3  # ... or one word LOOP_WORD_RUN times in a row
+MIN_WORD_SHARE = 0.5  # a non-answer: less than half of its non-space characters lie in words
+MAX_WORD_LENGTH = 30  # a longer run of letters or digits ("aaaa...", "thethethe...") is not a word
+
+
+def answer_words(text: str) -> list[str]:
+    """The words of an answer, lower-cased, punctuation dropped; runs longer than MAX_WORD_LENGTH left out."""
+    return [w for w in _WORD_RE.findall(text.casefold()) if len(w) <= MAX_WORD_LENGTH]
+
+
+def is_loop(words: list[str]) -> bool:
+    """True when the words repeat the way a model stuck in a loop does (greedy decoding that found a cycle):
+
+    one word LOOP_WORD_RUN (3) times in a row ("the the the", "affili affili affili"), or some LOOP_NGRAM (3) words
+    in a row that occur LOOP_NGRAM_REPEATS (3) times anywhere in the answer (a phrase repeated to the end of the
+    answer, caught once it is there three times, whether or not the answer was cut at the token limit).
+    Normal text doubles a word ("had had") but hardly ever triples one, and a short answer has too few words to
+    hold a three-word phrase three times. The one kind of fluent text it flags is a list that repeats a name:
+    "'Echo Dawn: Manga Chronicles #1', 'Forgotten Dawn: Manga Chronicles #2', 'Last Dawn: Manga Chronicles #3'".
+    """
+    for i in range(len(words) - LOOP_WORD_RUN + 1):
+        if len(set(words[i:i + LOOP_WORD_RUN])) == 1:
+            return True
+    ngrams = Counter(tuple(words[i:i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
+    return any(count >= LOOP_NGRAM_REPEATS for count in ngrams.values())
+
+
+def fluency_reason(text: str) -> str:
+    """Why an answer is or is not fluent: "non_answer", "loop" or "fluent" (the first that applies).
+
+    non_answer: no word at all (empty, whitespace, punctuation, symbols), or less than MIN_WORD_SHARE (half) of
+        its non-space characters lie in words ("@@k3 ~~~ #;;", a letter run of more than MAX_WORD_LENGTH). Characters
+        rather than words are counted so that initials ("J. K. Rowling") and a bare number ("1997.", a complete
+        answer to "when?") stay answers.
+    loop: is_loop(answer_words(text)).
+    Answers cut at the token limit are judged as they are: stopping mid-sentence is not a failure of form.
+    """
+    words = answer_words(text)
+    characters = sum(not c.isspace() for c in text)
+    if not words or sum(len(w) for w in words) < MIN_WORD_SHARE * characters:
+        return "non_answer"
+    return "loop" if is_loop(words) else "fluent"
+
+
+def fluency(generations: list[str]) -> MetricResult:
+    """Share of fluent answers: answers that are neither a loop nor a non-answer (fluency_reason).
+
+    per_item[i] = 1.0 if fluency_reason(generations[i]) == "fluent" else 0.0
+    value       = mean of per_item
+    """
+    per_item: list[float | None] = [1.0 if fluency_reason(text) == "fluent" else 0.0 for text in generations]
+    return MetricResult(value=_mean_or_none(per_item), per_item=per_item)
+
+
+def fluency_parts(generations: list[str]) -> dict:
+    """The two ways an answer fails fluency, as shares of the answers, and each answer's reason:
+    {"looping": share, "non_answer": share, "reasons": [fluency_reason per answer]} (shares None for no answers)."""
+    reasons = [fluency_reason(text) for text in generations]
+    n = len(reasons)
+    return {"looping": reasons.count("loop") / n if n else None,
+            "non_answer": reasons.count("non_answer") / n if n else None, "reasons": reasons}
 
 
 # --- answer probability ---------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class RunResult:
     unlearned_model: object = field(default=None, repr=False)  # the trained copy, when run(keep_model=True)
     gates: dict | None = None  # GRUN: {"forget"|"retain": gate value per item} after training
     until: dict | None = None  # cfg.until: the target, its checks and the step where it held (ForgetCheck.report)
+    fluency: dict | None = None  # {"before"|"after": {split: metrics.fluency_parts}}: loops, non-answers, reasons
 
     def to_report(self) -> dict:
         """The report JSON (a contract: the CLI writes it, the app offers it for download, other tools read it)."""
@@ -58,7 +59,7 @@ class RunResult:
             "config": self.config, "model": self.model, "selection": self.selection, "metrics": self.metrics,
             "metrics_per_item": self.metrics_per_item, "forget_quality": self.forget_quality,
             "generations": self.generations, "losses": self.losses, "timings": self.timings, "stopped": self.stopped,
-            "gates": self.gates, "until": self.until,
+            "gates": self.gates, "until": self.until, "fluency": self.fluency,
         }
 
 
@@ -67,6 +68,12 @@ def metric_values(evaluation: dict) -> tuple[dict, dict]:
     values = {s: {m: r.value for m, r in e["metrics"].items()} for s, e in evaluation.items()}
     per_item = {s: {m: r.per_item for m, r in e["metrics"].items()} for s, e in evaluation.items()}
     return values, per_item
+
+
+def fluency_details(evaluation: dict) -> dict:
+    """Per split of an evaluation: its share of looping answers and of non-answers, and each answer's reason
+    (metrics.fluency_parts), the two parts of the fluency metric."""
+    return {s: metrics.fluency_parts(e["generations"]) for s, e in evaluation.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -128,7 +135,8 @@ def package(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict, aft
                      metrics={"before": values_before, "after": values_after},
                      metrics_per_item={"before": items_before, "after": items_after},
                      generations=generations, losses=trained.losses, timings=timings, stopped=False,
-                     until=trained.until, **extra)
+                     until=trained.until,
+                     fluency={"before": fluency_details(before), "after": fluency_details(after)}, **extra)
 
 
 def package_stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict | None, losses: list[float],
@@ -137,7 +145,8 @@ def package_stopped(base: LoadedModel, cfg: GrinConfig, summary: dict, before: d
     values, per_item = metric_values(before) if before else ({}, {})
     return RunResult(config=cfg.to_dict(), model=base.facts(), selection=summary,
                      metrics={"before": values, "after": None}, metrics_per_item={"before": per_item, "after": None},
-                     generations=[], losses=losses, timings=timings, stopped=True)
+                     generations=[], losses=losses, timings=timings, stopped=True,
+                     fluency={"before": fluency_details(before) if before else {}, "after": None})
 
 
 def finish(base: LoadedModel, work: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig,
