@@ -48,8 +48,12 @@ def test_cached_work_leaves_the_plan_and_observed_costs_replace_the_defaults(mon
     plan = progress.unlearn_plan(16, 16, cfg, before_cached=True, scores_cached=True)
     assert [p.key for p in plan.phases] == ["select", "unlearn", "after"]
     before = plan.expected_seconds()
-    progress.observe({"unlearn_s": 20.0, "eval_after_s": 32.0}, items=32, steps=20, batch_size=8)
-    assert progress.cost("answer") == pytest.approx((3.8 + 1.0) / 2)
+    monkeypatch.setattr(progress, "MEASURED", set())
+    progress.observe({"unlearn_s": 20.0, "eval_after_s": 32.0}, forget=16, retain=16, steps=20, cfg=cfg)
+    assert progress.cost("answer") == pytest.approx(1.0)  # the first measurement replaces the default
+    progress.observe({"eval_after_s": 96.0}, forget=16, retain=16, steps=0, cfg=cfg)
+    assert progress.cost("answer") == pytest.approx((1.0 + 3.0) / 2)  # later ones move it halfway
+    assert progress.cost("step_row") == pytest.approx(20.0 / 20 / 16)  # 8 forget + 8 retain rows a step
     assert progress.unlearn_plan(16, 16, cfg, True, True).expected_seconds() < before
 
 
@@ -67,3 +71,30 @@ def test_load_plan_reports_each_stage():
     texts = [plan.update(stage, 0, 0)[1] for stage in ("locating", "config", "tokenizer", "weights")]
     assert [t.split(":")[0] for t in texts] == [f"step {i} of 5" for i in range(1, 5)]
     assert "loading the model: weights" in texts[-1]
+
+
+@pytest.mark.parametrize("seen, next_run", [("4", "16"), ("16", "4")])
+def test_expected_time_after_one_recorded_run_is_within_1_5x_of_the_next(monkeypatch, seen, next_run):
+    """A server that finished one default run (tests/data/recorded_runs.json: the default model on a 2-core CPU, 4
+    and 16 items per set) expects the next run, at the other size, within 1.5x of the time it really took."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "data" / "recorded_runs.json").read_text())["runs"]
+    monkeypatch.setattr(progress, "COSTS", dict(progress.DEFAULT_COSTS))
+    monkeypatch.setattr(progress, "MEASURED", set())
+
+    def config(run):
+        return GrinConfig(**{k: v for k, v in run["config"].items() if v is not None})
+
+    first, second = recorded[seen], recorded[next_run]
+    progress.observe(first["timings"], first["forget"], first["retain"], first["steps_done"], config(first),
+                     checks=first["until_checks"])
+    expected = progress.unlearn_plan(second["forget"], second["retain"], config(second), before_cached=False,
+                                     scores_cached=False).expected_seconds()
+    took = sum(second["timings"].values())
+    assert took / 1.5 <= expected <= took * 1.5, (expected, took)
+    # what a server that measured nothing yet expects: the defaults, measured on such a machine
+    monkeypatch.setattr(progress, "COSTS", dict(progress.DEFAULT_COSTS))
+    default = progress.unlearn_plan(second["forget"], second["retain"], config(second), False, False)
+    assert took / 1.5 <= default.expected_seconds() <= took * 1.5, (default.expected_seconds(), took)

@@ -110,7 +110,7 @@ def influence(form: Form, request, progress):
         status = (f"Influence scores of these {len(forget)} forget and {len(retain)} retain items re-used: "
                   f"computed earlier on this server in {top.seconds:.0f} s, no new gradients.")
     else:
-        observe({"scores_s": top.seconds}, len(forget) + len(retain), 0, GrinConfig().batch_size)
+        observe({"scores_s": top.seconds}, len(forget), len(retain), 0, GrinConfig())
         status = f"Influence computed on {len(forget)} forget and {len(retain)} retain items."
     yield (status, session) + figures(session, p_percent)
 

@@ -139,8 +139,8 @@ def compare_methods(form: Form, request, progress):
     session.comparison = comparison
     for name in finished:
         result = comparison.results[name]
-        observe(result.timings, len(forget) + len(retain), len(result.losses) if name != "grun" else 0,
-                cfg.batch_size)
+        observe(result.timings, len(forget), len(retain), len(result.losses) if name != "grun" else 0, cfg,
+                checks=len((result.until or {}).get("checks") or []))
     outputs = comparison_outputs(session, form["methods.answers_split"])  # built before the time is taken: it is
     stopped = [name for name, r in comparison.results.items() if r.stopped]  # part of the wait
     done = ", ".join(finished)

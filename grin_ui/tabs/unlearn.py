@@ -189,7 +189,8 @@ def unlearn(form: Form, request, progress):
                                           if session.run is not None else ""),
                plots.loss_curve(result.losses, cfg.steps), session) + nothing
         return
-    observe(result.timings, len(forget) + len(retain), len(result.losses), cfg.batch_size)
+    observe(result.timings, len(forget), len(retain), len(result.losses), cfg,
+            checks=len((result.until or {}).get("checks") or []))
     notes = []
     if limits.patch_bytes is not None and public.patch_bytes(result.patch) > limits.patch_bytes:
         result.patch = None  # a session keeps small data only (docs/SERVING.md: what each visitor holds)
