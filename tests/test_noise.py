@@ -99,3 +99,48 @@ def test_noise_variance_is_sigma2(sigma2):
     assert added.var().item() == pytest.approx(sigma2, rel=5 * math.sqrt(2 / n))
     assert abs(added.mean().item()) < 5 * math.sqrt(sigma2 / n)
     assert torch.equal(weight.detach()[~mask], before[~mask])
+
+
+def test_selected_gradient_norm_counts_only_the_selected_entries(tiny, forget_items):
+    """The norm over the mask equals the norm of the full NLL gradient's masked entries, computed the plain way;
+    an empty mask gives 0, the full mask the whole gradient's norm; the model keeps no gradient afterwards."""
+    from grin_engine.data import qa_batches
+    from grin_engine.method.influence import candidate_parameters
+    from grin_engine.method.losses import mean_nll
+    from grin_engine.method.noise import selected_gradient_norm
+
+    model = tiny.model
+    batch = qa_batches(tiny.tokenizer, forget_items, 4, 64)[0]
+    names = list(candidate_parameters(model))
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(params[n].shape, generator=generator) < 0.1 for n in names}
+    for n in names:
+        params[n].requires_grad_(True)
+    grads = torch.autograd.grad(mean_nll(model, batch), [params[n] for n in names])
+    for n in names:
+        params[n].requires_grad_(False)
+    plain = torch.sqrt(sum((g[masks[n]] ** 2).sum() for n, g in zip(names, grads))).item()
+    assert selected_gradient_norm(model, batch, masks) == pytest.approx(plain, rel=1e-5)
+    assert selected_gradient_norm(model, batch, {n: torch.zeros_like(m) for n, m in masks.items()}) == 0.0
+    whole = torch.sqrt(sum((g ** 2).sum() for g in grads)).item()
+    assert selected_gradient_norm(model, batch, {n: torch.ones_like(m) for n, m in masks.items()}) == \
+        pytest.approx(whole, rel=1e-5)
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+def test_a_run_reports_the_gradient_norm_before_and_after_the_noise(tiny, forget_items, retain_items):
+    from grin_engine.config import GrinConfig
+    from grin_engine.runs import pipeline
+
+    reports = {}
+    for sigma2 in (0.0, 1e-2):
+        cfg = GrinConfig(loss="graddiff", p=0.1, sigma2=sigma2, steps=1, batch_size=2, max_length=64,
+                         max_new_tokens=4)
+        reports[sigma2] = pipeline.run(tiny, forget_items, retain_items, cfg).to_report()["noise"]
+    assert reports[0.0]["grad_norm_before"] == reports[0.0]["grad_norm_after"] > 0  # no noise, nothing moved
+    assert reports[1e-2]["grad_norm_before"] == reports[0.0]["grad_norm_before"]  # same mask, same base
+    assert reports[1e-2]["grad_norm_after"] != reports[1e-2]["grad_norm_before"] and reports[1e-2]["sigma2"] == 1e-2
+    no_mask = pipeline.run(tiny, forget_items, retain_items, GrinConfig(use_mask=False, steps=1, batch_size=2,
+                                                                        max_length=64, max_new_tokens=4))
+    assert no_mask.noise is None

@@ -323,7 +323,7 @@ def test_training_in_pieces_gives_the_numbers_of_one_run(tiny, forget_items, ret
                              resume=state)
 
     assert pieces.losses == whole.losses
-    assert pieces.metrics == whole.metrics and pieces.until == whole.until
+    assert pieces.metrics == whole.metrics and pieces.until == whole.until and pieces.noise == whole.noise
     for (name, a), b in zip(whole.unlearned_model.model.state_dict().items(),
                             pieces.unlearned_model.model.state_dict().values()):
         assert torch.equal(a, b), name

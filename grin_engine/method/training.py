@@ -32,6 +32,7 @@ class TrainResult:
     until: dict | None = None  # the until-check's own report (evaluation/until.ForgetCheck.report), when one ran
     seconds: float = 0.0
     state: object = None  # masked unlearning trained in pieces: where it stands (method/unlearn.TrainingState)
+    noise: dict | None = None  # masked unlearning: the selected weights' gradient norm before and after the noise
 
 
 def train_loop(step_loss, leaves: list[torch.Tensor], optimizer, steps: int, max_grad_norm: float,

@@ -26,7 +26,7 @@ from ..data import QAItem, forget_batches, qa_batches
 from ..events import Progress
 from ..models import input_device
 from .losses import answer_logprob, get_loss
-from .noise import inject_noise
+from .noise import inject_noise, selected_gradient_norm
 from .training import TrainResult, train_loop
 
 
@@ -130,6 +130,7 @@ class TrainingState:
     until_history: list = field(default_factory=list)  # evaluation/until.ForgetCheck.history
     until_step: int | None = None  # the step where the until-check's target held (training is over)
     seconds: float = 0.0  # training time so far
+    noise: dict | None = None  # the first piece's gradient norms before and after the noise (TrainResult.noise)
 
     @property
     def finished(self) -> bool:
@@ -233,11 +234,25 @@ def unlearn_selected(model, tokenizer, forget: list[QAItem], retain: list[QAItem
             for part, ref in zip((batch, batch.get("idk")), refs):
                 if ref is not None:
                     part["ref_logp"] = ref
-        return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, resume, last_step)
+        result = unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, resume, last_step)
+        result.noise = resume.noise
+        if result.state is not None:
+            result.state.noise = resume.noise
+        return result
     if cfg.ref_before_noise:
         attach_reference(model, f_batches)  # open-unlearning's pi_ref: the model before any change
+    noise = None
     if masks is not None:
+        # the gradient on the selected weights before and after the noise, on the first forget batch: does the
+        # noise wake a vanished gradient (the GRIN paper's open question)? Two extra passes of one batch
+        before = selected_gradient_norm(model, f_batches[0], masks)
         inject_noise(params, masks, cfg.sigma2, cfg.seed)
+        noise = {"sigma2": cfg.sigma2, "grad_norm_before": before,
+                 "grad_norm_after": selected_gradient_norm(model, f_batches[0], masks) if cfg.sigma2 else before}
     if not cfg.ref_before_noise:
         attach_reference(model, f_batches)  # ours: pi_ref = the model right before fine-tuning (after the noise)
-    return unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, last_step=last_step)
+    result = unlearn(model, f_batches, r_batches, cfg, names, masks, progress, until, last_step=last_step)
+    result.noise = noise
+    if result.state is not None:
+        result.state.noise = noise
+    return result

@@ -52,6 +52,7 @@ class RunResult:
     gates: dict | None = None  # GRUN: {"forget"|"retain": gate value per item} after training
     until: dict | None = None  # cfg.until: the target, its checks and the step where it held (ForgetCheck.report)
     fluency: dict | None = None  # {"before"|"after": {split: metrics.fluency_parts}}: loops, non-answers, reasons
+    noise: dict | None = None  # masked runs: sigma2 and the selected weights' gradient norm before / after the noise
 
     def to_report(self) -> dict:
         """The report JSON (a contract: the CLI writes it, the app offers it for download, other tools read it)."""
@@ -59,7 +60,7 @@ class RunResult:
             "config": self.config, "model": self.model, "selection": self.selection, "metrics": self.metrics,
             "metrics_per_item": self.metrics_per_item, "forget_quality": self.forget_quality,
             "generations": self.generations, "losses": self.losses, "timings": self.timings, "stopped": self.stopped,
-            "gates": self.gates, "until": self.until, "fluency": self.fluency,
+            "gates": self.gates, "until": self.until, "fluency": self.fluency, "noise": self.noise,
         }
 
 
@@ -135,7 +136,7 @@ def package(base: LoadedModel, cfg: GrinConfig, summary: dict, before: dict, aft
                      metrics={"before": values_before, "after": values_after},
                      metrics_per_item={"before": items_before, "after": items_after},
                      generations=generations, losses=trained.losses, timings=timings, stopped=False,
-                     until=trained.until,
+                     until=trained.until, noise=trained.noise,
                      fluency={"before": fluency_details(before), "after": fluency_details(after)}, **extra)
 
 
