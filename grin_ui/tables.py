@@ -33,12 +33,13 @@ def generations(result, split: str) -> pd.DataFrame:
 
 
 # For each metric, which way is good after unlearning: on forget lower is better (except the truth ratio score,
-# where 1 = "like a model that never saw it"); on retain higher is better.
+# where 1 = "like a model that never saw it", and fluency, which forgetting should keep); on retain higher is better.
 METRIC_HELP = {
     "rougeL_recall": "ROUGE-L recall of the generated answer vs the gold answer",
     "keyword_accuracy": "share of answers that contain a key fact",
     "probability": "per-token probability of the gold answer",
     "truth_ratio": "truth-ratio score (needs perturbed answers)",
+    "fluency": "share of answers that read as language: no loop, not empty or symbols",
 }
 
 
@@ -61,9 +62,10 @@ def metrics(result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-# Which way is good: forgetting lowers the forget set's scores and keeps the retain set's. The forget truth ratio
-# (min(R, 1/R)) is the exception: it rises towards 1 as the model stops preferring the true answer.
-_GOOD_WHEN_RISING = {("forget", "truth_ratio"), ("forget", "forget_quality")}
+# Which way is good: forgetting lowers the forget set's scores and keeps the retain set's. The exceptions: the forget
+# truth ratio (min(R, 1/R)) rises towards 1 as the model stops preferring the true answer, and fluency should stay
+# high on forget too (forgetting by gibberish is the failure it shows).
+_GOOD_WHEN_RISING = {("forget", "truth_ratio"), ("forget", "forget_quality"), ("forget", "fluency")}
 _GOOD, _BAD = "background-color: #d9f2d9; color: #14532d", "background-color: #f9d6d5; color: #7f1d1d"
 
 
@@ -139,8 +141,9 @@ def run_text(result) -> str:
 # Compare methods
 
 METHOD_COLUMNS = [("forget_keyword_accuracy", "forget KA"), ("forget_rougeL_recall", "forget ROUGE-L"),
-                  ("forget_probability", "forget prob"), ("retain_keyword_accuracy", "retain KA"),
-                  ("retain_rougeL_recall", "retain ROUGE-L"), ("retain_probability", "retain prob"),
+                  ("forget_probability", "forget prob"), ("forget_fluency", "forget fluency"),
+                  ("retain_keyword_accuracy", "retain KA"), ("retain_rougeL_recall", "retain ROUGE-L"),
+                  ("retain_probability", "retain prob"), ("retain_fluency", "retain fluency"),
                   ("forget_gate", "gate (forget)"), ("retain_gate", "gate (retain)")]
 
 

@@ -225,6 +225,7 @@ def test_every_attack_leaves_the_base_and_the_run_unchanged(tiny, retain_items, 
     by_name = {r.attack: r for r in results}
     relearn = by_name["relearn"]
     assert set(relearn.metrics) == {"forget_A", "forget_B", "retain"}
+    assert "fluency" in relearn.metrics["forget_B"] and "fluency" in by_name["quant4"].metrics["forget"]
     assert sorted(relearn.details["A"] + relearn.details["B"]) == list(range(len(items)))
     assert len(relearn.answers) == len(relearn.details["B"])
     for r in results:

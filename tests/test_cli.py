@@ -42,6 +42,10 @@ BAD_INPUTS = {
     "bad_until": (["run", "--until", "forget_accuracy<0.2"], "unknown metric"),
     "sweep_out_not_jsonl": (["sweep", "--out", "sweep.json"], "ending in .jsonl"),
     "sweep_bad_target": (["sweep", "--target", "forget_keyword_accuracy=1"], "METRIC<=NUMBER"),
+    "sweep_target_and": (["sweep", "--target", "forget_keyword_accuracy<=0.25 and forget_fluency>=0.9"],
+                         "one condition here"),
+    "until_and_retain": (["run", "--until", "forget_keyword_accuracy<=0.25 and retain_fluency>=0.9"],
+                         "forget set only"),
     "sweep_unknown_method": (["sweep", "--methods", "grin,nope"], "unknown nope"),
     "unknown_device_map": (["run", "--device-map", "everywhere"], "device map"),
     "bad_max_memory": (["run", "--device-map", "auto", "--max-memory", "lots"], "--max-memory"),
@@ -124,11 +128,14 @@ def test_run_on_the_default_model_writes_the_report(tmp_path):
     assert len(report["generations"]) == 12 and all(g["before"] for g in report["generations"])
     for when in ("before", "after"):
         for split in ("forget", "retain"):
-            assert set(report["metrics"][when][split]) >= {"rougeL_recall", "keyword_accuracy", "probability"}
+            assert set(report["metrics"][when][split]) >= {"rougeL_recall", "keyword_accuracy", "probability",
+                                                           "fluency"}
     # before unlearning the model knows every built-in fact (the sets keep only the items whose greedy answer, with the
     # default 48 new tokens, holds a keyword)
     assert report["metrics"]["before"]["forget"]["keyword_accuracy"] == 1.0
-    assert "keyword_accuracy" in proc.stdout  # the before/after table
+    assert "keyword_accuracy" in proc.stdout and "fluency" in proc.stdout  # the before/after table
+    assert report["metrics"]["before"]["forget"]["fluency"] == 1.0  # the base model answers in sentences
+    assert set(report["fluency"]["after"]["forget"]) == {"looping", "non_answer", "reasons"}
     assert report["memory"]["cpu"]["peak_bytes"] > report["memory"]["cpu"]["weights_bytes"]
     assert "memory on cpu (" in proc.stdout
     # the GGUF model was de-quantised: the saved folder is a plain safetensors model, without the gguf note
@@ -197,3 +204,48 @@ def _tiny_folder(tmp_path, tokenizer, record):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return folder, env
+
+
+# --- the terminal tables (grin_engine/cli/tables.py) ---------------------------------------------------------------
+
+
+def test_summary_shows_fluency_and_why_answers_are_not_fluent():
+    from grin_engine.cli.tables import format_summary
+
+    values = {"keyword_accuracy": 1.0, "fluency": 1.0}
+    report = {"selection": {"selected": 1, "candidates": 10, "fraction": 0.1,
+                            "by_kind": {"attention": {"selected": 1}, "ffn": {"selected": 0}}},
+              "metrics": {"before": {"forget": values, "retain": values},
+                          "after": {"forget": {"keyword_accuracy": 0.0, "fluency": 0.5}, "retain": values}},
+              "fluency": {"after": {"forget": {"looping": 0.25, "non_answer": 0.25, "reasons": []},
+                                    "retain": {"looping": 0.0, "non_answer": 0.0, "reasons": []}}},
+              "timings": {"unlearn_s": 1.0}}
+    text = format_summary(report)
+    assert [line.split() for line in text.splitlines() if line.startswith("fluency")] == \
+        [["fluency", "1.000", "0.500", "1.000", "1.000"]]
+    assert "not fluent after: forget 25% looping, 25% non-answers; retain 0% looping, 0% non-answers" in text
+
+
+def test_comparison_table_shows_fluency_on_both_splits():
+    from grin_engine.cli.tables import format_comparison
+
+    row = {"method": "grin", "forget_gate": None, "seconds": 3.0}
+    for split in ("forget", "retain"):
+        for metric in ("keyword_accuracy", "rougeL_recall", "fluency"):
+            row[f"{split}_{metric}"], row[f"{split}_{metric}_before"] = 0.5, 1.0
+    row["forget_fluency"] = 0.25
+    lines = format_comparison({"table": [row], "overlap": {}, "stopped": False}).splitlines()
+    assert lines[0].split()[-6:] == ["FL", "retain", "FL", "gate", "f/r", "seconds"]
+    assert lines[2].split() == ["grin", "0.500", "0.500", "0.500", "0.500", "0.250", "0.500", "-", "3"]
+
+
+def test_frontier_base_values_come_from_each_metric_own_split():
+    """The front's y may be the forget set's fluency: the base line reads it from the forget split."""
+    from grin_engine.cli.tables import format_frontier
+
+    report = {"frontier": {"forget_metric": "forget_keyword_accuracy", "retain_metric": "forget_fluency",
+                           "settings": [], "fronts": {}, "areas": {}, "target": None, "auto_p": {}},
+              "before": {"metrics": {"forget": {"keyword_accuracy": 1.0, "fluency": 0.75},
+                                     "retain": {"fluency": 0.5}}},
+              "points": [], "total": 0, "skipped": 0, "stopped": False}
+    assert format_frontier(report).splitlines()[0] == "base model: forget_keyword_accuracy 1.000, forget_fluency 0.750"

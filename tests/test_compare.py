@@ -79,6 +79,9 @@ def test_every_method_on_the_same_data(tiny, forget_items, retain_items):
     assert len(gates["forget"]) == len(forget_items) and len(gates["retain"]) == len(retain_items)
     report = json.loads(json.dumps(comparison.to_report()))  # the report is plain JSON
     assert [row["method"] for row in report["table"]] == list(METHODS)
+    for row in report["table"]:  # fluency beside the forget / retain metrics, before and after
+        assert {"forget_fluency", "retain_fluency", "forget_fluency_before", "retain_fluency_before"} <= set(row)
+        assert 0.0 <= row["forget_fluency"] <= 1.0
     assert set(report["generations"][0]) >= {"question", "answer", "before", *METHODS}
     assert _checksum(tiny.model) == checksum  # the base is only read
 

@@ -193,7 +193,9 @@ def test_cli_sweep_on_a_local_model_then_the_rerun_skips(tmp_path, tiny_model_fi
     assert len(lines) == 1 + 8
     report = json.loads((tmp_path / "s.json").read_text())
     assert len(report["points"]) == 8 and report["frontier"]["auto_p"]["grin"]["p"] == 0.05
-    assert len((tmp_path / "s.csv").read_text().splitlines()) == 9
+    csv_lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(csv_lines) == 9 and "forget_fluency" in csv_lines[0].split(",")
+    assert all(0.0 <= point["forget_fluency"] <= 1.0 for point in report["points"])
     assert "auto-p grin" in first.stdout and "area between front and ideal corner" in first.stdout
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]

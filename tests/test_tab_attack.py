@@ -54,6 +54,17 @@ def test_figures_and_tables_from_plain_results():
     assert answers.iloc[0]["attacked answer"] == "Hogwarts"
 
 
+def test_bars_can_show_fluency():
+    """Attacks measure with the evaluation's own code, so fluency is among the attacked metrics; the bars offer it."""
+    assert attack_view.METRICS["fluency"] == "fluency"
+    values = {"before": {"fluency": 1.0}, "unlearned": {"fluency": 0.5}}
+    results = [{"attack": "quant4", "method": "grin", "skipped": None, "metrics": {"forget": {"fluency": 0.75}},
+                "baseline": {"forget": values}, "recovery": {"forget": {"fluency": 0.5}}}]
+    rows = [{"method": "grin", "attack": "quant4", "skipped": None}]
+    fig = attack_view.recovery_bars(rows, "fluency", results)
+    assert [list(t.y) for t in fig.data] == [[1.0], [0.5], [0.75]] and "fluency" in fig.layout.title.text
+
+
 @pytest.mark.slow
 def test_attack_the_last_run_and_the_comparison_base_unchanged(client):
     client.predict("default", "", "harry_potter", "", None, "general_knowledge", "", None, api_name="/load")

@@ -110,3 +110,18 @@ def test_stop_keeps_points_and_run_again_continues(client):
     report = json.load(open(json_path))
     assert len(report["points"]) == 8 and set(report["frontier"]["fronts"]) == {"grin", "random"}
     assert len(open(csv_path).read().splitlines()) == 9
+
+
+def test_the_front_y_may_be_the_forget_set_fluency():
+    """x: forget metrics that fall as the model forgets; y: what should stay high, forget fluency included, with the
+    base model's value read from the forget split."""
+    from grin_ui.tabs import sweep as sweep_view
+
+    assert "forget_fluency" not in sweep_view.X_CHOICES and "forget_keyword_accuracy" in sweep_view.X_CHOICES
+    assert {"forget_fluency", "retain_fluency", "retain_keyword_accuracy"} <= set(sweep_view.Y_CHOICES)
+    points = [{"method": "grin", "seed": 0, "p": 0.01, "forget_keyword_accuracy": 0.0, "forget_fluency": 0.25}]
+    before = {"metrics": {"forget": {"keyword_accuracy": 1.0, "fluency": 0.75}, "retain": {"fluency": 0.5}}}
+    fig = sweep_view.sweep_figure(points, before, "forget_keyword_accuracy", "forget_fluency")
+    base = next(t for t in fig.data if t.name == "base model")
+    assert (base.x[0], base.y[0]) == (1.0, 0.75)
+    assert [list(t.y) for t in fig.data if t.name and t.name.startswith("grin")] == [[0.25]]

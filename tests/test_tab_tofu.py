@@ -41,6 +41,9 @@ def test_table_scatter_and_published_numbers(report_path):
     assert list(table["model"]) == ["target", "retain", "grin", "graddiff"]
     assert table.loc[1, "forget quality"] == "1"  # the retain model against itself
     assert table.loc[1, "note"].startswith("reference")
+    assert len(tofu_view.TABLE_WIDTHS) == len(table.columns)
+    for column, split in (("forget fluency", "forget"), ("retain fluency", "retain")):
+        assert list(table[column]) == [f"{row['splits'][split]['fluency']:.3f}" for row in report["rows"].values()]
     fig = tofu_view.scatter(report)
     assert fig.layout.xaxis.type == "log"
     ours = [t for t in fig.data if "(ours)" in t.hovertemplate]

@@ -61,7 +61,8 @@ def test_protocol_end_to_end_and_cache_reuse(tiny, tmp_path):
         assert 0 <= row["forget_quality"] <= 1 and 0 <= row["model_utility"] <= 1
         assert row["model_utility"] == pytest.approx(metrics.tofu_model_utility(row["utility_parts"]))
     json.dumps(report)  # the report is JSON
-    assert "sanity: forget ROUGE-L recall target" in format_tofu(report)
+    assert all(0.0 <= row["splits"][split]["fluency"] <= 1.0 for row in rows.values() for split in tofu.EVAL_SPLITS)
+    assert "sanity: forget ROUGE-L recall target" in format_tofu(report) and "forget FL" in format_tofu(report)
     # a second run reuses both fine-tuned models: no fine-tuning stage at all
     stages.clear()
     again = tofu.run_tofu(tiny, recipe, ["graddiff"], cfg, cache_dir=tmp_path,

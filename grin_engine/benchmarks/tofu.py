@@ -249,7 +249,7 @@ def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, 
 
 
 def split_scores(raw_split: dict, items: list[QAItem], split: str) -> dict:
-    """Probability, ROUGE-L recall and both truth ratios of one split, from evaluate_model's raw numbers.
+    """Probability, ROUGE-L recall, both truth ratios and fluency of one split, from evaluate_model's raw numbers.
 
     forget uses TOFU's "closer_to_1_better" truth-ratio side, the others "true_better" (open-unlearning's
     tofu_metrics); real authors and world facts also get the probability normalised over the right and wrong answers.
@@ -261,6 +261,7 @@ def split_scores(raw_split: dict, items: list[QAItem], split: str) -> dict:
         "truth_ratio": metrics.truth_ratio(raw_split["correct_nll"], raw_split["wrong_nll"],
                                            "forget" if split == "forget" else "retain").value,
         "truth_ratio_prob_mean": metrics.truth_ratio_prob_mean(raw_split["correct_nll"], raw_split["wrong_nll"]).value,
+        "fluency": metrics.fluency(raw_split["generations"]).value,
     }
     if split in ("real_authors", "world_facts"):
         scores["probability_normalised"] = metrics.normalised_probability(

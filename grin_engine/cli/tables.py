@@ -16,6 +16,11 @@ def format_summary(report: dict) -> str:
     for name in m["before"]["forget"]:
         row = [m[when][split].get(name) for split in ("forget", "retain") for when in ("before", "after")]
         lines.append(f"{name:<18}" + "".join(f"{v:>15.3f}" if v is not None else f"{'-':>15}" for v in row))
+    parts = (report.get("fluency") or {}).get("after") or {}
+    if parts:  # the two ways an answer is not fluent
+        lines.append("not fluent after: " + "; ".join(
+            f"{split} {p['looping']:.0%} looping, {p['non_answer']:.0%} non-answers"
+            for split, p in parts.items() if p["looping"] is not None))
     t = report["timings"]
     if report.get("until"):
         u = report["until"]
@@ -26,19 +31,18 @@ def format_summary(report: dict) -> str:
 
 
 def format_comparison(report: dict) -> str:
-    """The comparison table for the terminal: keyword accuracy and ROUGE-L on both splits, gates, time."""
+    """The comparison table for the terminal: keyword accuracy, ROUGE-L and fluency on both splits, gates, time."""
+    columns = [f"{split}_{metric}" for metric in ("keyword_accuracy", "rougeL_recall", "fluency")
+               for split in ("forget", "retain")]
     lines = [f"{'method':<14}{'forget KA':>10}{'retain KA':>10}{'forget RL':>10}{'retain RL':>10}"
-             f"{'gate f/r':>12}{'seconds':>9}"]
+             f"{'forget FL':>10}{'retain FL':>10}{'gate f/r':>12}{'seconds':>9}"]
     fmt = lambda v: f"{v:>10.3f}" if v is not None else f"{'-':>10}"  # noqa: E731
     rows = report["table"]
-    if rows:
-        r = rows[0]
-        lines.append(f"{'(before)':<14}{fmt(r['forget_keyword_accuracy_before'])}{fmt(r['retain_keyword_accuracy_before'])}"
-                     f"{fmt(r['forget_rougeL_recall_before'])}{fmt(r['retain_rougeL_recall_before'])}")
+    if rows:  # an older report has no fluency: "-"
+        lines.append(f"{'(before)':<14}" + "".join(fmt(rows[0].get(c + "_before")) for c in columns))
     for r in rows:
         gates = (f"{r['forget_gate']:.2f}/{r['retain_gate']:.2f}" if r["forget_gate"] is not None else "-")
-        lines.append(f"{r['method']:<14}{fmt(r['forget_keyword_accuracy'])}{fmt(r['retain_keyword_accuracy'])}"
-                     f"{fmt(r['forget_rougeL_recall'])}{fmt(r['retain_rougeL_recall'])}{gates:>12}{r['seconds']:>9.0f}")
+        lines.append(f"{r['method']:<14}" + "".join(fmt(r.get(c)) for c in columns) + f"{gates:>12}{r['seconds']:>9.0f}")
     if report["overlap"]:
         lines.append("GRIN mask overlap (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in report["overlap"].items()))
     if report["stopped"]:
@@ -65,8 +69,12 @@ def format_frontier(report: dict) -> str:
     frontier = report["frontier"]
     fk, rk = frontier["forget_metric"], frontier["retain_metric"]
     before = report["before"].get("metrics", {})
-    lines = [f"base model: {fk} {_fmt((before.get('forget') or {}).get(fk.partition('_')[2]))}, "
-             f"{rk} {_fmt((before.get('retain') or {}).get(rk.partition('_')[2]))}",
+
+    def base_value(column):  # "forget_fluency" -> the base's fluency on the forget split
+        split, _, metric = column.partition("_")
+        return _fmt((before.get(split) or {}).get(metric))
+
+    lines = [f"base model: {fk} {base_value(fk)}, {rk} {base_value(rk)}",
              f"{'method':<13}{'setting':<40}{'forget':>14}{'retain':>14}{'seeds':>6}  front"]
     for row in frontier["settings"]:
         setting = " ".join(f"{k}={row[k]:g}" for k in SETTING_KNOBS if row.get(k) is not None)
@@ -97,13 +105,15 @@ def format_tofu(report: dict) -> str:
         return "-" if v is None else format(v, fmt)
 
     lines = [f"{'model':<12}{'forget Q':>11}{'FQ pm':>10}{'utility':>9}{'privleak':>10}{'AUC minK':>10}"
-             f"{'AUC loss':>10}{'forget RL':>11}{'retain RL':>11}"]
+             f"{'AUC loss':>10}{'forget RL':>11}{'retain RL':>11}{'forget FL':>11}{'retain FL':>11}"]
     for name, row in report["rows"].items():
         flag = "  over-unlearned" if row["over_unlearned"] else ""
         lines.append(f"{name:<12}{num(row.get('forget_quality'), '11.3g')}{num(row.get('forget_quality_prob_mean'), '10.3g')}"
                      f"{num(row['model_utility'], '9.3f')}{num(row.get('privleak'), '10.1f')}{row['auc_min_k']:>10.3f}"
                      f"{row['auc_loss']:>10.3f}{row['splits']['forget']['rougeL_recall']:>11.3f}"
-                     f"{row['splits']['retain']['rougeL_recall']:>11.3f}{flag}")
+                     f"{row['splits']['retain']['rougeL_recall']:>11.3f}"
+                     f"{num(row['splits']['forget'].get('fluency'), '11.3f')}"  # .get: reports made before fluency
+                     f"{num(row['splits']['retain'].get('fluency'), '11.3f')}{flag}")
     s = report["sanity"]
     lines.append(f"sanity: forget ROUGE-L recall target {s['target_forget_rougeL_recall']:.3f}, "
                  f"retain model {s['retain_forget_rougeL_recall']:.3f} (the target must know the forget authors, "

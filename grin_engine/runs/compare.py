@@ -20,7 +20,7 @@ from .masks import given_mask, kept_scores, method_selection
 from .methods import METHODS, ComparisonMethod, get_methods
 from .pipeline import RunResult, evaluate, finish, run_grun
 
-SUMMARY_METRICS = ("keyword_accuracy", "rougeL_recall", "probability")
+SUMMARY_METRICS = ("keyword_accuracy", "rougeL_recall", "probability", "fluency")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from .masks import kept_scores, method_selection
 from .methods import METHODS, parse_methods
 from .pipeline import evaluate, metric_values
 METRIC_COLUMNS = tuple(f"{split}_{m}" for split in ("forget", "retain")
-                       for m in ("keyword_accuracy", "rougeL_recall", "probability", "truth_ratio"))
+                       for m in ("keyword_accuracy", "rougeL_recall", "probability", "truth_ratio", "fluency"))
 
 
 @dataclass

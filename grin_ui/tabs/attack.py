@@ -27,7 +27,7 @@ from ..state import session_of
 TARGETS = ["last run (Unlearn)", "each method of the last comparison"]
 DEFAULT_ATTACKS = ["relearn", "quant4", "gguf_q4_1", "prefix"]
 METRICS = {"keyword accuracy": "keyword_accuracy", "ROUGE-L recall": "rougeL_recall",
-           "answer probability": "probability"}
+           "answer probability": "probability", "fluency": "fluency"}
 BAR_COLOURS = {"before": "#a0aec0", "unlearned": "#2b6cb0", "attacked": "#c53030"}
 ANSWER_WIDTHS = ["30%", "35%", "35%"]  # question, unlearned answer, attacked answer
 NOT_FORGOTTEN = "n/a: nothing forgotten"  # recovery is undefined when unlearning did not change the metric

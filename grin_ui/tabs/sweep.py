@@ -29,7 +29,10 @@ from ..plots import label_positions, method_colour
 from ..slots import MODEL_JOB, STOP_JOB
 from ..state import BEFORE, owner, session_of, shared_inputs
 
-METRIC_CHOICES = [f"{split}_{m}" for split in ("forget", "retain") for m in TARGET_METRICS]
+# The front's x is a forget metric that falls as the model forgets; its y anything that should stay high: a retain
+# metric, or the forget set's fluency (forgetting by gibberish shows as points low on that y).
+X_CHOICES = [f"forget_{m}" for m in TARGET_METRICS if m != "fluency"]
+Y_CHOICES = [f"retain_{m}" for m in TARGET_METRICS] + ["forget_fluency"]
 DEFAULT_TARGET = "forget_keyword_accuracy<=0.25"
 
 
@@ -53,8 +56,12 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
     fig = go.Figure()
     summary = summarize(points, forget_key, retain_key, parse_target(target) if target else None)
     metrics = (before or {}).get("metrics") or {}
-    base_f = (metrics.get("forget") or {}).get(forget_key.partition("_")[2])
-    base_r = (metrics.get("retain") or {}).get(retain_key.partition("_")[2])
+
+    def base_value(column):  # "forget_fluency" -> the base's fluency on the forget split
+        split, _, metric = column.partition("_")
+        return (metrics.get(split) or {}).get(metric)
+
+    base_f, base_r = base_value(forget_key), base_value(retain_key)
     has_base = base_f is not None and base_r is not None
     by_method = {method: [r for r in summary["settings"] if r["method"] == method] for method in summary["fronts"]}
     # every label placed at once, so that close points (several p of one method, methods on one spot) share out
@@ -107,7 +114,7 @@ def sweep_figure(points: list[dict], before: dict | None, forget_key: str = "for
                                          "line": {"width": 3}}))
     fig.update_layout(title=title or "Forget vs retain after unlearning, one point per setting",
                       xaxis={"title": f"{forget_key} (lower = forgot more)", "range": [-0.05, 1.05]},
-                      yaxis={"title": f"{retain_key} (higher = kept more)", "range": [-0.05, 1.08]},
+                      yaxis={"title": f"{retain_key} (higher is better)", "range": [-0.05, 1.08]},
                       height=520, legend={"orientation": "h", "y": -0.18}, margin={"t": 50})
     return fig
 
@@ -154,8 +161,9 @@ def layout(page: Page) -> None:
             c["target"] = gr.Textbox(DEFAULT_TARGET, label="target", info="auto-p picks the smallest p meeting it")
             c["until"] = gr.Checkbox(False, label="unlearn until the target holds",
                                      info="each run checks the forget set every 2 steps and stops once it holds")
-            c["forget_metric"] = gr.Dropdown(METRIC_CHOICES[:3], value="forget_keyword_accuracy", label="x: forget")
-            c["retain_metric"] = gr.Dropdown(METRIC_CHOICES[3:], value="retain_keyword_accuracy", label="y: retain")
+            c["forget_metric"] = gr.Dropdown(X_CHOICES, value="forget_keyword_accuracy", label="x: forget")
+            c["retain_metric"] = gr.Dropdown(Y_CHOICES, value="retain_keyword_accuracy", label="y: kept",
+                                             info="a retain metric, or the forget set's fluency")
         c["sweep_btn"], c["sweep_stop_btn"] = job_buttons("Run sweep", stop_id="sweep_stop")
         c["sweep_status"] = gr.Markdown("Choose a grid and press **Run sweep**.", elem_id="sweep_status")
         with gr.Row():

@@ -25,8 +25,8 @@ from ..state import session_of
 
 METHOD_CHOICES = ["grin", "grun", *LOSSES]  # GRIN's mask with GradDiff, GRUN, or a loss on all weights
 TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model utility", "privleak",
-                 "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "note"]
-TABLE_WIDTHS = ["8%", "9%", "10%", "8%", "8%", "8%", "8%", "9%", "9%", "23%"]
+                 "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "forget fluency", "retain fluency", "note"]
+TABLE_WIDTHS = ["8%", "8%", "9%", "7%", "7%", "7%", "7%", "8%", "8%", "8%", "8%", "15%"]
 MAX_REPORT_BYTES = 20_000_000
 
 
@@ -80,7 +80,9 @@ def report_table(report: dict | None) -> pd.DataFrame:
                      _fmt(row.get("model_utility"), ".3f"), _fmt(row.get("privleak"), ".1f"),
                      _fmt(row.get("auc_min_k"), ".3f"), _fmt(row.get("auc_loss"), ".3f"),
                      _fmt(row["splits"]["forget"]["rougeL_recall"], ".3f"),
-                     _fmt(row["splits"]["retain"]["rougeL_recall"], ".3f"), note])
+                     _fmt(row["splits"]["retain"]["rougeL_recall"], ".3f"),
+                     _fmt(row["splits"]["forget"].get("fluency"), ".3f"),  # .get: reports made before fluency
+                     _fmt(row["splits"]["retain"].get("fluency"), ".3f"), note])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
