@@ -80,7 +80,7 @@ def main() -> None:
                                                   shown_answers(answered))]
             del unlearned
         print(f"{name}: done in {rows[name]['seconds']:.0f} s", flush=True)
-    metrics = ("keyword_accuracy", "rougeL_recall", "probability")
+    metrics = ("keyword_accuracy", "rougeL_recall", "probability", "fluency")
     print(f"{len(forget)} forget + {len(retain)} retain items, {args.loss}, p = {args.p}, lr = {args.lr}, "
           f"sigma2 = {args.sigma2}, alpha = {args.alpha}, up to {args.steps} steps; until "
           f"{args.until} checked every {args.until_every} steps")
@@ -92,8 +92,9 @@ def main() -> None:
         a = row["after"]
         print(f"{name:<8}{row['steps']:>6}" + "".join(f"{a[s][m]:>12.3f}" for s in splits for m in metrics))
     if rows["until"]["until"]:
-        print("until checks (step: value):", ", ".join(f"{c['step']}: {c['value']:.3f}"
-                                                      for c in rows["until"]["until"]["checks"]))
+        print("until checks (step: values):", ", ".join(
+            f"{c['step']}: " + " ".join("-" if v is None else f"{v:.3f}" for v in c["values"].values())
+            for c in rows["until"]["until"]["checks"]))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"args": vars(args), "runs": rows}, handle, indent=1)
