@@ -260,6 +260,22 @@ def test_relearning_changes_only_its_copy(tiny, retain_items, tiny_run):
         m: v for m, v in result.metrics["after"]["forget"].items()}
 
 
+def test_relearning_and_its_evaluation_use_the_run_label_layout(tiny, retain_items, tiny_run, monkeypatch):
+    """--label-layout applies to the relearning attack's training batches and to every attack's evaluation."""
+    from grin_engine.attacks import base, relearn
+
+    items, cfg, result = tiny_run
+    layouts = []
+    real_batches, real_evaluate = relearn.qa_batches, base.evaluate_split
+    monkeypatch.setattr(relearn, "qa_batches", lambda *a, **k: layouts.append(("train", a[4])) or real_batches(*a, **k))
+    monkeypatch.setattr(base, "evaluate_split",
+                        lambda *a, **k: layouts.append(("evaluate", k["layout"])) or real_evaluate(*a, **k))
+    attack_unlearned(tiny, [Unlearned.of("grin", result)], items, retain_items,
+                     dataclasses.replace(cfg, label_layout="chat_turn"), ["relearn"], AttackConfig(relearn_steps=1))
+    assert layouts[0] == ("train", "chat_turn") and {layout for _, layout in layouts} == {"chat_turn"}
+    assert ("evaluate", "chat_turn") in layouts
+
+
 def test_a_stop_ends_the_attacks(tiny, retain_items, tiny_run):
     items, cfg, result = tiny_run
     for name in ("quant8", "relearn"):

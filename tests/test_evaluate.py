@@ -151,3 +151,19 @@ def test_evaluate_split_scores_fluency_of_its_answers(tiny, forget_items):
     for name in ("rougeL_recall", "keyword_accuracy", "fluency"):
         assert result["metrics"][name] == from_answers[name]
     assert list(result["metrics"])[-1] == "fluency"  # shown last in the tables that list every metric
+
+
+def test_evaluation_scores_the_tokens_of_the_run_label_layout(tiny, forget_items, retain_items):
+    """--label-layout applies to evaluation too: the probability covers the same tokens the run trained on."""
+    from grin_engine.config import GrinConfig
+    from grin_engine.evaluation import metrics
+
+    pairs = [(it.question, it.answer) for it in forget_items]
+    expected = {layout: metrics.answer_probability(*evaluate.pair_nlls(tiny.model, tiny.tokenizer, pairs, max_length=64,
+                                                                        layout=layout)).value
+                for layout in ("answer_eos", "chat_turn")}
+    assert expected["answer_eos"] != expected["chat_turn"]  # chat_turn labels two tokens more per answer
+    for layout, value in expected.items():
+        cfg = GrinConfig(max_new_tokens=2, max_length=64, label_layout=layout)
+        both = evaluate.evaluate_both(tiny.model, tiny.tokenizer, forget_items, retain_items, cfg)
+        assert both["forget"]["metrics"]["probability"].value == value

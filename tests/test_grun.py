@@ -146,3 +146,20 @@ def test_bad_grun_inputs_are_clear_errors(tiny, tmp_path):
     grun = _grun(tiny.model).attach(tiny.model, tiny.tokenizer)
     with pytest.raises(GrinError, match="already attached"):
         grun.attach(tiny.model, tiny.tokenizer)
+
+
+def test_training_batches_follow_the_label_layout(tiny, forget_items, retain_items, monkeypatch):
+    """--label-layout applies to GRUN's training batches as to GRIN's."""
+    from grin_engine.method import grun as grun_module
+
+    layouts = []
+    real_qa, real_forget = grun_module.qa_batches, grun_module.forget_batches
+    monkeypatch.setattr(grun_module, "qa_batches", lambda *a, **k: layouts.append(a[4]) or real_qa(*a, **k))
+    monkeypatch.setattr(grun_module, "forget_batches", lambda *a, **k: layouts.append(a[5]) or real_forget(*a, **k))
+    grun = _grun(tiny.model).attach(tiny.model, tiny.tokenizer)
+    try:
+        train_grun(tiny.model, tiny.tokenizer, grun, forget_items, retain_items,
+                   _cfg(grun_steps=1, label_layout="chat_turn"))
+    finally:
+        grun.detach()
+    assert layouts == ["chat_turn", "chat_turn"]

@@ -13,7 +13,7 @@ from grin_engine.config import GrinConfig
 from grin_engine.method.influence import Candidate
 from grin_engine.method.selection import select_top_fraction
 from grin_engine.models import copy_model
-from grin_engine.method.score_cache import KEEP, TopScores, score_key
+from grin_engine.method.score_cache import KEEP, TopScores, evaluation_key, score_key
 from grin_engine.events import Progress
 from grin_engine.method.influence import compute_influence_scores
 from grin_engine.runs.masks import choose_mask
@@ -112,3 +112,11 @@ def test_key_follows_what_the_scores_depend_on(forget_items, retain_items):
         assert key != score_key("default", forget_items, retain_items, replace(cfg, **change)), change
     # what the scores do not read leaves the key alone: p, steps, lr, the method
     assert key == score_key("default", forget_items, retain_items, replace(cfg, p=0.05, steps=3, lr=1e-3))
+
+
+def test_evaluation_key_follows_the_label_layout(forget_items, retain_items):
+    """The base evaluation's NLLs cover the tokens of cfg.label_layout, so a kept evaluation of the other is not reused."""
+    cfg = GrinConfig()
+    key = evaluation_key("default", forget_items, retain_items, cfg)
+    assert key != evaluation_key("default", forget_items, retain_items, replace(cfg, label_layout="chat_turn"))
+    assert key == evaluation_key("default", forget_items, retain_items, replace(cfg, p=0.05, steps=3))

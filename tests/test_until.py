@@ -42,9 +42,12 @@ def test_target_that_never_holds_runs_every_step(tiny, forget_items, retain_item
     assert run(tiny, forget_items, retain_items, _cfg()).until is None  # no target: no check
 
 
-def test_check_value_is_the_evaluation_metric(tiny, forget_items, retain_items):
-    """Checked after the last step, the check's value equals the after-evaluation of the same model."""
-    result = run(tiny, forget_items, retain_items, _cfg(steps=2, until="forget_probability<0", until_every=2))
+@pytest.mark.parametrize("layout", ["answer_eos", "chat_turn"])
+def test_check_value_is_the_evaluation_metric(tiny, forget_items, retain_items, layout):
+    """Checked after the last step, the check's value equals the after-evaluation of the same model (whose NLLs
+    cover the tokens of the run's label layout)."""
+    result = run(tiny, forget_items, retain_items, _cfg(steps=2, until="forget_probability<0", until_every=2,
+                                                         label_layout=layout))
     assert result.until["checks"][-1]["value"] == pytest.approx(result.metrics["after"]["forget"]["probability"])
 
 

@@ -177,7 +177,7 @@ class Context:
 
     def evaluate(self, loaded: LoadedModel, items: list[QAItem], split: str, tokenizer=None) -> dict:
         return evaluate_split(loaded.model, tokenizer or loaded.tokenizer, items, split, self.cfg.max_new_tokens,
-                              self.cfg.max_length, on_batch=self.on_batch)
+                              self.cfg.max_length, on_batch=self.on_batch, layout=self.cfg.label_layout)
 
     def on_batch(self, done: int, total: int) -> None:
         """Progress of the attack's own loops, reported as its stage; raises Stopped on Stop."""

@@ -24,7 +24,8 @@ def relearn(ctx: Context) -> AttackResult:
     # every weight trains; a bf16 / fp16 weight through float32 master values, as unlearning's own baselines do, so
     # the attack's small steps are not lost to rounding on a GPU
     slices = [trainable_slice(p, None) for p in params]
-    batches = qa_batches(work.tokenizer, [ctx.forget[i] for i in a_idx], ctx.cfg.batch_size, ctx.cfg.max_length)
+    batches = qa_batches(work.tokenizer, [ctx.forget[i] for i in a_idx], ctx.cfg.batch_size, ctx.cfg.max_length,
+                         ctx.cfg.label_layout)
     model.train()
     try:  # token-mean cross-entropy on the answer tokens (labels are -100 elsewhere)
         trained = train_slices(slices, lambda step: model(**{k: v.to(work.device) for k, v in

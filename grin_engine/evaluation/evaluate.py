@@ -230,8 +230,9 @@ def _per_token(sums: list[float], counts: list[int]) -> list[float]:
     return [s / max(1, c) for s, c in zip(sums, counts)]
 
 
-def truth_ratio_inputs(model, tokenizer, items: list[QAItem], max_length: int = 256):
-    """Per-token NLL of each item's paraphrased answer (or its answer) and of each of its perturbed answers.
+def truth_ratio_inputs(model, tokenizer, items: list[QAItem], max_length: int = 256, layout: str = "answer_eos"):
+    """Per-token NLL of each item's paraphrased answer (or its answer) and of each of its perturbed answers, with
+    the labels of `layout` (data.encode_pair).
 
     Items without perturbed answers are left out; returns (paraphrased, perturbed) lists or None when none qualify.
     """
@@ -239,9 +240,9 @@ def truth_ratio_inputs(model, tokenizer, items: list[QAItem], max_length: int = 
     if not usable:
         return None
     para = _per_token(*pair_nlls(model, tokenizer, [(it.question, it.paraphrased_answer or it.answer) for it in usable],
-                                 max_length=max_length))
+                                 max_length=max_length, layout=layout))
     flat = [(it.question, p) for it in usable for p in it.perturbed_answers]
-    flat_nll = _per_token(*pair_nlls(model, tokenizer, flat, max_length=max_length))
+    flat_nll = _per_token(*pair_nlls(model, tokenizer, flat, max_length=max_length, layout=layout))
     perturbed, start = [], 0
     for it in usable:
         perturbed.append(flat_nll[start: start + len(it.perturbed_answers)])
@@ -250,8 +251,9 @@ def truth_ratio_inputs(model, tokenizer, items: list[QAItem], max_length: int = 
 
 
 def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_tokens: int = 48,
-                   max_length: int = 256, on_batch=None) -> dict:
-    """Generations and metrics for one split ("forget" or "retain").
+                   max_length: int = 256, on_batch=None, layout: str = "answer_eos") -> dict:
+    """Generations and metrics for one split ("forget" or "retain"); the NLLs with the labels of `layout` (the run's
+    label_layout, so that the probabilities measure the tokens the run trained on).
 
     Returns {"generations": [...], "metrics": {name: MetricResult} (rougeL_recall, keyword_accuracy, probability,
     truth_ratio where the items have perturbed answers, fluency), "truth_ratios": [...] or None,
@@ -261,7 +263,8 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
     model.eval()
     generations, cut = generate_answers(model, tokenizer, [it.question for it in items], max_new_tokens,
                                         on_batch=on_batch, return_cut=True)
-    sums, counts = pair_nlls(model, tokenizer, [(it.question, it.answer) for it in items], max_length=max_length)
+    sums, counts = pair_nlls(model, tokenizer, [(it.question, it.answer) for it in items], max_length=max_length,
+                             layout=layout)
     answers = answer_metrics(items, generations)
     results = {
         "rougeL_recall": answers["rougeL_recall"],
@@ -269,7 +272,7 @@ def evaluate_split(model, tokenizer, items: list[QAItem], split: str, max_new_to
         "probability": metrics.answer_probability(sums, counts),
     }
     ratios = None
-    tr_inputs = truth_ratio_inputs(model, tokenizer, items, max_length)
+    tr_inputs = truth_ratio_inputs(model, tokenizer, items, max_length, layout)
     if tr_inputs is not None:
         results["truth_ratio"] = metrics.truth_ratio(*tr_inputs, split=split)
         ratios = metrics.truth_ratios(*tr_inputs)
@@ -300,10 +303,11 @@ def mcq_accuracy(model, tokenizer, questions: list[str], choices: list[list[str]
 
 
 def evaluate_both(model, tokenizer, forget: list[QAItem], retain: list[QAItem], cfg, on_batch=None) -> dict:
-    """evaluate_split on both sets with cfg's generation lengths; on_batch(done, total) counts the items answered
-    over both."""
+    """evaluate_split on both sets with cfg's generation lengths and label layout; on_batch(done, total) counts the
+    items answered over both."""
     total = len(forget) + len(retain)
     count_f = (lambda done, _n: on_batch(done, total)) if on_batch else None
     count_r = (lambda done, _n: on_batch(len(forget) + done, total)) if on_batch else None
-    return {"forget": evaluate_split(model, tokenizer, forget, "forget", cfg.max_new_tokens, cfg.max_length, count_f),
-            "retain": evaluate_split(model, tokenizer, retain, "retain", cfg.max_new_tokens, cfg.max_length, count_r)}
+    return {split: evaluate_split(model, tokenizer, items, split, cfg.max_new_tokens, cfg.max_length, count,
+                                  cfg.label_layout)
+            for split, items, count in (("forget", forget, count_f), ("retain", retain, count_r))}

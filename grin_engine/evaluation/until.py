@@ -27,7 +27,7 @@ class ForgetCheck:
     """
 
     def __init__(self, target: Target | Conditions, model, tokenizer, forget_items: list, max_new_tokens: int,
-                 max_length: int, every: int = 2):
+                 max_length: int, every: int = 2, layout: str = "answer_eos"):
         self.target = target if isinstance(target, Conditions) else Conditions((target,))
         off_forget = [str(t) for t in self.target.targets if t.split != "forget"]
         if off_forget:
@@ -37,7 +37,7 @@ class ForgetCheck:
             raise GrinError(f"until_every must be at least 1, got {every!r}")
         self.every = int(every)
         self.model, self.tokenizer, self.items = model, tokenizer, forget_items
-        self.max_new_tokens, self.max_length = max_new_tokens, max_length
+        self.max_new_tokens, self.max_length, self.layout = max_new_tokens, max_length, layout
         self.history: list[tuple[int, dict[str, float | None]]] = []
         self.stopped_at: int | None = None
 
@@ -51,7 +51,7 @@ class ForgetCheck:
             values: dict[str, float | None] = {}
             if "probability" in wanted:
                 sums, counts = pair_nlls(self.model, self.tokenizer, [(it.question, it.answer) for it in items],
-                                         max_length=self.max_length)
+                                         max_length=self.max_length, layout=self.layout)
                 values["probability"] = metrics.answer_probability(sums, counts).value
             if wanted - {"probability"}:
                 answers = generate_answers(self.model, self.tokenizer, [it.question for it in items],
@@ -85,4 +85,4 @@ def until_check(model, tokenizer, forget: list, cfg) -> ForgetCheck | None:
     if cfg.until is None:
         return None
     return ForgetCheck(parse_conditions(cfg.until), model, tokenizer, forget, cfg.max_new_tokens, cfg.max_length,
-                       cfg.until_every)
+                       cfg.until_every, cfg.label_layout)

@@ -242,8 +242,8 @@ def train_grun(model, tokenizer, grun: Grun, forget: list[QAItem], retain: list[
     """
     loss_fn = get_loss(cfg.grun_loss)
     device = input_device(model)
-    f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed)
-    r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length)
+    f_batches = forget_batches(tokenizer, forget, cfg.batch_size, cfg.max_length, cfg.seed, cfg.label_layout)
+    r_batches = qa_batches(tokenizer, retain, cfg.batch_size, cfg.max_length, cfg.label_layout)
     with grun.off():
         attach_reference(model, f_batches)
     for param in model.parameters():

@@ -104,12 +104,13 @@ class TopScores:
         return Selection(p=p, threshold=tau, selected=selected, candidates=self.n, masks=masks)
 
 
-EVALUATION_FIELDS = ("max_new_tokens", "max_length")
+EVALUATION_FIELDS = ("max_new_tokens", "max_length", "label_layout")  # label_layout: which tokens the NLLs cover
 
 
 def evaluation_key(model_id: str, forget: list[QAItem], retain: list[QAItem], cfg: GrinConfig) -> str:
     """A fingerprint of everything the base model's evaluation (evaluation/evaluate.evaluate_both) depends on: the model, every
-    field of every item (answers, keywords, perturbed answers feed the metrics) and the generation lengths."""
+    field of every item (answers, keywords, perturbed answers feed the metrics), the generation lengths and the label
+    layout."""
     text = json.dumps([model_id, [it.to_dict() for it in forget], [it.to_dict() for it in retain],
                        {name: getattr(cfg, name) for name in EVALUATION_FIELDS}], default=str)
     return hashlib.sha256(text.encode()).hexdigest()

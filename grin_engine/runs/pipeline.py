@@ -178,7 +178,7 @@ def finish(base: LoadedModel, work: LoadedModel, forget: list[QAItem], retain: l
     forget_quality = None
     if reference is not None and after["forget"]["truth_ratios"]:
         ref_eval = evaluate_split(reference.model, reference.tokenizer, forget, "forget", cfg.max_new_tokens,
-                                  cfg.max_length)
+                                  cfg.max_length, layout=cfg.label_layout)
         forget_quality = metrics.forget_quality(after["forget"]["truth_ratios"], ref_eval["truth_ratios"])
     kept = (apply_patch(base, patch) if in_place else work) if keep_model else None
     return package(base, cfg, mask.summary, before, after, forget, retain, trained, timings,
