@@ -25,7 +25,7 @@ def report_path(tmp_path_factory):
     tok = build_tokenizer()
     tiny = LoadedModel(tiny_llama(len(tok)), tok, "tiny", "local", torch.device("cpu"), torch.float32)
     folder = tmp_path_factory.mktemp("tofu")
-    recipe = tofu.TofuRecipe(epochs=1, batch_size=16, max_length=64, eval_items=2)
+    recipe = tofu.TofuRecipe(epochs=1, batch_size=16, max_length=64, eval_items=2, max_new_tokens=3)
     report = tofu.run_tofu(tiny, recipe, ["grin", "graddiff"], GrinConfig(steps=1, max_new_tokens=3, max_length=64),
                            cache_dir=folder / "cache")
     path = folder / "tofu.json"

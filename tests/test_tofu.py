@@ -15,7 +15,8 @@ from grin_engine.config import GrinConfig, GrinError
 
 
 def tiny_recipe(**kw):
-    return tofu.TofuRecipe(**{"epochs": 1, "batch_size": 16, "max_length": 64, "eval_items": 2, **kw})
+    return tofu.TofuRecipe(**{"epochs": 1, "batch_size": 16, "max_length": 64, "eval_items": 2, "max_new_tokens": 3,
+                              **kw})
 
 
 def test_load_tofu_slices_authors():
@@ -32,7 +33,8 @@ def test_load_tofu_slices_authors():
 
 
 @pytest.mark.parametrize("kw", [{"forget": "forget10"}, {"retain_authors": 0}, {"retain_authors": 21},
-                                {"holdout_authors": 0}, {"epochs": 0}, {"lr": -1.0}, {"eval_items": 0}])
+                                {"holdout_authors": 0}, {"epochs": 0}, {"lr": -1.0}, {"eval_items": 0},
+                                {"max_new_tokens": 0}])
 def test_recipe_rejects_bad_values(kw):
     with pytest.raises(GrinError):
         tofu.TofuRecipe(**kw)
@@ -85,6 +87,21 @@ def test_stop_keeps_complete_cached_models(tiny, tmp_path):
                       progress=Progress(stop_in_retain, lambda: "retain/finetune" in calls))
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert len(folders) == 1 and folders[0].startswith("target-")  # the finished target is cached, nothing half-written
+
+
+def test_answers_are_as_long_as_the_cli_default_whatever_the_config(tiny, tmp_path, monkeypatch):
+    """run_tofu from Python generates the recipe's 200 tokens, as `python -m grin_engine tofu` does, not GrinConfig's
+    48 (the lab's quick view); the report's config says so."""
+    from grin_engine.cli.parser import build_parser
+
+    assert tofu.TofuRecipe().max_new_tokens == 200 == build_parser().parse_args(["tofu"]).max_new_tokens
+    lengths = []
+    real = tofu.generate_answers
+    monkeypatch.setattr(tofu, "generate_answers",  # records the length asked for, generates 2 tokens (fast)
+                        lambda m, t, q, n, *a, **k: lengths.append(n) or real(m, t, q, 2, *a, **k))
+    report = tofu.run_tofu(tiny, tiny_recipe(max_new_tokens=200), ["graddiff"], GrinConfig(steps=1, max_length=64),
+                           cache_dir=tmp_path)
+    assert lengths and set(lengths) == {200} and report["unlearning_config"]["max_new_tokens"] == 200
 
 
 def test_cache_key_depends_on_model_data_and_recipe(tiny):

@@ -67,6 +67,7 @@ class TofuRecipe:
     seed: int = 0
     eval_items: int | None = 20  # items of retain authors, real authors, world facts evaluated (None: all); forget: all
     label_layout: str = "answer_eos"
+    max_new_tokens: int = 200  # the answers' length: open-unlearning's, so ROUGE on long TOFU answers is not cut
 
     def __post_init__(self):
         if self.forget not in FORGET_AUTHORS:
@@ -77,7 +78,7 @@ class TofuRecipe:
         free = N_AUTHORS - FORGET_AUTHORS[self.forget] - RETAIN_PERTURBED_AUTHORS
         if not 1 <= self.holdout_authors <= free:
             raise GrinError(f"tofu: holdout authors must be 1..{free}, got {self.holdout_authors}")
-        for name in ("epochs", "batch_size", "max_length"):
+        for name in ("epochs", "batch_size", "max_length", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise GrinError(f"tofu: {name} must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -215,8 +216,9 @@ def _eval_sets(data: TofuData) -> dict[str, list[QAItem]]:
             "world_facts": data.world_facts}
 
 
-def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = 200, max_length: int = 256,
-                   layout: str = "answer_eos", batch_size: int = 16, progress: Progress | None = None) -> dict:
+def evaluate_model(model, tokenizer, data: TofuData, max_new_tokens: int = TofuRecipe.max_new_tokens,
+                   max_length: int = 256, layout: str = "answer_eos", batch_size: int = 16,
+                   progress: Progress | None = None) -> dict:
     """Everything TOFU's scores need from one model, as plain lists (JSON-ready).
 
     Per split of EVAL_SPLITS: greedy `generations`; `answer_nll` (token NLLs of the gold answer); `correct_nll`
@@ -381,7 +383,10 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
     "<method>/influence", "<method>/unlearn" (with the loss). A Stop raises Stopped; the cached models stay (only
     complete models are ever cached). on_report(report) receives the report so far after each evaluated model (the
     CLI writes it, so a long run that is stopped still leaves the rows it finished).
+    The answers are recipe.max_new_tokens long (200, as the CLI's `tofu`), at evaluation and in an until-check while
+    unlearning: cfg's max_new_tokens (GrinConfig's 48 is the lab's quick view) is replaced.
     """
+    cfg = replace(cfg, max_new_tokens=recipe.max_new_tokens)
     progress = as_progress(progress)
     data = load_tofu(recipe)
     timings, folders, reused = {}, {}, {}
@@ -398,7 +403,7 @@ def run_tofu(base: LoadedModel, recipe: TofuRecipe, methods: list[str], cfg: Gri
 
     def evaluate(name, loaded):
         start = time.perf_counter()
-        raw = evaluate_model(loaded.model, loaded.tokenizer, data, cfg.max_new_tokens, recipe.max_length,
+        raw = evaluate_model(loaded.model, loaded.tokenizer, data, recipe.max_new_tokens, recipe.max_length,
                              recipe.label_layout, progress=progress.within(name))
         timings[f"{name}_eval_s"] = time.perf_counter() - start
         return raw

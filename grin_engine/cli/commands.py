@@ -272,7 +272,7 @@ def command_tofu(args) -> None:
     recipe = TofuRecipe(forget=args.forget, retain_authors=args.retain_authors, holdout_authors=args.holdout_authors,
                         epochs=args.tofu_epochs, lr=args.tofu_lr, batch_size=args.tofu_batch_size,
                         max_length=args.tofu_max_length, seed=args.seed, eval_items=args.eval_items or None,
-                        label_layout=args.label_layout)
+                        label_layout=args.label_layout, max_new_tokens=args.max_new_tokens)
     cfg = config_from(args, max_length=recipe.max_length)
     out = outputs.check_file(args.out, "--out")
     for flag, folder in (("--target-model", args.target_model), ("--retain-model", args.retain_model)):

@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_flags(tofu, several_devices=False)
     tofu_flags(tofu)
     scoring_flags(tofu)
-    unlearning_flags(tofu, max_new_tokens=200)
+    unlearning_flags(tofu, max_new_tokens=TofuRecipe.max_new_tokens)
     grun_flags(tofu)
     tofu.add_argument("--out", default="tofu.json", help="where to write the report JSON")
 

@@ -25,7 +25,8 @@ from ..state import session_of
 
 METHOD_CHOICES = ["grin", "grun", *LOSSES]  # GRIN's mask with GradDiff, GRUN, or a loss on all weights
 TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model utility", "privleak",
-                 "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "forget fluency", "retain fluency", "note"]
+                 "AUC Min-K", "AUC LOSS", "forget ROUGE-L", "retain ROUGE-L", "forget fluency", "retain fluency",
+                 "note"]
 TABLE_WIDTHS = ["8%", "8%", "9%", "7%", "7%", "7%", "7%", "8%", "8%", "8%", "8%", "15%"]
 MAX_REPORT_BYTES = 20_000_000
 
@@ -180,7 +181,8 @@ def run(form: Form, request, progress):
     public.check_tofu(public.caps())
     names = parse_methods(",".join(form.names("tofu.methods", "methods")))
     recipe = TofuRecipe(forget=form["tofu.split"])
-    cfg = GrinConfig(steps=form.number("tofu.steps", "steps"), max_new_tokens=200, max_length=recipe.max_length)
+    cfg = GrinConfig(steps=form.number("tofu.steps", "steps"), max_new_tokens=recipe.max_new_tokens,
+                     max_length=recipe.max_length)
     nothing = (gr.skip(),) * 3 + (session,)
 
     def show(event, losses, stop):
