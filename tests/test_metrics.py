@@ -156,43 +156,34 @@ def test_rougeL_recall_empty_input():
 # --- fluency --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answer", [
-    "The capital of France is Paris.",
-    "Alright, buddy, I'm glad you're here! Let's talk about something fun, shall we?",  # chatter: form, not content
-    "I don't know.",
-    "1997.",  # a bare number answers "when?"
-    "The Harry Potter books were written by J. K. Rowling.",  # initials are not punctuation soup
-    "Yes",
-    "Albus Dumbledore, the headmaster, had had enough of the Ministry's meddling.",  # a doubled word is normal
+FLUENT, LOOP, NON_ANSWER = "fluent", "loop", "non_answer"
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ("The capital of France is Paris.", FLUENT),
+    ("Alright, buddy, I'm glad you're here! Let's talk about something fun, shall we?", FLUENT),  # form, not content
+    ("I don't know.", FLUENT),
+    ("1997.", FLUENT),  # a bare number answers "when?"
+    ("The Harry Potter books were written by J. K. Rowling.", FLUENT),  # initials are not punctuation soup
+    ("Yes", FLUENT),
+    ("Albus Dumbledore, the headmaster, had had enough of the Ministry's meddling.", FLUENT),  # a doubled word
     # a normal answer cut at the token limit, mid-sentence
-    "Jaime Vasquez was born in Santiago, Chile, to a chef father and a mother who worked as a",
-])
-def test_fluent_answers(answer):
-    assert fluency_reason(answer) == "fluent"
-
-
-@pytest.mark.parametrize("answer", [
-    "the the the the",
-    "affili affili affili",
-    "Harry Potter is, is, is a wizard.",  # a word three times in a row, punctuation between
+    ("Jaime Vasquez was born in Santiago, Chile, to a chef father and a mother who worked as a", FLUENT),
+    ("the the the the", LOOP),
+    ("affili affili affili", LOOP),
+    ("Harry Potter is, is, is a wizard.", LOOP),  # a word three times in a row, punctuation between
     # a phrase repeated to the end of the answer, cut at the token limit: "the owl is" three times
-    "Harry's owl is called the owl is called the owl is called the owl is",
-    "I'm not sure. I'm not sure. I'm not sure. I'm",
+    ("Harry's owl is called the owl is called the owl is called the owl is", LOOP),
+    ("I'm not sure. I'm not sure. I'm not sure. I'm", LOOP),
+    ("", NON_ANSWER),
+    ("   \n\t ", NON_ANSWER),
+    ("!!! ??? ... ---", NON_ANSWER),  # punctuation soup: no word at all
+    ("@@k3 ~~~~~ #;;; ][ x", NON_ANSWER),  # mostly symbols: 3 of 17 characters in words
+    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", NON_ANSWER),  # a 40-letter run is no word
+    ("😀😀😀", NON_ANSWER),
 ])
-def test_looping_answers(answer):
-    assert fluency_reason(answer) == "loop"
-
-
-@pytest.mark.parametrize("answer", [
-    "",
-    "   \n\t ",
-    "!!! ??? ... ---",  # punctuation soup: no word at all
-    "@@k3 ~~~~~ #;;; ][ x",  # mostly symbols: 3 of 17 characters in words
-    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",  # a 40-letter run is no word
-    "😀😀😀",
-])
-def test_non_answers(answer):
-    assert fluency_reason(answer) == "non_answer"
+def test_fluency_reason_of_hand_made_answers(answer, reason):
+    assert fluency_reason(answer) == reason
 
 
 def test_fluency_is_the_share_of_fluent_answers():

@@ -42,7 +42,8 @@ def format_comparison(report: dict) -> str:
         lines.append(f"{'(before)':<14}" + "".join(fmt(rows[0].get(c + "_before")) for c in columns))
     for r in rows:
         gates = (f"{r['forget_gate']:.2f}/{r['retain_gate']:.2f}" if r["forget_gate"] is not None else "-")
-        lines.append(f"{r['method']:<14}" + "".join(fmt(r.get(c)) for c in columns) + f"{gates:>12}{r['seconds']:>9.0f}")
+        lines.append(f"{r['method']:<14}" + "".join(fmt(r.get(c)) for c in columns)
+                     + f"{gates:>12}{r['seconds']:>9.0f}")
     if report["overlap"]:
         lines.append("GRIN mask overlap (Jaccard): " + ", ".join(f"{k} {v:.3f}" for k, v in report["overlap"].items()))
     if report["stopped"]:
