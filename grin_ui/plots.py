@@ -240,3 +240,72 @@ def methods_scatter(rows: list[dict] | None) -> go.Figure:
                       yaxis={"title": "retain keyword accuracy (higher = kept more)", "range": [-0.05, 1.18]},
                       height=420, showlegend=False)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Learn tab's experiments: small figures drawn from the visitor's own runs
+
+
+def kind_shares(summary: dict | None) -> go.Figure:
+    """Attention and feed-forward: their share of the candidate weights next to their share of the selected ones
+    (a kind that holds the forget set more than its size says gets a taller right bar)."""
+    if not summary:
+        return _empty("Attention vs feed-forward: share of the weights", "press Try it")
+    kinds = [k for k in ("attention", "ffn") if k in summary["by_kind"]]
+    total = sum(summary["by_kind"][k]["total"] for k in kinds) or 1
+    selected = sum(summary["by_kind"][k]["selected"] for k in kinds) or 1
+    fig = go.Figure()
+    for kind, label in zip(kinds, ("attention", "feed-forward")):
+        counts = summary["by_kind"][kind]
+        fig.add_trace(go.Bar(x=["share of the candidates", f"share of the top {100 * summary['p']:g}%"],
+                             y=[100 * counts["total"] / total, 100 * counts["selected"] / selected], name=label,
+                             marker_color=KIND_COLOURS[kind], texttemplate="%{y:.0f}%",
+                             hovertemplate=f"{label}: %{{y:.1f}}%<extra></extra>"))
+    fig.update_layout(barmode="stack", title="Where the selected weights sit, against where the weights are",
+                      yaxis={"title": "% of the weights", "range": [0, 100]}, height=360,
+                      legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+def forget_retain_bars(values: dict[str, dict] | None, title: str, metric: str = "keyword_accuracy") -> go.Figure:
+    """Forget and retain `metric` after each of a few runs ({label: {"forget": v, "retain": v}}), side by side:
+    a good run has a low forget bar and a high retain bar."""
+    if not values:
+        return _empty(title, "press Try it")
+    labels = list(values)
+    fig = go.Figure()
+    for split, colour in (("forget", "#c53030"), ("retain", "#2f855a")):
+        fig.add_trace(go.Bar(x=labels, y=[values[label].get(split) for label in labels], name=f"{split} set",
+                             marker_color=colour, texttemplate="%{y:.2f}",
+                             hovertemplate=f"{split}, %{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group", title=title, yaxis={"title": metric.replace("_", " "), "range": [0, 1.05]},
+                      height=340, legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+def noise_norms(rows: dict[str, dict] | None) -> go.Figure:
+    """The selected weights' gradient norm before and after the noise, per sigma2 ({label: run report's noise})."""
+    if not rows:
+        return _empty("Gradient norm on the selected weights", "press Try it")
+    labels = list(rows)
+    fig = go.Figure()
+    for key, name, colour in (("grad_norm_before", "before the noise", "#a0aec0"),
+                              ("grad_norm_after", "after the noise", "#6b46c1")):
+        fig.add_trace(go.Bar(x=labels, y=[rows[label][key] for label in labels], name=name, marker_color=colour,
+                             texttemplate="%{y:.3g}", hovertemplate=f"{name}, %{{x}}: %{{y:.4g}}<extra></extra>"))
+    fig.update_layout(barmode="group", title="||grad NLL(forget)|| on the selected weights",
+                      yaxis={"title": "gradient norm"}, height=340, legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+def loss_curves(curves: dict[str, list[float]] | None, title: str = "Unlearning loss per step") -> go.Figure:
+    """Several runs' losses per step on one axis ({label: losses})."""
+    if not curves:
+        return _empty(title, "press Try it")
+    fig = go.Figure()
+    for label, losses in curves.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(losses) + 1)), y=losses, mode="lines+markers", name=label,
+                                 line={"color": method_colour(label) if label in METHODS else None}))
+    fig.update_layout(title=title, xaxis={"title": "step"}, yaxis={"title": "loss"}, height=340,
+                      legend={"orientation": "h", "y": 1.12})
+    return fig

@@ -187,3 +187,24 @@ def test_show_me_then_every_phase_speaks_and_times_are_true(page):
     broken = table.evaluate(BROKEN_WORDS)
     assert not broken, broken
     _shot(page, "4_compare_methods")
+
+
+def test_learn_experiments_run_from_their_buttons_and_draw(page):
+    """Each section of Learn: its Try it button runs the experiment and its figures and tables are drawn."""
+    from grin_ui.tabs import learn
+
+    _tab(page, "Learn")
+    for e in learn.EXPERIMENTS:
+        page.locator(f"#try_{e.key}").click()
+        expect(page.locator(f"#try_{e.key}_status")).to_contain_text("Done", timeout=300 * SECOND)
+        for name in e.outputs:
+            element = page.locator(f"#learn_{name}")
+            if name.endswith("answers"):  # a table: the header and one row per item
+                expect(element.get_by_role("grid")).to_have_attribute("aria-rowcount",
+                                                                      str(learn.EXPERIMENT_ITEMS + 1))
+            else:
+                expect(element.locator(".js-plotly-plot")).to_have_count(1)
+                expect(element.locator(".js-plotly-plot g.trace, .js-plotly-plot g.hm").first).to_be_attached()
+        row = page.locator(f"#learn_{e.outputs[0]}").locator("xpath=..")  # the row of the experiment's outputs
+        page.wait_for_timeout(600)  # plotly's layout settles
+        row.screenshot(path=str(SHOTS / f"classroom_learn_{e.key}.png"))

@@ -1,59 +1,99 @@
-"""Learn: what each step does and why, in plain words, with the formulas."""
+"""Learn: what each step does and why, each section opened by the question it answers and an experiment that
+answers it from the visitor's own run ("Try it": a small comparison on the first EXPERIMENT_ITEMS items of each set,
+about a minute on a 2-core CPU), then the formulas.
+
+    where do the facts live?        influence scores: the heatmap, attention / feed-forward share vs their size
+    why divide by |G_r|?            GRIN's mask against the |G_f|-only mask (forget-grad): the retain answers
+    does the noise help?            sigma2 0 against 1e-3: the gradient norm on the selected weights, and after
+    how does NPO differ from GA?    the two losses' curves and answers
+
+Every experiment runs through the same model work as the other tabs (gpu.py) and the one job helper (jobs.run_job);
+with nothing loaded it first loads the default model and the built-in sets, as Show me does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import gradio as gr
 
+from grin_engine.config import GrinConfig
+from grin_engine.method.score_summary import preview_selection
 from grin_engine.runs.methods import METHODS
 
-from ..forms import Page
+from .. import gpu, plots, tables
+from ..forms import Form, Page
+from ..jobs import STOPPED, run_job, stop
+from ..slots import MODEL_JOB, STOP_JOB
+from ..state import BEFORE, SCORES, owner, session_of, shared_inputs
+from . import setup
 
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
+EXPERIMENT_ITEMS = 4  # items of each set an experiment runs on
+EXPERIMENT_STEPS = 10  # unlearning steps of each of its runs (the defaults otherwise: GradDiff, p = 1%, lr 5e-4)
+NOISE_LEVELS = (0.0, 1e-3)  # the GRIN paper's sigma2 = 1e-3 against none
 
-LEARN_MD = r"""
+
+@dataclass(frozen=True)
+class Experiment:
+    key: str
+    question: str  # the section's heading
+    before: str  # what the section explains before its Try it button (Markdown, formulas)
+    look_for: str  # what to look for in the figures, in a few sentences
+    outputs: tuple[str, ...]  # the figures and tables it draws, in order
+
+
+INTRO = r"""
 # How GRIN unlearning works
 
 GRIN removes what a language model knows about a **forget set** (questions and answers, e.g. about Harry Potter)
 while keeping what it knows about a **retain set** (general knowledge). Instead of changing every weight, it first
 finds the few weights that carry the forget set, shakes them a little, and then trains only those.
 
-## 1. Influence score: which weights hold the forget set?
+Each section starts with the question it answers and a **Try it** button: a small experiment on the first
+4 items of your sets (with nothing loaded: the default model and the built-in sets), in about a minute on a 2-core
+CPU, drawn from your own run. The formulas follow.
+"""
 
-For the whole forget set and the whole retain set we take the gradient of the answer loss
-(the mean negative log-likelihood of the answer tokens, $\mathrm{NLL}$):
+EXPERIMENTS = [
+    Experiment("where", "1. Where do the facts live?", r"""
+For the whole forget set and the whole retain set we take the gradient of the answer loss (the mean negative
+log-likelihood of the answer tokens, $\mathrm{NLL}$), $G_f = \nabla_\theta \mathrm{NLL}_{\text{forget}}$ and
+$G_r = \nabla_\theta \mathrm{NLL}_{\text{retain}}$. Each weight $i$ gets a score, and one threshold $\tau$ for the
+whole model keeps the fraction $p$ with the highest scores:
 
-$$G_f = \nabla_\theta \mathrm{NLL}_{\text{forget}}(\theta), \qquad G_r = \nabla_\theta \mathrm{NLL}_{\text{retain}}(\theta)$$
+$$S_i = \frac{|G_f[i]|}{|G_r[i]| + \varepsilon}, \qquad \text{mask}_i = [\,S_i \ge \tau\,], \qquad
+\#\{i : S_i \ge \tau\} \approx p \cdot N$$
 
-Each weight $i$ gets a score
-
-$$S_i = \frac{|G_f[i]|}{|G_r[i]| + \varepsilon}$$
-
-High $S_i$: moving this weight changes the forget answers a lot and the retain answers little. These are the
-weights to change. The candidates are the 2-D weight matrices of the transformer blocks (attention and
-feed-forward); norms and biases are never touched.
-
-## 2. Top-p selection
-
-One threshold $\tau$ for the whole model keeps the fraction $p$ of candidate weights with the highest scores:
-
-$$\text{mask}_i = [\,S_i \ge \tau\,], \qquad \#\{i : S_i \ge \tau\} \approx p \cdot N$$
-
-Because the threshold is global, the heatmap shows *where* the forget set lives: in which layers, and whether in
-attention (blue) or feed-forward (orange) weights. The histogram shows all scores on a log scale, with the cut.
-Moving the p slider re-selects instantly from a compact summary of the scores (no new gradients).
-
-## 3. Noise on the selected weights
-
-$$w_i \leftarrow w_i + \mathcal{N}(0, \sigma^2) \quad \text{for selected } i$$
-
-A small shake moves the model away from the sharp minimum that memorised the facts, so the unlearning loss has less
-to undo. $\sigma^2 = 0$ switches it off; $10^{-4}$ is a strong shake for a small model.
-
-## 4. Masked fine-tuning
-
-Only the selected weights are trained (AdamW, learning rate, steps); every other weight stays bit-identical.
-Untick **mask** for the plain baseline: all candidate weights train and no noise is added.
-
-## 5. The unlearning losses
-
+The candidates are the 2-D weight matrices of the transformer blocks (attention and feed-forward); norms and biases
+are never touched. Because the threshold is global, the selection shows *where* the forget set lives.
+""", """**What to look for.** The heatmap: which layers and which matrices hold the top 1% (darker: a larger share of
+that matrix selected). The bars: if attention and feed-forward held the facts in proportion to their size, the two
+bars would match; a kind that takes a larger share of the selection than of the weights is where the facts
+concentrate (feed-forward layers are often described as the model's key-value memory).""",
+               ("heatmap", "shares")),
+    Experiment("ratio", "2. Why divide by |G_r|?", r"""
+A weight with a large forget gradient matters for the forget answers, but many such weights matter for *every*
+answer (they carry grammar, common words, the chat format). Dividing by $|G_r|$ keeps the weights that matter for
+the forget set **and little for the retain set**. The baseline `forget-grad` selects by $|G_f|$ alone, the same p,
+the same training: whatever it breaks on the retain set is what the division protects.
+""", """**What to look for.** The bars: both masks should forget (low red bars); the retain bar of `forget-grad` is
+the one that falls when the weights it trains also carry the retain answers. The table: the retain questions
+answered before, after GRIN and after `forget-grad`; read the `forget-grad` column for damaged answers. With only
+4 items and 10 steps the gap can be small: a tie is an honest result too.""",
+               ("ratio_bars", "ratio_answers")),
+    Experiment("noise", "3. Does the noise help?", r"""
+Before training, the selected weights get a small shake, $w_i \leftarrow w_i + \mathcal{N}(0, \sigma^2)$, and then
+only they are trained (AdamW; every other weight stays bit-identical). The GRIN paper's open question: does the
+noise help because a model that memorised its facts sits where their gradient has *vanished* (a converged minimum),
+or because it disturbs the memorised pattern? Each run measures the first: the norm of the forget NLL's gradient on
+the selected weights, before and after the noise.
+""", """**What to look for.** The left plot: at $\\sigma^2 = 0$ the two bars are equal (no noise); at $10^{-3}$, if
+the bar after the noise is clearly taller, the noise woke up a small gradient. The right plot: forget and retain
+keyword accuracy after the same 10 steps with and without noise. If the gradient grew but forgetting did not
+change, the vanishing-gradient story does not explain what the noise does here; if both moved, it might.""",
+               ("noise_norms", "noise_bars")),
+    Experiment("losses", "4. How does NPO differ from gradient ascent?", r"""
 $\pi$ is the model being trained, $\pi_{\text{ref}}$ the model right before fine-tuning; $\log\pi(y\mid x)$ is the
 summed log-probability of an answer; $\alpha$ weighs the retain term.
 
@@ -65,8 +105,15 @@ summed log-probability of an answer; $\alpha$ weighs the retain term.
 | `simnpo` | $-\tfrac{2}{\beta}\,\overline{\log\sigma\!\left(\beta[-\log\pi(y\mid x)/\lvert y\rvert-\delta]\right)} + \alpha\,\mathrm{NLL}_r$ | NPO without a reference model, length-normalised ($\beta=4.5$). |
 | `idk` | $\mathrm{NLL}(\text{refusal}\mid x_f) + \alpha\,\mathrm{NLL}_r$ | teach "I don't know" on the forget questions. |
 | `dpo` | $-\tfrac{2}{\beta}\,\overline{\log\sigma\!\left(\beta[\Delta(\text{refusal}) - \Delta(y_f)]\right)} + \alpha\,\mathrm{NLL}_r$ | prefer the refusal over the true answer; $\Delta = \log\pi - \log\pi_{\text{ref}}$ ($\beta=0.1$). |
+""", """**What to look for.** The curves: gradient ascent's loss keeps falling without a floor (the forget answers'
+NLL grows without bound), NPO's flattens as the answers become unlikely: its push fades. The answers: ascent tends
+to end in repeated words or gibberish (forgetting by breaking the model), NPO more often in fluent wrong answers;
+the bars show what each kept of the retain set.""",
+               ("loss_curves", "loss_answers")),
+]
 
-## 6. The metrics
+REST_MD = r"""
+## 5. The metrics
 
 All are measured on the forget set and on the retain set, before and after.
 
@@ -192,13 +239,199 @@ Its recovery compares the leak after unlearning with the greedy keyword accuracy
 
 BASELINES = "\n".join(["| method | what it is | the question it answers |", "|---|---|---|"] + [
     f"| `{m.name}` | {m.description.split(': ', 1)[-1]} | {m.question} |" for m in METHODS.values() if m.name != "grin"])
-LEARN_MD = LEARN_MD.replace("{baselines}", BASELINES) + ATTACKS_MD  # the table follows the registry
+REST_MD = REST_MD.replace("{baselines}", BASELINES) + ATTACKS_MD  # the table follows the registry
 
 
 def layout(page: Page) -> None:
+    c = {}
     with gr.Tab("Learn", id="learn"):
-        page.add("learn", {"text": gr.Markdown(LEARN_MD, latex_delimiters=LATEX)})
+        gr.Markdown(INTRO, latex_delimiters=LATEX)
+        for e in EXPERIMENTS:
+            gr.Markdown(f"## {e.question}\n{e.before}", latex_delimiters=LATEX)
+            with gr.Row():
+                c[f"{e.key}_btn"] = gr.Button(f"Try it: {e.question.split('. ', 1)[1]}", variant="primary",
+                                              elem_id=f"try_{e.key}", scale=3)
+                c[f"{e.key}_stop_btn"] = gr.Button("Stop", variant="stop", scale=1)
+            c[f"{e.key}_status"] = gr.Markdown(elem_id=f"try_{e.key}_status")
+            with gr.Row():
+                for name in e.outputs:
+                    c[name] = EMPTY[name]()
+            gr.Markdown(e.look_for, latex_delimiters=LATEX)
+        c["text"] = gr.Markdown(REST_MD, latex_delimiters=LATEX)
+    page.add("learn", c)
 
 
 def wire(page: Page) -> None:
-    """Nothing to wire: the tab is text."""
+    """Each Try it button runs its experiment (an api_name per experiment, for gradio_client), Stop ends it."""
+    for e in EXPERIMENTS:
+        outputs = [f"learn.{e.key}_status"] + [f"learn.{name}" for name in e.outputs] + ["session"]
+        page[f"learn.{e.key}_btn"].click(**page.event(RUN[e.key], ["session"], outputs, api_name=f"try_{e.key}",
+                                                      show_progress_on=page[f"learn.{e.key}_status"], **MODEL_JOB))
+        page[f"learn.{e.key}_stop_btn"].click(stop, None, page[f"learn.{e.key}_status"], api_visibility="undocumented",
+                                              **STOP_JOB)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The experiments: each a handler of the session that yields (status, *its outputs, session)
+
+EMPTY = {  # each output's component, empty until its experiment runs
+    "heatmap": lambda: gr.Plot(plots.selection_heatmap(None), label="selected share", elem_id="learn_heatmap",
+                               scale=3),
+    "shares": lambda: gr.Plot(plots.kind_shares(None), label="attention vs feed-forward", elem_id="learn_shares",
+                              scale=2),
+    "ratio_bars": lambda: gr.Plot(plots.forget_retain_bars(None, RATIO_TITLE), label="after unlearning",
+                                  elem_id="learn_ratio_bars", scale=2),
+    "ratio_answers": lambda: gr.Dataframe(tables.methods_answers(None, RATIO_LABELS, "retain"), wrap=True,
+                                          interactive=False, label="retain answers", elem_id="learn_ratio_answers",
+                                          scale=3),
+    "noise_norms": lambda: gr.Plot(plots.noise_norms(None), label="gradient norm", elem_id="learn_noise_norms"),
+    "noise_bars": lambda: gr.Plot(plots.forget_retain_bars(None, NOISE_TITLE), label="after unlearning",
+                                  elem_id="learn_noise_bars"),
+    "loss_curves": lambda: gr.Plot(plots.loss_curves(None), label="loss", elem_id="learn_loss_curves", scale=2),
+    "loss_answers": lambda: gr.Dataframe(tables.methods_answers(None, ["ga", "npo"], "forget"), wrap=True,
+                                         interactive=False, label="forget answers", elem_id="learn_loss_answers",
+                                         scale=3),
+}
+RATIO_LABELS = ["grin", "forget-grad"]
+RATIO_TITLE = "Keyword accuracy after: GRIN's ratio vs |G_f| alone"
+NOISE_TITLE = "Keyword accuracy after 10 steps, without and with noise"
+
+
+def _inputs(form: Form, request, progress):
+    """The visitor's session, model and first EXPERIMENT_ITEMS items of each set (the default model and the
+    built-in sets, loaded now, when nothing is loaded yet)."""
+    session = session_of(form["session"])
+    if session.model_name is None or not session.forget or not session.retain:
+        load = ("default", "", "harry_potter", "", None, "general_knowledge", "", None, session)
+        *_, session = setup.load(Form(setup.LOAD_INPUTS, load), request, progress)
+    forget, retain = session.items(EXPERIMENT_ITEMS)
+    return session, forget, retain
+
+
+def _run(request, work, session, n_outputs: int):
+    """run_job for an experiment: its progress as one status line; returns the work's result or STOPPED."""
+    empty = (gr.skip(),) * n_outputs
+
+    def show(event, losses, stop_flag):
+        stage, done, total = event[:3]
+        line = f"Running: {stage.replace('/', ': ')}" + (f", {done} of {total}" if total else " ...")
+        return (line + (" — stopping ..." if stop_flag.is_set() else ""),) + empty + (session,)
+
+    return (yield from run_job(request, work, show, queued=("**Stopped** while waiting in the queue.",) + empty
+                               + (session,), stopped=("**Stopped.**",) + empty + (session,),
+                               starting=(f"Starting on {EXPERIMENT_ITEMS} forget + {EXPERIMENT_ITEMS} retain "
+                                         "items ...",) + empty + (session,)))
+
+
+def _runs(model_name: str, forget, retain, configs: dict[str, GrinConfig], before, top, stop_flag):
+    """gpu.unlearn_work once per config, one after the other, as one message stream: done -> {label: RunResult}.
+    The base's answers and the scores of the first run serve the next."""
+    results = {}
+    for label, cfg in configs.items():
+        for message in gpu.unlearn_work(model_name, forget, retain, cfg, before, stop_flag, top):
+            if message[0] == "progress":
+                yield ("progress", (f"{label}/{message[1][0]}",) + tuple(message[1][1:]), message[2])
+            elif message[0] != "done":
+                yield message
+                return
+            else:
+                before, result, top = message[1]
+                if result is None or result.stopped:
+                    yield "stopped", None
+                    return
+                results[label] = result
+    yield "done", (before, results, top)
+
+
+def _after(result, metric: str = "keyword_accuracy") -> dict:
+    return {split: result.metrics["after"][split][metric] for split in ("forget", "retain")}
+
+
+def try_where(form: Form, request, progress):
+    """1. Influence scores on the first items: the heatmap at p = 1% and the share of each kind."""
+    session, forget, retain = _inputs(form, request, progress)
+    _, key, _, _ = shared_inputs(session.model_name, forget, retain, GrinConfig())
+    kept = SCORES.get(key)
+    if kept is not None and kept[1] is not None:  # computed earlier on this server, with its histograms
+        top, hist = kept
+    else:
+        outcome = yield from _run(request, lambda s: gpu.influence_work(session.model_name, forget, retain, s),
+                                  session, 2)
+        if outcome is STOPPED:
+            return
+        hist, top = outcome
+        SCORES.put(key, (top, hist), owner(request))
+    summary = preview_selection(hist, 0.01)
+    ffn = summary["by_kind"].get("ffn", {"selected": 0, "total": 0})
+    share = 100 * ffn["selected"] / max(1, summary["selected"])
+    yield (f"**Done** on {len(forget)} forget + {len(retain)} retain items: feed-forward weights hold {share:.0f}% "
+           f"of the top 1%, and {100 * ffn['total'] / max(1, summary['candidates']):.0f}% of the weights.",
+           plots.selection_heatmap(summary), plots.kind_shares(summary), session)
+
+
+def try_ratio(form: Form, request, progress):
+    """2. GRIN against forget-grad (|G_f| alone), same p, steps and seed: forget / retain after, retain answers."""
+    session, forget, retain = _inputs(form, request, progress)
+    cfg = GrinConfig(steps=EXPERIMENT_STEPS)
+    before_key, _, cached, top = shared_inputs(session.model_name, forget, retain, cfg)
+    outcome = yield from _run(request, lambda s: gpu.compare_work(session.model_name, forget, retain, cfg,
+                                                                   RATIO_LABELS, s, cached, top), session, 2)
+    if outcome is STOPPED:
+        return
+    before, comparison = outcome
+    if before is None or comparison is None or comparison.stopped:
+        yield ("**Stopped** before both runs finished.",) + (gr.skip(),) * 2 + (session,)
+        return
+    BEFORE.put(before_key, before, owner(request))
+    values = {METHODS[name].label: _after(result) for name, result in comparison.results.items()}
+    grin, grad = (values[METHODS[name].label]["retain"] for name in RATIO_LABELS)
+    yield (f"**Done**: retain keyword accuracy after GRIN {grin:.2f}, after |G_f| alone {grad:.2f} "
+           f"({EXPERIMENT_STEPS} steps each).", plots.forget_retain_bars(values, RATIO_TITLE),
+           tables.methods_answers(comparison.generations(), RATIO_LABELS, "retain"), session)
+
+
+def try_noise(form: Form, request, progress):
+    """3. The same mask trained with sigma2 = 0 and 1e-3: gradient norm before / after the noise, and after."""
+    session, forget, retain = _inputs(form, request, progress)
+    cfg = GrinConfig(steps=EXPERIMENT_STEPS)
+    before_key, key, cached, top = shared_inputs(session.model_name, forget, retain, cfg)
+    configs = {f"σ² = {sigma2:g}": replace(cfg, sigma2=sigma2) for sigma2 in NOISE_LEVELS}
+    outcome = yield from _run(request, lambda s: _runs(session.model_name, forget, retain, configs, cached, top, s),
+                              session, 2)
+    if outcome is STOPPED:
+        return
+    before, results, kept = outcome
+    BEFORE.put(before_key, before, owner(request))
+    if top is None:
+        SCORES.put(key, (kept, None), owner(request))
+    norms = {label: result.noise for label, result in results.items()}
+    quiet, loud = norms.values()
+    yield (f"**Done**: gradient norm on the selected weights {loud['grad_norm_before']:.3g} before the noise, "
+           f"{loud['grad_norm_after']:.3g} after it (σ² = {NOISE_LEVELS[1]:g}).", plots.noise_norms(norms),
+           plots.forget_retain_bars({label: _after(r) for label, r in results.items()}, NOISE_TITLE), session)
+
+
+def try_losses(form: Form, request, progress):
+    """4. Gradient ascent and NPO on the same mask and steps: loss curves and forget answers side by side."""
+    session, forget, retain = _inputs(form, request, progress)
+    cfg = GrinConfig(steps=EXPERIMENT_STEPS)
+    before_key, key, cached, top = shared_inputs(session.model_name, forget, retain, cfg)
+    configs = {loss: replace(cfg, loss=loss) for loss in ("ga", "npo")}
+    outcome = yield from _run(request, lambda s: _runs(session.model_name, forget, retain, configs, cached, top, s),
+                              session, 2)
+    if outcome is STOPPED:
+        return
+    before, results, kept = outcome
+    BEFORE.put(before_key, before, owner(request))
+    if top is None:
+        SCORES.put(key, (kept, None), owner(request))
+    rows = [dict(g) for g in results["ga"].generations]
+    for row, npo_row in zip(rows, results["npo"].generations):
+        row["ga"], row["npo"] = row.pop("after"), npo_row["after"]
+    kept_retain = ", ".join(f"{loss} {_after(r)['retain']:.2f}" for loss, r in results.items())
+    yield (f"**Done**: {EXPERIMENT_STEPS} steps each; retain keyword accuracy after: {kept_retain}.",
+           plots.loss_curves({loss: r.losses for loss, r in results.items()}),
+           tables.methods_answers(rows, ["ga", "npo"], "forget"), session)
+
+
+RUN = {"where": try_where, "ratio": try_ratio, "noise": try_noise, "losses": try_losses}
