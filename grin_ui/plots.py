@@ -261,9 +261,9 @@ def kind_shares(summary: dict | None) -> go.Figure:
                              y=[100 * counts["total"] / total, 100 * counts["selected"] / selected], name=label,
                              marker_color=KIND_COLOURS[kind], texttemplate="%{y:.0f}%",
                              hovertemplate=f"{label}: %{{y:.1f}}%<extra></extra>"))
-    fig.update_layout(barmode="stack", title="Where the selected weights sit, against where the weights are",
+    fig.update_layout(barmode="stack", title="Share of the weights vs share of the selection",
                       yaxis={"title": "% of the weights", "range": [0, 100]}, height=360,
-                      legend={"orientation": "h", "y": 1.12})
+                      legend={"orientation": "h", "y": -0.15})
     return fig
 
 

@@ -217,10 +217,13 @@ def test_full_flow_in_a_browser(page):
     _tab(page, "Sweep")
     sweep_figure_and_answers(page)
 
-    # Learn: the explanations
+    # Learn: the explanations, each section opened by its question and its experiment's button
     _tab(page, "Learn")
     expect(page.get_by_role("heading", name="How GRIN unlearning works")).to_be_visible()
-    expect(page.get_by_role("heading", name=re.compile("Influence score"))).to_be_visible()
+    for question in ("1. Where do the facts live?", "2. Why divide by |G_r|?", "3. Does the noise help?",
+                     "4. How does NPO differ from gradient ascent?"):  # each section: its question and Try it
+        expect(page.get_by_role("heading", name=question, exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile("^Try it: "))).to_have_count(4)
     expect(page.get_by_role("heading", name=re.compile("GRUN: unlearning without changing a weight"))).to_be_visible()
     expect(page.get_by_role("heading", name="Is it really gone? The attacks")).to_be_visible()
     _shot(page, "8_learn")

@@ -281,17 +281,23 @@ EMPTY = {  # each output's component, empty until its experiment runs
                               scale=2),
     "ratio_bars": lambda: gr.Plot(plots.forget_retain_bars(None, RATIO_TITLE), label="after unlearning",
                                   elem_id="learn_ratio_bars", scale=2),
-    "ratio_answers": lambda: gr.Dataframe(tables.methods_answers(None, RATIO_LABELS, "retain"), wrap=True,
-                                          interactive=False, label="retain answers", elem_id="learn_ratio_answers",
-                                          scale=3),
+    "ratio_answers": lambda: gr.Dataframe(_answers(None, RATIO_LABELS, "retain"), wrap=True, interactive=False,
+                                          label="retain answers", elem_id="learn_ratio_answers", scale=3,
+                                          column_widths=["25%"] * 4),
     "noise_norms": lambda: gr.Plot(plots.noise_norms(None), label="gradient norm", elem_id="learn_noise_norms"),
     "noise_bars": lambda: gr.Plot(plots.forget_retain_bars(None, NOISE_TITLE), label="after unlearning",
                                   elem_id="learn_noise_bars"),
     "loss_curves": lambda: gr.Plot(plots.loss_curves(None), label="loss", elem_id="learn_loss_curves", scale=2),
-    "loss_answers": lambda: gr.Dataframe(tables.methods_answers(None, ["ga", "npo"], "forget"), wrap=True,
-                                         interactive=False, label="forget answers", elem_id="learn_loss_answers",
-                                         scale=3),
+    "loss_answers": lambda: gr.Dataframe(_answers(None, ["ga", "npo"], "forget"), wrap=True, interactive=False,
+                                         label="forget answers", elem_id="learn_loss_answers", scale=3,
+                                         column_widths=["25%"] * 4),
 }
+
+
+def _answers(generations, runs: list[str], split: str):
+    """The question, the base model's answer and each run's, side by side (the gold answer left out: four
+    columns fit beside a figure)."""
+    return tables.methods_answers(generations, runs, split)[["question", "before"] + list(runs)]
 RATIO_LABELS = ["grin", "forget-grad"]
 RATIO_TITLE = "Keyword accuracy after: GRIN's ratio vs |G_f| alone"
 NOISE_TITLE = "Keyword accuracy after 10 steps, without and with noise"
@@ -387,7 +393,7 @@ def try_ratio(form: Form, request, progress):
     grin, grad = (values[METHODS[name].label]["retain"] for name in RATIO_LABELS)
     yield (f"**Done**: retain keyword accuracy after GRIN {grin:.2f}, after |G_f| alone {grad:.2f} "
            f"({EXPERIMENT_STEPS} steps each).", plots.forget_retain_bars(values, RATIO_TITLE),
-           tables.methods_answers(comparison.generations(), RATIO_LABELS, "retain"), session)
+           _answers(comparison.generations(), RATIO_LABELS, "retain"), session)
 
 
 def try_noise(form: Form, request, progress):
@@ -431,7 +437,7 @@ def try_losses(form: Form, request, progress):
     kept_retain = ", ".join(f"{loss} {_after(r)['retain']:.2f}" for loss, r in results.items())
     yield (f"**Done**: {EXPERIMENT_STEPS} steps each; retain keyword accuracy after: {kept_retain}.",
            plots.loss_curves({loss: r.losses for loss, r in results.items()}),
-           tables.methods_answers(rows, ["ga", "npo"], "forget"), session)
+           _answers(rows, ["ga", "npo"], "forget"), session)
 
 
 RUN = {"where": try_where, "ratio": try_ratio, "noise": try_noise, "losses": try_losses}
