@@ -134,7 +134,18 @@ def run_text(result) -> str:
         early = (f" The forget set met {until['target']} at step {until['stopped_at']}, so unlearning stopped there."
                  if until.get("stopped_at") else f" The forget set had not met {until['target']} by the last step.")
     return (f"**Done**: {len(result.losses)} steps{loss}.{early} Trained {sel['selected']:,} of "
-            f"{sel['candidates']:,} candidate weights. {times} See **Compare** for the answers and metrics.")
+            f"{sel['candidates']:,} candidate weights.{noise_text(getattr(result, 'noise', None))} {times} "
+            f"See **Compare** for the answers and metrics.")
+
+
+def noise_text(noise: dict | None) -> str:
+    """What the noise did to the gradient on the selected weights (the run's `noise`), as one sentence."""
+    if not noise:
+        return ""
+    if not noise["sigma2"]:
+        return f" No noise (σ² = 0); gradient norm on the selected weights {noise['grad_norm_before']:.3g}."
+    return (f" Noise σ² = {noise['sigma2']:g}: gradient norm on the selected weights {noise['grad_norm_before']:.3g}"
+            f" before, {noise['grad_norm_after']:.3g} after.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -45,3 +45,12 @@ def test_methods_table_has_fluency_columns():
            "retain_fluency_before": 1.0}
     table = methods_table([row])
     assert list(table["forget fluency"]) == ["1.000", "0.500"] and list(table["retain fluency"]) == ["1.000", "1.000"]
+
+
+def test_the_run_status_says_what_the_noise_did_to_the_gradient():
+    from grin_ui.tables import noise_text
+
+    assert noise_text(None) == ""  # an unmasked run: no noise, no measurement
+    assert "No noise" in noise_text({"sigma2": 0.0, "grad_norm_before": 1.03, "grad_norm_after": 1.03})
+    text = noise_text({"sigma2": 1e-3, "grad_norm_before": 1.03, "grad_norm_after": 1.01})
+    assert "σ² = 0.001" in text and "1.03 before, 1.01 after" in text
