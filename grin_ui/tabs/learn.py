@@ -396,22 +396,33 @@ def try_ratio(form: Form, request, progress):
            _answers(comparison.generations(), RATIO_LABELS, "retain"), session)
 
 
-def try_noise(form: Form, request, progress):
-    """3. The same mask trained with sigma2 = 0 and 1e-3: gradient norm before / after the noise, and after."""
+def _compared_runs(form: Form, request, progress, settings: dict[str, dict]):
+    """The experiments' default run (EXPERIMENT_STEPS steps) on the first items once per setting ({label:
+    GrinConfig changes}), one after the other on the same mask; what they computed of the base is kept for the next
+    experiment: -> (session, forget, retain, {label: RunResult} or None when stopped)."""
     session, forget, retain = _inputs(form, request, progress)
     cfg = GrinConfig(steps=EXPERIMENT_STEPS)
     before_key, key, cached, top = shared_inputs(session.model_name, forget, retain, cfg)
-    configs = {f"σ² = {sigma2:g}": replace(cfg, sigma2=sigma2) for sigma2 in NOISE_LEVELS}
+    configs = {label: replace(cfg, **changes) for label, changes in settings.items()}
     outcome = yield from _run(request, lambda s: _runs(session.model_name, forget, retain, configs, cached, top, s),
                               session, 2)
     if outcome is STOPPED:
-        return
+        return session, forget, retain, None
     before, results, kept = outcome
     BEFORE.put(before_key, before, owner(request))
     if top is None:
         SCORES.put(key, (kept, None), owner(request))
+    return session, forget, retain, results
+
+
+def try_noise(form: Form, request, progress):
+    """3. The same mask trained with sigma2 = 0 and 1e-3: gradient norm before / after the noise, and after."""
+    session, _, _, results = yield from _compared_runs(form, request, progress,
+                                                       {f"σ² = {s:g}": {"sigma2": s} for s in NOISE_LEVELS})
+    if results is None:
+        return
     norms = {label: result.noise for label, result in results.items()}
-    quiet, loud = norms.values()
+    loud = norms[f"σ² = {NOISE_LEVELS[1]:g}"]
     yield (f"**Done**: gradient norm on the selected weights {loud['grad_norm_before']:.3g} before the noise, "
            f"{loud['grad_norm_after']:.3g} after it (σ² = {NOISE_LEVELS[1]:g}).", plots.noise_norms(norms),
            plots.forget_retain_bars({label: _after(r) for label, r in results.items()}, NOISE_TITLE), session)
@@ -419,18 +430,10 @@ def try_noise(form: Form, request, progress):
 
 def try_losses(form: Form, request, progress):
     """4. Gradient ascent and NPO on the same mask and steps: loss curves and forget answers side by side."""
-    session, forget, retain = _inputs(form, request, progress)
-    cfg = GrinConfig(steps=EXPERIMENT_STEPS)
-    before_key, key, cached, top = shared_inputs(session.model_name, forget, retain, cfg)
-    configs = {loss: replace(cfg, loss=loss) for loss in ("ga", "npo")}
-    outcome = yield from _run(request, lambda s: _runs(session.model_name, forget, retain, configs, cached, top, s),
-                              session, 2)
-    if outcome is STOPPED:
+    session, _, _, results = yield from _compared_runs(form, request, progress,
+                                                       {loss: {"loss": loss} for loss in ("ga", "npo")})
+    if results is None:
         return
-    before, results, kept = outcome
-    BEFORE.put(before_key, before, owner(request))
-    if top is None:
-        SCORES.put(key, (kept, None), owner(request))
     rows = [dict(g) for g in results["ga"].generations]
     for row, npo_row in zip(rows, results["npo"].generations):
         row["ga"], row["npo"] = row.pop("after"), npo_row["after"]
