@@ -116,7 +116,7 @@ def answers(items: int, cfg: GrinConfig) -> float:
     return items * cfg.max_new_tokens / 48
 
 
-def step_work(model_name: str, forget: list, cfg: GrinConfig, steps: int | None = None) -> float:
+def step_work(model_name: str, forget: list, cfg: GrinConfig) -> float:
     """One unlearning step, with its share of the until-checks (each answers the forget set every until_every
     steps)."""
     checks = answers(len(forget), cfg) / cfg.until_every if cfg.until else 0.0
