@@ -8,6 +8,7 @@ The top-p selection over these scores is selection.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -97,6 +98,33 @@ def row_chunks(batch: dict, token_budget: int) -> list[dict]:
     return [{k: v[start: start + per_chunk] for k, v in batch.items()} for start in range(0, rows, per_chunk)]
 
 
+@contextlib.contextmanager
+def gradient_hooks(model, names: list[str], on_grad):
+    """While open, the named weights take gradients, and on_grad(name, grad) gets each one's gradient inside
+    backward, the moment autograd has formed it; the weight keeps none (.grad is dropped at once), so a pass's
+    gradients never exist for the whole model together. On leaving, however it is left: the hooks are removed and
+    the weights take no gradient again."""
+    params = dict(model.named_parameters())
+
+    def hook_for(name: str):
+        def hook(param):  # runs inside backward, right after autograd wrote this weight's gradient
+            grad, param.grad = param.grad, None
+            on_grad(name, grad)
+        return hook
+
+    for name in names:
+        params[name].requires_grad_(True)
+    handles = [params[name].register_post_accumulate_grad_hook(hook_for(name)) for name in names]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name in names:
+            params[name].requires_grad_(False)
+            params[name].grad = None
+
+
 def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=None,
                          mean: str = "token", token_budget: int | None = None) -> dict[str, torch.Tensor]:
     """G = grad L over the whole set, with L (DESIGN.md §2.1)
@@ -117,30 +145,23 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
     `memory.gradient_token_budget`): a larger batch runs as chunks of its rows (`row_chunks`), each contributing its
     share of the same whole-set L, so G is the same up to the order of float additions.
     """
-    params = dict(model.named_parameters())
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for name in names:
-        params[name].requires_grad_(True)
     if mean not in GRAD_MEANS:
         raise GrinError(f"grad mean must be one of {', '.join(GRAD_MEANS)}, got {mean!r}")
+    for param in model.parameters():
+        param.requires_grad_(False)
     total_tokens = max(1, count_answer_tokens(batches))
     total_items = max(1, sum(int(b["labels"].shape[0]) for b in batches))
     grads: dict[str, torch.Tensor] = {}
 
-    def add_into_accumulator(name: str):
-        def hook(param):  # runs inside backward, right after autograd wrote this weight's gradient
-            grad, param.grad = param.grad, None
-            if name in grads:
-                grads[name].add_(grad)
-            else:  # the first batch's gradient becomes the accumulator: no copy for float32 models
-                grads[name] = grad.float()
-        return hook
+    def add_into_accumulator(name: str, grad: torch.Tensor) -> None:
+        if name in grads:
+            grads[name].add_(grad)
+        else:  # the first batch's gradient becomes the accumulator: no copy for float32 models
+            grads[name] = grad.float()
 
-    handles = [params[name].register_post_accumulate_grad_hook(add_into_accumulator(name)) for name in names]
     device = input_device(model)
     budget = token_budget if token_budget is not None else gradient_token_budget(model)
-    try:
+    with gradient_hooks(model, names, add_into_accumulator):
         for i, batch in enumerate(batches):
             for chunk in row_chunks(batch, budget):
                 chunk = {k: v.to(device) for k, v in chunk.items()}
@@ -151,12 +172,6 @@ def accumulate_gradients(model, batches: list[dict], names: list[str], on_batch=
                     ((nll_sum / n_tokens.clamp(min=1)).sum() / total_items).backward()
             if on_batch is not None:
                 on_batch(i + 1, len(batches))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name in names:
-            params[name].requires_grad_(False)
-            params[name].grad = None
     # in the order of `names` (the hook filled it in backward's order): scores, masks and everything built from them
     # list the weights in the model's order
     return {name: grads[name] for name in names if name in grads}

@@ -10,6 +10,10 @@ import math
 
 import torch
 
+from ..models import input_device
+from .influence import gradient_hooks
+from .losses import mean_nll
+
 
 def inject_noise(params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor], sigma2: float,
                  seed: int) -> int:
@@ -48,26 +52,13 @@ def selected_gradient_norm(model, batch: dict, masks: dict[str, torch.Tensor]) -
     memorised its forget set sits where that gradient is small (a converged minimum), and unlearning starts from
     it; if the noise helps by undoing vanishing gradients, the norm after the noise is clearly larger. Each weight's
     full gradient is reduced to its selected entries' squared sum the moment backward forms it, and dropped."""
-    from ..models import input_device
-    from .losses import mean_nll
+    squares: dict[torch.device, torch.Tensor] = {}  # summed on each weight's device, read once per device
 
-    params = dict(model.named_parameters())
-    squares: list[torch.Tensor] = []
-    handles = []
-    for name, mask in masks.items():
-        params[name].requires_grad_(True)
+    def keep_selected(name: str, grad: torch.Tensor) -> None:
+        square = (grad.float().square() * masks[name]).sum()
+        squares[grad.device] = squares[grad.device] + square if grad.device in squares else square
 
-        def keep_selected(param, mask=mask):
-            squares.append((param.grad.float().square() * mask).sum().cpu())
-            param.grad = None
-        handles.append(params[name].register_post_accumulate_grad_hook(keep_selected))
-    try:
-        device = input_device(model)
+    device = input_device(model)
+    with gradient_hooks(model, list(masks), keep_selected):
         mean_nll(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}).backward()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name in masks:
-            params[name].requires_grad_(False)
-            params[name].grad = None
-    return math.sqrt(float(sum(squares))) if squares else 0.0
+    return math.sqrt(sum(float(total) for total in squares.values()))
