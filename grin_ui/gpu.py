@@ -51,7 +51,7 @@ from grin_engine.method.score_cache import KEEP, TopScores
 from grin_engine.method.score_summary import score_histograms
 from grin_engine.models import copy_model, save_weights
 from grin_engine.runs import compare, pipeline, sweep
-from grin_engine.runs.masks import choose_mask, method_selection
+from grin_engine.runs.masks import choose_mask, method_selection, missing_scores
 from grin_engine.runs.methods import METHODS
 from grin_engine.runs.pipeline import RunResult
 
@@ -210,7 +210,10 @@ def prepare_part(model_name: str, forget: list[QAItem], retain: list[QAItem], cf
         base = STORE.get(model_name)
         evaluated, before_s = (before, 0.0) if before else pipeline.evaluate(base, forget, retain, cfg, progress,
                                                                              "before")
-        mask = choose_mask(copy_model(base), forget, retain, cfg, progress, kept=top, keep=KEEP)
+        kept = {"grin": top} if top is not None else None
+        scoring = cfg.use_mask and missing_scores([METHODS["grin"]], kept, max(cfg.p, KEEP))
+        work_model = copy_model(base) if scoring else base  # gradients need a private copy; a selection only reads
+        mask = choose_mask(work_model, forget, retain, cfg, progress, kept=top, keep=KEEP)
         return evaluated, before_s, mask.top, mask.timings
 
     yield from _stream(work, stop)
