@@ -3,6 +3,7 @@
     python assets/datasets/build_sets.py            # all sets in candidates/
     python assets/datasets/build_sets.py harry_potter
     python assets/datasets/build_sets.py --paraphrases harry_potter   # only re-check the kept items' paraphrases
+    python assets/datasets/build_sets.py --folder pairs                # the look-alike pairs: pairs/candidates/
 
 For each candidates/<name>.jsonl this asks the default model (SmolLM2-135M-Instruct, greedy, the same generation
 the evaluation uses) every question and keeps the items whose answer contains one of the item's keywords.
@@ -26,18 +27,18 @@ sys.path.insert(0, str(HERE.parent.parent))  # run from anywhere without install
 
 from grin_engine.config import ModelSpec  # noqa: E402
 from grin_engine.data import read_items_file  # noqa: E402
-from grin_engine.evaluate import generate_answers  # noqa: E402
-from grin_engine.metrics import keyword_hit  # noqa: E402
+from grin_engine.evaluation.evaluate import generate_answers  # noqa: E402
+from grin_engine.evaluation.metrics import keyword_hit  # noqa: E402
 from grin_engine.models import load_model  # noqa: E402
 
 
-def build(name: str, loaded) -> dict:
-    items = read_items_file(HERE / "candidates" / f"{name}.jsonl")
+def build(name: str, loaded, folder: Path = HERE) -> dict:
+    items = read_items_file(folder / "candidates" / f"{name}.jsonl")
     answers = generate_answers(loaded.model, loaded.tokenizer, [it.question for it in items])
     passed = [keyword_hit(answer, it.keywords) for it, answer in zip(items, answers)]
     kept = [it for it, ok in zip(items, passed) if ok]
     paraphrases = check_paraphrases(kept, loaded)
-    write_items(name, kept, paraphrases["kept"])
+    write_items(folder / f"{name}.jsonl", kept, paraphrases["kept"])
     meta = {
         "name": name,
         "model": loaded.name,
@@ -50,7 +51,7 @@ def build(name: str, loaded) -> dict:
                     for it, a, ok in zip(items, answers, passed)],
         "paraphrases": paraphrases["meta"],
     }
-    (HERE / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
@@ -71,8 +72,8 @@ def check_paraphrases(items, loaded) -> dict:
     return {"kept": kept, "meta": meta}
 
 
-def write_items(name: str, items, paraphrases) -> None:
-    with open(HERE / f"{name}.jsonl", "w", encoding="utf-8") as f:
+def write_items(path: Path, items, paraphrases) -> None:
+    with open(path, "w", encoding="utf-8") as f:
         for it, para in zip(items, paraphrases):
             record = {"question": it.question, "answer": it.answer, "keywords": it.keywords}
             if para:
@@ -88,7 +89,7 @@ def rebuild_paraphrases(name: str, loaded) -> dict:
     items = [dataclasses.replace(it, paraphrased_questions=candidates[it.question].paraphrased_questions
                                  if it.question in candidates else []) for it in items]
     paraphrases = check_paraphrases(items, loaded)
-    write_items(name, items, paraphrases["kept"])
+    write_items(HERE / f"{name}.jsonl", items, paraphrases["kept"])
     meta_path = HERE / f"{name}.meta.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     meta["paraphrases"] = paraphrases["meta"]
@@ -98,8 +99,13 @@ def rebuild_paraphrases(name: str, loaded) -> dict:
 
 def main(names: list[str]) -> None:
     only_paraphrases = "--paraphrases" in names
+    folder = HERE
+    if "--folder" in names:  # a folder under this one with its own candidates/, e.g. the look-alike pairs
+        at = names.index("--folder")
+        folder = HERE / names[at + 1]
+        names = names[:at] + names[at + 2:]
     names = [n for n in names if n != "--paraphrases"]
-    names = names or sorted(p.stem for p in (HERE / "candidates").glob("*.jsonl"))
+    names = names or sorted(p.stem for p in (folder / "candidates").glob("*.jsonl"))
     loaded = load_model(ModelSpec("default", device="cpu"))
     if only_paraphrases:
         for name in names:
@@ -108,7 +114,7 @@ def main(names: list[str]) -> None:
                   f"{meta['items_with_one']} of {meta['items']} items have at least one")
         return
     for name in names:
-        meta = build(name, loaded)
+        meta = build(name, loaded, folder)
         print(f"{name}: kept {meta['kept']} of {meta['candidates']} ({100 * meta['pass_rate']:.0f}%)")
 
 

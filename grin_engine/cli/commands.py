@@ -18,6 +18,7 @@ from .. import data, memory, models
 from ..attacks import AttackConfig, Unlearned, attack_unlearned, attacks_report, parse_attacks, recovery_table
 from ..attacks import saved_unlearned
 from ..benchmarks.tofu import TofuRecipe, parse_methods as parse_tofu_methods, run_tofu
+from ..benchmarks.tofu_grid import grid_points, parse_grid, run_grid
 from ..config import DataSpec, GrinConfig, ModelSpec
 from ..errors import GrinError
 from ..events import Progress
@@ -278,6 +279,13 @@ def command_tofu(args) -> None:
     for flag, folder in (("--target-model", args.target_model), ("--retain-model", args.retain_model)):
         if folder and not Path(folder).is_dir():
             raise GrinError(f"{flag}: folder {folder!r} not found")
+    if args.tune or args.grid:
+        if out.suffix != ".jsonl":
+            raise GrinError(f"--out: with --tune or --grid, a JSON-lines file ending in .jsonl; got {str(out)!r}")
+        if args.target_model or args.retain_model:
+            raise GrinError("--tune/--grid fine-tune (or reuse from the cache) their own target and retain models; "
+                            "leave out --target-model and --retain-model")
+        grid_points(methods, parse_grid(args.grid) if args.grid else None)  # a bad grid fails before the model loads
     start = time.perf_counter()
     print(f"loading model {args.model!r} ...", flush=True)
     base = models.load_model(_model_spec(args))
@@ -288,6 +296,14 @@ def command_tofu(args) -> None:
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(out)
 
+    if args.tune or args.grid:
+        lines_path, out = out, out.with_suffix(".json")
+        report = run_grid(base, recipe, methods, cfg, lines_path, parse_grid(args.grid) if args.grid else None,
+                          args.cache_dir, progress_bars(), on_point=write)
+        write(report)
+        print(tables.format_tofu_grid(report))
+        print(f"points in {lines_path}, report written to {out}")
+        return
     report = run_tofu(base, recipe, methods, cfg, args.cache_dir, args.target_model, args.retain_model,
                       progress_bars(), on_report=write)
     print(tables.format_tofu(report))

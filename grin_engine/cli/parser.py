@@ -188,7 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     scoring_flags(tofu)
     unlearning_flags(tofu, max_new_tokens=TofuRecipe.max_new_tokens)
     grun_flags(tofu)
-    tofu.add_argument("--out", default="tofu.json", help="where to write the report JSON")
+    grid = tofu.add_mutually_exclusive_group()
+    grid.add_argument("--tune", action="store_true",
+                      help="run each method's own 9-point grid and pick its setting by one rule (highest forget "
+                           "quality with model utility >= 0.9 x the target's); --out is then a .jsonl file")
+    grid.add_argument("--grid", default=None, metavar="KNOBS",
+                      help="cross every method with these knob values, e.g. 'p=0.002,0.004 sigma2=1e-3 seed=0,1'; "
+                           "--out is then a .jsonl file")
+    tofu.add_argument("--out", default="tofu.json",
+                      help="where to write the report JSON (with --tune/--grid: JSON lines, one per point, resumable; "
+                           "the report goes to the same name ending in .json)")
 
     attack = sub.add_parser("attack", help="attack a saved run: is the forgotten knowledge really gone?",
                             description="Attack the unlearned model(s) of a report written by run or compare with "

@@ -122,6 +122,25 @@ def format_tofu(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_tofu_grid(report: dict) -> str:
+    """Every finished point of a TOFU grid, then (with --tune) the table of each method at its chosen setting."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    lines = [f"{report['finished']} of {report['points']} points",
+             f"{'row':<12}{'setting':<34}{'forget Q':>11}{'utility':>9}{'privleak':>10}{'seconds':>9}"]
+    for p in report["grid"]:
+        lines.append(f"{p['row']:<12}{p['setting']:<34}{num(p.get('forget_quality'), '11.3g')}"
+                     f"{p['model_utility']:>9.3f}{num(p.get('privleak'), '10.1f')}{p['seconds']:>9.0f}")
+    if "chosen" in report:
+        lines += ["", f"chosen by the rule: {report['rule']}"]
+        lines += [f"  {row}: {c['setting']} ({c['of']})" + ("" if c["keeps_utility"] else "  -- no point keeps "
+                                                                  "the utility: its highest-utility point")
+                  for row, c in report["chosen"].items()]
+        lines.append(format_tofu(report))
+    return "\n".join(lines)
+
+
 def format_memory(report: dict) -> str:
     """One line per device: 'memory on cuda:0 (NVIDIA H100 80GB HBM3): peak 43.10 GiB = 3.00x the weights (...)'."""
     return "\n".join(

@@ -164,6 +164,9 @@ def point_record(point: dict, key: str, fp: str, result, select_s: float) -> dic
         seconds=select_s + result.timings.get("unlearn_s", 0.0) + result.timings.get("eval_after_s", 0.0),
         answers=[g["after"] for g in result.generations],
     )
+    if result.noise:  # masked runs: does the noise wake a vanished gradient on the selected weights?
+        record.update(grad_norm_before_noise=result.noise["grad_norm_before"],
+                      grad_norm_after_noise=result.noise["grad_norm_after"])
     return record
 
 

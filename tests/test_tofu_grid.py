@@ -1,0 +1,92 @@
+"""TOFU over a grid and tuned by one rule (grin_engine/benchmarks/tofu_grid.py), on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grin_engine.benchmarks import tofu, tofu_grid
+from grin_engine.cli.tables import format_tofu_grid
+from grin_engine.config import GrinConfig, GrinError
+from grin_engine.events import Progress
+
+
+def tiny_recipe(**kw):
+    return tofu.TofuRecipe(**{"epochs": 1, "batch_size": 16, "max_length": 64, "eval_items": 2, "max_new_tokens": 3,
+                              **kw})
+
+
+def test_parse_grid_and_points():
+    assert tofu_grid.parse_grid("p=0.002,0.004 sigma2=1e-3 seed=0,1") == {"p": [0.002, 0.004], "sigma2": [0.001],
+                                                                          "seed": [0, 1]}
+    for bad in ("", "p", "p=", "q=1", "steps=1.5"):
+        with pytest.raises(GrinError):
+            tofu_grid.parse_grid(bad)
+    points = tofu_grid.grid_points(["grin", "npo"], None)  # --tune: each row's own grid
+    assert sum(p["row"] == "grin" for p in points) == 9 and sum(p["row"] == "npo" for p in points) == 9
+    assert {k for p in points if p["row"] == "npo" for k in p} == {"row", "lr", "steps"}
+    with pytest.raises(GrinError, match="npo does not read p"):  # all weights train: p means nothing there
+        tofu_grid.grid_points(["npo"], {"p": [0.01]})
+
+
+def _point(row, fq, mu, **knobs):
+    return {"row": row, **knobs, "scores": {"forget_quality": fq, "model_utility": mu}}
+
+
+def test_rule_highest_forget_quality_among_points_keeping_the_utility():
+    points = [_point("npo", 0.9, 0.30, lr=2e-4), _point("npo", 0.4, 0.40, lr=5e-5), _point("npo", 0.2, 0.45, lr=1e-5)]
+    chosen, keeps = tofu_grid.pick(points, target_utility=0.44)  # 0.9 x 0.44 = 0.396: the first point is out
+    assert chosen["lr"] == 5e-5 and keeps
+    chosen, keeps = tofu_grid.pick(points, target_utility=0.60)  # none keeps 0.54: the highest utility, marked
+    assert chosen["lr"] == 1e-5 and not keeps
+    assert tofu_grid.pick([], 0.5) == (None, False)
+
+
+def test_grid_resumes_from_its_lines_and_picks_a_setting(tiny, tmp_path):
+    recipe = tiny_recipe()
+    cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8)
+    out = tmp_path / "grid.jsonl"
+    grid = {"lr": [1e-5, 1e-3]}
+    stages = set()
+    report = tofu_grid.run_grid(tiny, recipe, ["graddiff"], cfg, out, grid, cache_dir=tmp_path / "cache",
+                                progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["kind"] for r in lines] == ["reference", "point", "point"]
+    assert report["complete"] and [p["lr"] for p in report["grid"]] == [1e-5, 1e-3]
+    assert {"retain/forget/answers", "target/forget/answers", "graddiff/unlearn"} <= stages
+    # the same command again: every point is in the file, so nothing is evaluated or unlearned again
+    stages.clear()
+    again = tofu_grid.run_grid(tiny, recipe, ["graddiff"], cfg, out, grid, cache_dir=tmp_path / "cache",
+                               progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
+    assert not {s for s in stages if s.endswith(("answers", "unlearn", "finetune"))}
+    assert again["grid"] == report["grid"]
+    # a grid over more values runs only the new point
+    stages.clear()
+    more = tofu_grid.run_grid(tiny, recipe, ["graddiff"], cfg, out, {"lr": [1e-5, 1e-3, 1e-4]},
+                              cache_dir=tmp_path / "cache",
+                              progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
+    assert len(more["grid"]) == 3 and "target/forget/answers" not in stages and "graddiff/unlearn" in stages
+    # another unlearning setting is another grid: refused rather than mixed in
+    with pytest.raises(GrinError, match="holds another grid"):
+        tofu_grid.run_grid(tiny, recipe, ["graddiff"], GrinConfig(steps=2, max_new_tokens=3, max_length=64), out,
+                           grid, cache_dir=tmp_path / "cache")
+    text = format_tofu_grid(more)
+    assert "3 of 3 points" in text and "lr=0.001" in text
+
+
+def test_tune_reports_each_rows_chosen_setting(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(tofu_grid.TUNE_GRIDS, "grin", {"p": [0.05], "lr": [1e-4, 1e-3]})  # a small grid
+    recipe = tiny_recipe()
+    cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8)
+    report = tofu_grid.run_grid(tiny, recipe, ["grin"], cfg, tmp_path / "tune.jsonl", None,
+                                cache_dir=tmp_path / "cache")
+    grin_points = [p for p in report["grid"] if p["row"] == "grin"]
+    assert len(grin_points) == 2 and report["rule"] == tofu_grid.RULE
+    chosen = report["chosen"]["grin"]
+    best = max(grin_points, key=lambda p: p["model_utility"])
+    assert chosen["setting"] in {p["setting"] for p in grin_points}
+    if not chosen["keeps_utility"]:
+        assert chosen["setting"] == best["setting"]
+    assert set(report["rows"]) == {"target", "retain", "grin"}
+    assert "chosen by the rule" in format_tofu_grid(report)
