@@ -113,3 +113,30 @@ def test_tofu_tab_in_the_browser(url, report_path):
             page.screenshot(path=str(shots / "tofu.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_api_opens_the_tuned_report_with_each_chosen_setting(url, tmp_path, monkeypatch):
+    import torch
+
+    from conftest import build_tokenizer, tiny_llama
+    from grin_engine.benchmarks import tofu_grid
+    from grin_engine.models import LoadedModel
+    from grin_ui.tabs import tofu as tofu_view
+
+    client = gradio_client.Client(url, verbose=False)
+    monkeypatch.setattr(tofu_view, "TUNED_REPORT", tmp_path / "missing.json")
+    with pytest.raises(Exception, match="no tuned report ships"):
+        client.predict(api_name="/tofu_tuned")
+    tok = build_tokenizer()
+    tiny = LoadedModel(tiny_llama(len(tok)), tok, "tiny", "local", torch.device("cpu"), torch.float32)
+    monkeypatch.setitem(tofu_grid.TUNE_GRIDS, "grin", {"p": [0.05], "lr": [1e-4, 1e-3]})
+    recipe = tofu.TofuRecipe(epochs=1, batch_size=16, max_length=64, eval_items=2, max_new_tokens=3)
+    report = tofu_grid.run_grid(tiny, recipe, ["grin"], GrinConfig(steps=1, max_new_tokens=3, max_length=64),
+                                tmp_path / "tune.jsonl", None, cache_dir=tmp_path / "cache")
+    (tmp_path / "tune.json").write_text(json.dumps(report))
+    monkeypatch.setattr(tofu_view, "TUNED_REPORT", tmp_path / "tune.json")
+    status, table, _scatter, _sanity = client.predict(api_name="/tofu_tuned")
+    assert "chosen by the rule" in status and "2 of 2 grid points" in status
+    value = table["value"] if "value" in table else table
+    rows = {row[0]: row[-1] for row in value["data"]}
+    assert list(rows) == ["target", "retain", "grin"] and rows["grin"].startswith("tuned: p=0.05 lr=")

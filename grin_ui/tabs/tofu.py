@@ -29,6 +29,8 @@ TABLE_COLUMNS = ["model", "forget quality", "forget quality (prob_mean)", "model
                  "note"]
 TABLE_WIDTHS = ["8%", "8%", "9%", "7%", "7%", "7%", "7%", "8%", "8%", "8%", "8%", "15%"]
 MAX_REPORT_BYTES = 20_000_000
+# the tuned table of docs/RESULTS.md: python -m grin_engine tofu --tune --out assets/reports/tofu_forget01_tune.jsonl
+TUNED_REPORT = Path(__file__).resolve().parents[2] / "assets" / "reports" / "tofu_forget01_tune.json"
 
 
 def layout(page: Page) -> None:
@@ -51,6 +53,7 @@ def layout(page: Page) -> None:
         with gr.Row():
             t["run_btn"] = gr.Button("Run TOFU on the loaded model", variant="primary")
             t["stop_btn"] = gr.Button("Stop", variant="stop")
+            t["tuned_btn"] = gr.Button("Open the tuned forget01 table", variant="secondary")
             t["report_file"] = gr.File(label="or open a TOFU report (tofu.json)", file_types=[".json"], elem_id="tofu_report_file",
                                        elem_classes="download")
         t["status"] = gr.Markdown(elem_id="tofu_status")
@@ -75,6 +78,10 @@ def report_table(report: dict | None) -> pd.DataFrame:
     rows = []
     for name, row in ((report or {}).get("rows") or {}).items():
         note = {"target": "before unlearning", "retain": "reference: never saw the forget authors"}.get(name, "")
+        chosen = ((report or {}).get("chosen") or {}).get(name)
+        if chosen:  # a tuned report: the setting the rule picked
+            note = f"tuned: {chosen['setting']}" + ("" if chosen["keeps_utility"] else
+                                                     " (no point kept 0.9 x the target's utility)")
         if row.get("over_unlearned"):
             note = (note + "; " if note else "") + "over-unlearned (AUC < 0.3)"
         rows.append([name, _fmt(row.get("forget_quality"), ".3g"), _fmt(row.get("forget_quality_prob_mean"), ".3g"),
@@ -157,7 +164,18 @@ def open_report(form: Form):
     file = form["tofu.report_file"]
     if file is None:
         raise GrinError("choose a TOFU report file (tofu.json) first")
-    path = Path(file if isinstance(file, str) else file.name)
+    return _opened(Path(file if isinstance(file, str) else file.name))
+
+
+def open_tuned(form: Form):
+    """The tuned forget01 report the app ships (docs/RESULTS.md's table) -> (status, table, scatter, sanity)."""
+    if not TUNED_REPORT.is_file():
+        raise GrinError("no tuned report ships with this copy; make it with python -m grin_engine tofu --tune "
+                        "--out assets/reports/tofu_forget01_tune.jsonl")
+    return _opened(TUNED_REPORT)
+
+
+def _opened(path: Path):
     if path.stat().st_size > MAX_REPORT_BYTES:
         raise GrinError("that file is too large to be a TOFU report")
     try:
@@ -170,7 +188,11 @@ def open_report(form: Form):
         outputs = _outputs(report)
     except (KeyError, TypeError, ValueError):
         raise GrinError("that TOFU report is incomplete or from another version") from None
-    return (f"Opened a report with {len(report['rows'])} models.",) + outputs
+    status = f"Opened a report with {len(report['rows'])} models."
+    if "chosen" in report:
+        status += (f" Each method at its setting chosen by the rule: {report['rule']}; {report['finished']} of "
+                   f"{report['points']} grid points finished.")
+    return (status,) + outputs
 
 
 def run(form: Form, request, progress):
@@ -203,6 +225,7 @@ def wire(page: Page) -> None:
     """The tab's events, each with its api_name (gradio_client); the run shares the app's queue for model work."""
     outputs = ["tofu.status", "tofu.table", "tofu.scatter", "tofu.sanity"]
     page["tofu.report_file"].upload(**page.event(open_report, ["tofu.report_file"], outputs, api_name="tofu_open"))
+    page["tofu.tuned_btn"].click(**page.event(open_tuned, [], outputs, api_name="tofu_tuned"))
     page["tofu.run_btn"].click(**page.event(run, ["tofu.split", "tofu.methods", "tofu.steps", "session"],
                                             outputs + ["session"], api_name="tofu_run", **MODEL_JOB))
     page["tofu.stop_btn"].click(stop, None, page["tofu.status"], api_name="tofu_stop", **STOP_JOB)
