@@ -10,7 +10,8 @@ starts from the same base evaluation and writes one JSON line; a rerun skips the
 The bar a recipe must meet on every pair:
     forgets:  forget keyword accuracy <= 0.25
     keeps:    retain and held-out keyword accuracy >= 0.9 x their base value
-    fluent:   forget fluency >= 0.9 (answers neither looping nor non-answers, evaluation/metrics.fluency)
+    fluent:   at most 0.1 of the forget answers loop (evaluation/metrics.is_loop); the fluency metric (neither a loop
+              nor a non-answer) is reported beside it
 The numbers are measured, not asserted: this is a measurement, not a test.
 """
 
@@ -45,21 +46,20 @@ STOP_ONCE = "forget_keyword_accuracy<=0.25"
 RECIPES = {  # name: the GrinConfig fields it sets; everything else is GrinConfig's default
     "old": {"loss": "graddiff", "p": 0.01, "lr": 5e-4, "steps": 20},  # the CLI's default before the pairs
     "stop-once": {"loss": "graddiff", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},  # the app's
-    "stop-once-every-step": {"loss": "graddiff", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE,
-                             "until_every": 1},
-    "npo-stop-once": {"loss": "npo", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE, "until_every": 1},
-    "graddiff-2e-4-stop-once": {"loss": "graddiff", "p": 0.01, "lr": 2e-4, "steps": 40, "until": STOP_ONCE,
-                                "until_every": 2},
+    "graddiff-2e-4-stop-once": {"loss": "graddiff", "p": 0.01, "lr": 2e-4, "steps": 40, "until": STOP_ONCE},
+    "npo-stop-once": {"loss": "npo", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
+    "idk-stop-once": {"loss": "idk", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
+    "dpo-stop-once": {"loss": "dpo", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
 }
-BAR = {"forget": 0.25, "keep": 0.9, "fluency": 0.9}
+BAR = {"forget": 0.25, "keep": 0.9, "looping": 0.1}
 
 
-def verdict(before: dict, after: dict) -> dict:
-    """Which parts of the bar a row meets (keyword accuracy and fluency, before and after)."""
+def verdict(before: dict, after: dict, looping: float) -> dict:
+    """Which parts of the bar a row meets (keyword accuracy before and after, the looping share after)."""
     keeps = all(after[s]["keyword_accuracy"] >= BAR["keep"] * before[s]["keyword_accuracy"]
                 for s in ("retain", "held_out"))
     return {"forgets": after["forget"]["keyword_accuracy"] <= BAR["forget"], "keeps": keeps,
-            "fluent": after["forget"]["fluency"] >= BAR["fluency"]}
+            "fluent": looping <= BAR["looping"]}
 
 
 def run_pair(base, pair: str, recipes: list[str], done: set, out: Path | None) -> list[dict]:
@@ -89,9 +89,10 @@ def run_pair(base, pair: str, recipes: list[str], done: set, out: Path | None) -
         values = {"before": dict(result.metrics["before"]), "after": dict(result.metrics["after"])}
         values["before"]["held_out"] = {m: r.value for m, r in held_before["metrics"].items()}
         values["after"]["held_out"] = {m: r.value for m, r in held_after["metrics"].items()}
+        looping = {when: result.fluency[when]["forget"]["looping"] for when in ("before", "after")}
         row = {"pair": pair, "recipe": recipe, "config": RECIPES[recipe], "items": [len(forget), len(retain),
                len(held_out)], "steps": len(result.losses), "seconds": round(time.perf_counter() - start, 1),
-               **values, **verdict(values["before"], values["after"]),
+               **values, "forget_looping": looping, **verdict(values["before"], values["after"], looping["after"]),
                "forget_answers": [g["after"] for g in result.generations if g["split"] == "forget"]}
         rows.append(row)
         if out:
@@ -106,8 +107,9 @@ def line(row: dict) -> str:
     cells = " ".join(f"{s[:1]} {b[s]['keyword_accuracy']:.2f}->{a[s]['keyword_accuracy']:.2f}"
                      for s in ("forget", "retain", "held_out"))
     marks = "".join(k[0].upper() if row[k] else "-" for k in ("forgets", "keeps", "fluent"))
-    return (f"{row['pair']:<9} {row['recipe']:<24} {row['steps']:>3} steps  {cells}  fluency "
-            f"{a['forget']['fluency']:.2f}  [{marks}]  {row['seconds']:.0f} s")
+    return (f"{row['pair']:<9} {row['recipe']:<24} {row['steps']:>3} steps  {cells}  looping "
+            f"{row['forget_looping']['after']:.2f} fluency {a['forget']['fluency']:.2f}  [{marks}]  "
+            f"{row['seconds']:.0f} s")
 
 
 def main() -> None:

@@ -67,6 +67,12 @@ def test_grid_resumes_from_its_lines_and_picks_a_setting(tiny, tmp_path):
                               cache_dir=tmp_path / "cache",
                               progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
     assert len(more["grid"]) == 3 and "target/forget/answers" not in stages and "graddiff/unlearn" in stages
+    # another file over the same models shares their cached evaluation: only its own point is run
+    stages.clear()
+    tofu_grid.run_grid(tiny, recipe, ["npo"], cfg, tmp_path / "other.jsonl", {"lr": [1e-4]},
+                       cache_dir=tmp_path / "cache",
+                       progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
+    assert "target/forget/answers" not in stages and "retain/forget/answers" not in stages and "npo/unlearn" in stages
     # another unlearning setting is another grid: refused rather than mixed in
     with pytest.raises(GrinError, match="holds another grid"):
         tofu_grid.run_grid(tiny, recipe, ["graddiff"], GrinConfig(steps=2, max_new_tokens=3, max_length=64), out,

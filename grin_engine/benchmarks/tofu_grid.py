@@ -6,8 +6,8 @@
 
 A point is a row of the TOFU table (a comparison method, or a loss name: that loss on all weights) with some knob
 values. Every point is unlearned from the same target model, evaluated with the TOFU protocol and scored against
-the same retain model (benchmarks/tofu.py). The target and retain models are fine-tuned once (cached) and evaluated
-once: their raw numbers are the file's first line. Each finished point is one more JSON line, so a stopped run
+the same retain model (benchmarks/tofu.py). The target and retain models are fine-tuned once and evaluated once
+(both cached, shared by every grid over them): their raw numbers are the file's first line. Each finished point is one more JSON line, so a stopped run
 resumes where it stopped, and the lines can be committed as they come.
 
 `--tune` crosses each method's own small grid (TUNE_GRIDS, 9 points) and picks its setting by RULE:
@@ -138,8 +138,7 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
     timings = {}
     models, folders, reused = reference_models(base, recipe, data, cache_dir, None, None, progress, timings)
     if reference is None:
-        raws = {name: timed_evaluation(name, models[name], data, recipe, progress, timings)
-                for name in ("retain", "target")}
+        raws = cached_reference_raws(models, folders, data, recipe, cache_dir, progress, timings)
         reference = {"kind": "reference", "fingerprint": fp, "recipe": asdict(recipe), "config": cfg.to_dict(),
                      "folders": folders, "timings": dict(timings), "raws": raws}
         _append(out, reference)
@@ -169,6 +168,22 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
         if on_point is not None:
             on_point(grid_report(rows_of, done, points, reference, base, tune=grid is None))
     return grid_report(rows_of, done, points, reference, base, tune=grid is None)
+
+
+def cached_reference_raws(models: dict, folders: dict, data, recipe: TofuRecipe, cache_dir: str | Path,
+                          progress: Progress, timings: dict) -> dict:
+    """The retain model's and the target's raw evaluation, computed once per pair of fine-tuned models and recipe
+    and kept next to them in the cache (JSON), so every grid over them (another loss, another knob) shares it."""
+    key = hashlib.sha256(json.dumps({"folders": folders, "recipe": asdict(recipe)}, sort_keys=True).encode())
+    path = Path(cache_dir) / f"evaluation-{key.hexdigest()[:16]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    raws = {name: timed_evaluation(name, models[name], data, recipe, progress, timings) for name in ("retain", "target")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(raws))
+    tmp.replace(path)
+    return raws
 
 
 def pick(points: list[dict], target_utility: float) -> tuple[dict | None, bool]:
