@@ -324,10 +324,12 @@ def score_model(raw: dict, data: TofuData, reference_raw: dict | None, reference
 # ---------------------------------------------------------------------------------------------------------------------
 # The protocol
 
-# open-unlearning's published reproduction (docs/repro.md at d3d7cf9): Llama-3.2-1B-Instruct, lr 1e-5, 10 epochs, as
+# open-unlearning's published reproduction (docs/repro.md at d3d7cf9): Llama-3.2-1B-Instruct fine-tuned 5 epochs and
+# unlearned 10 epochs, both at lr 1e-5, as
 # (forget quality, model utility). Another model and another recipe: for orientation, not for comparison.
 PUBLISHED = {
-    "source": "open-unlearning docs/repro.md (commit d3d7cf9): Llama-3.2-1B-Instruct, lr 1e-5, 10 epochs; "
+    "source": "open-unlearning docs/repro.md (commit d3d7cf9): Llama-3.2-1B-Instruct fine-tuned 5 epochs, unlearned "
+              "10 epochs, lr 1e-5; "
               "another model and recipe than ours",
     "forget10": {"finetuned": (1.7e-21, 0.60), "retain": (1.0, 0.59), "GradDiff": (1e-239, 0.49),
                  "NPO": (0.02, 0.46), "SimNPO": (2.5e-203, 0.54), "RMU": (3e-15, 0.59)},

@@ -66,7 +66,8 @@ def layout(page: Page) -> None:
             t["sanity"] = gr.Markdown(elem_id="tofu_sanity")
         t["published"] = gr.Dataframe(published_table(), interactive=False, elem_id="tofu_published",
                                       label="open-unlearning's published numbers: ANOTHER model and recipe "
-                                            "(Llama-3.2-1B-Instruct, all 200 authors, lr 1e-5, 10 epochs)")
+                                            "(Llama-3.2-1B-Instruct, all 200 authors, fine-tuned 5 epochs, "
+                                            "unlearned 10 epochs, lr 1e-5)")
     page.add("tofu", t)
 
 
