@@ -50,6 +50,22 @@ RECIPES = {  # name: the GrinConfig fields it sets; everything else is GrinConfi
     "npo-stop-once": {"loss": "npo", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
     "idk-stop-once": {"loss": "idk", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
     "dpo-stop-once": {"loss": "dpo", "p": 0.01, "lr": 5e-4, "steps": 20, "until": STOP_ONCE},
+    # second round, after the first failed to keep the capitals pair: smaller steps, checked every step, and a
+    # heavier retain term
+    "graddiff-1e-4-every-step": {"loss": "graddiff", "p": 0.01, "lr": 1e-4, "steps": 40, "until": STOP_ONCE,
+                                 "until_every": 1},
+    "graddiff-2e-4-alpha-5": {"loss": "graddiff", "p": 0.01, "lr": 2e-4, "steps": 40, "alpha": 5.0,
+                              "until": STOP_ONCE, "until_every": 1},
+    "npo-1e-4-alpha-5": {"loss": "npo", "p": 0.01, "lr": 1e-4, "steps": 40, "alpha": 5.0, "until": STOP_ONCE,
+                         "until_every": 1},
+    "idk-alpha-5": {"loss": "idk", "p": 0.01, "lr": 5e-4, "steps": 40, "alpha": 5.0, "until": STOP_ONCE,
+                    "until_every": 1},
+    "dpo-2e-4-alpha-5": {"loss": "dpo", "p": 0.01, "lr": 2e-4, "steps": 40, "alpha": 5.0, "until": STOP_ONCE,
+                         "until_every": 1},
+    "npo-2e-4-alpha-5": {"loss": "npo", "p": 0.01, "lr": 2e-4, "steps": 40, "alpha": 5.0, "until": STOP_ONCE,
+                         "until_every": 1},
+    "graddiff-p-0.1%": {"loss": "graddiff", "p": 0.001, "lr": 1e-3, "steps": 40, "until": STOP_ONCE,
+                        "until_every": 1},
 }
 BAR = {"forget": 0.25, "keep": 0.9, "looping": 0.1}
 
@@ -93,7 +109,8 @@ def run_pair(base, pair: str, recipes: list[str], done: set, out: Path | None) -
         row = {"pair": pair, "recipe": recipe, "config": RECIPES[recipe], "items": [len(forget), len(retain),
                len(held_out)], "steps": len(result.losses), "seconds": round(time.perf_counter() - start, 1),
                **values, "forget_looping": looping, **verdict(values["before"], values["after"], looping["after"]),
-               "forget_answers": [g["after"] for g in result.generations if g["split"] == "forget"]}
+               "forget_answers": [g["after"] for g in result.generations if g["split"] == "forget"],
+               "retain_answers": [g["after"] for g in result.generations if g["split"] == "retain"]}
         rows.append(row)
         if out:
             with open(out, "a", encoding="utf-8") as handle:
