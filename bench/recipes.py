@@ -129,12 +129,32 @@ def line(row: dict) -> str:
             f"{row['seconds']:.0f} s")
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table, pair by pair: keyword accuracy before -> after, the looping share, the bar."""
+    lines = ["| pair | recipe | steps | forget keyword acc. | retain keyword acc. | held-out keyword acc. | forget "
+             "looping | forget fluency | forgets / keeps / fluent |", "| --- " * 9 + "|"]
+    for row in sorted(rows, key=lambda r: (list(PAIRS).index(r["pair"]), list(RECIPES).index(r["recipe"]))):
+        b, a = row["before"], row["after"]
+        cells = [f"{b[s]['keyword_accuracy']:.2f} -> {a[s]['keyword_accuracy']:.2f}" for s in ("forget", "retain",
+                                                                                              "held_out")]
+        marks = " / ".join("yes" if row[k] else "**no**" for k in ("forgets", "keeps", "fluent"))
+        lines.append(f"| {row['pair']} | {row['recipe']} | {row['steps']} | " + " | ".join(cells) +
+                     f" | {row['forget_looping']['before']:.2f} -> {row['forget_looping']['after']:.2f} | "
+                     f"{b['forget']['fluency']:.2f} -> {a['forget']['fluency']:.2f} | {marks} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of: {', '.join(PAIRS)}")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
     parser.add_argument("--out", default=None, help="JSON lines, one per (pair, recipe); a rerun skips those there")
+    parser.add_argument("--table", nargs="+", default=None, metavar="LINES",
+                        help="run nothing: print the markdown table of these JSON-lines files")
     args = parser.parse_args()
+    if args.table:
+        print(markdown([json.loads(line) for path in args.table for line in Path(path).read_text().splitlines()]))
+        return
     pairs, recipes = args.pairs.split(","), args.recipes.split(",")
     unknown = [p for p in pairs if p not in PAIRS] + [r for r in recipes if r not in RECIPES]
     if unknown:
