@@ -111,6 +111,19 @@ def test_bad_input_prints_only_the_error_line(outcomes, name):
 
 
 @pytest.mark.slow
+def test_run_stops_once_forgotten_by_default_and_until_none_turns_it_off():
+    from grin_engine.cli.commands import config_from
+    from grin_engine.cli.parser import build_parser
+    from grin_engine.config import STOP_ONCE_FORGOTTEN
+
+    parser = build_parser()
+    assert config_from(parser.parse_args(["run"])).until == STOP_ONCE_FORGOTTEN
+    assert config_from(parser.parse_args(["run", "--until", "None"])).until is None
+    assert config_from(parser.parse_args(["run", "--until", "forget_fluency>=0.9"])).until == "forget_fluency>=0.9"
+    for command in ("compare", "sweep", "tofu"):  # these compare runs at equal step counts
+        assert config_from(parser.parse_args([command])).until is None
+
+
 def test_run_on_the_default_model_writes_the_report(tmp_path):
     """The real pipeline through the CLI on the packaged model, small: 6 items a set, 3 steps."""
     import json
@@ -118,7 +131,8 @@ def test_run_on_the_default_model_writes_the_report(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "report.json"
     proc = subprocess.run([sys.executable, "-m", "grin_engine", "run", "--max-items", "6", "--steps", "3",
-                           "--p", "0.01", "--out", str(out), "--save-model", str(tmp_path / "unlearned")],
+                           "--p", "0.01", "--until", "none", "--out", str(out),
+                           "--save-model", str(tmp_path / "unlearned")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())

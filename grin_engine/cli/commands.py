@@ -41,6 +41,8 @@ def config_from(args, **overrides) -> GrinConfig:
     its first value), with `overrides` on top; checked like any config."""
     values = {name: getattr(args, name) for name in GrinConfig.__dataclass_fields__ if hasattr(args, name)}
     values.update({k: v[0] for k, v in values.items() if k in SETTING_KNOBS and isinstance(v, list)})
+    if str(values.get("until")).strip().lower() == "none":  # run's --until none: every step, no stop rule
+        values["until"] = None
     if isinstance(values.get("grun_layers"), str):
         values["grun_layers"] = _layer_list(values["grun_layers"])
     return GrinConfig(**{**values, **overrides})

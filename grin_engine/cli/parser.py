@@ -9,7 +9,7 @@ import argparse
 
 from ..attacks import ATTACKS, AttackConfig
 from ..benchmarks.tofu import DEFAULT_CACHE, TofuRecipe
-from ..config import GrinConfig
+from ..config import STOP_ONCE_FORGOTTEN, GrinConfig
 from ..method.losses import describe_losses
 from ..runs.methods import METHODS
 
@@ -47,8 +47,9 @@ def scoring_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def unlearning_flags(parser: argparse.ArgumentParser, grid: bool = False,
-                     max_new_tokens: int = DEFAULTS.max_new_tokens) -> None:
-    """How unlearning runs. grid=True (sweep): p, sigma2, lr and steps take several values, one axis each."""
+                     max_new_tokens: int = DEFAULTS.max_new_tokens, until: str | None = None) -> None:
+    """How unlearning runs. grid=True (sweep): p, sigma2, lr and steps take several values, one axis each.
+    until: the default stop rule (run's: STOP_ONCE_FORGOTTEN; `--until none` runs every step)."""
     many = {"nargs": "+"} if grid else {}
     listed = (lambda value: [value]) if grid else (lambda value: value)
     losses = "; ".join(f"{k}: {v}" for k, v in describe_losses().items())
@@ -69,9 +70,10 @@ def unlearning_flags(parser: argparse.ArgumentParser, grid: bool = False,
                         help="labelled tokens: answer + EOS (ours) or the whole assistant turn (open-unlearning's)")
     parser.add_argument("--ref-before-noise", action="store_true",
                         help="npo/dpo: pi_ref is the model before GRIN's noise (open-unlearning's), not after")
-    parser.add_argument("--until", default=None, metavar="TARGET",
+    parser.add_argument("--until", default=until, metavar="TARGET",
                         help="stop unlearning once the forget set meets TARGET, e.g. 'forget_keyword_accuracy<=0.25' "
-                             "(checked every --until-every steps; --steps is then the most)")
+                             "(checked every --until-every steps; --steps is then the most)" +
+                             (f"; default {until!r}, 'none': run every step" if until else ""))
     parser.add_argument("--until-every", type=int, default=DEFAULTS.until_every,
                         help="steps between two until-checks")
 
@@ -140,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the whole pipeline: scores, selection, noise, unlearning, metrics",
                          description="Run GRIN end to end and write a report.")
-    for group in (model_flags, data_flags, scoring_flags, unlearning_flags, attack_flags):
+    for group in (model_flags, data_flags, scoring_flags):
         group(run)
+    unlearning_flags(run, until=STOP_ONCE_FORGOTTEN)  # a run stops once forgotten unless --until none
+    attack_flags(run)
     run.add_argument("--no-mask", action="store_true", help="baseline: train all candidate weights, no noise")
     run.add_argument("--reference", default=None, help="a model never trained on the forget set (forget quality)")
     run.add_argument("--save-model", default=None, help="folder to save the unlearned model in (safetensors)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from grin_engine.config import GrinConfig
+from grin_engine.config import STOP_ONCE_FORGOTTEN, GrinConfig
 from grin_engine.errors import GrinError
 from grin_engine.method.losses import LOSSES, describe_losses
 from grin_engine.runs.pipeline import retain_collapse
@@ -25,7 +25,7 @@ PRESET_NOTE = ("<small>Presets fill the controls below (the stop-once box stays 
                "facts and stays fluent; *aggressively* (GradDiff, p 5%, lr 1e-3) forgets fast and costs the retain "
                "answers some of their probability; without the stop-once target it turns forget answers into "
                "loops.</small>")
-STOP_ONCE_DEFAULT = "forget_keyword_accuracy<=0.25"  # on by default: a fixed step count over-unlearns small sets
+STOP_ONCE_DEFAULT = STOP_ONCE_FORGOTTEN  # on by default: a fixed step count over-unlearns small sets
 
 
 def _sigma2_choice(value: float) -> str:
