@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("grin_engine", "grin_ui")
 
@@ -71,3 +73,26 @@ def test_the_engine_never_imports_gradio_and_never_the_ui():
     known = set(import_graph())
     for path in (ROOT / "grin_engine").rglob("*.py"):
         assert not any(m.split(".")[0] in ("gradio", "grin_ui") for m in _imports(path, known)), path
+
+
+SCRIPTS = sorted([*(ROOT / "bench").glob("*.py"), *(ROOT / "assets").rglob("*.py"), *(ROOT / "docs").glob("*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_scripts_import_only_what_the_project_has(script):
+    """The scripts of bench/, assets/ and docs/ run by hand, not in the tests: every project module and name they
+    import must still exist after a module moves (a module that moved once left build_sets.py importing its old
+    path)."""
+    import importlib
+    import importlib.util
+
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module.split(".")[0] in PACKAGES:
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    f"{script.name}: {node.module} has no {alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in PACKAGES:
+                    importlib.import_module(alias.name)
