@@ -21,15 +21,18 @@ SWEEP_COLUMNS = [("forget keyword acc.", "forget_keyword_accuracy"), ("forget RO
                  ("retain ROUGE-L", "retain_rougeL_recall"), ("grad norm before noise", "grad_norm_before_noise"),
                  ("after noise", "grad_norm_after_noise")]
 TOFU_COLUMNS = [("forget quality", "forget_quality"), ("model utility", "model_utility"), ("privleak", "privleak"),
-                ("forget ROUGE-L", "forget_rougeL"), ("forget fluency", "forget_fluency")]
+                ("forget ROUGE-L", "forget_rougeL"), ("forget fluency", "forget_fluency"),
+                ("grad norm before noise", "grad_norm_before_noise"), ("after noise", "grad_norm_after_noise")]
 
 
 def tofu_values(point: dict) -> dict:
     scores = point["scores"]
     forget = scores["splits"]["forget"]
+    noise = point.get("unlearning", {}).get("noise") or {}
     return {"forget_quality": scores.get("forget_quality"), "model_utility": scores["model_utility"],
             "privleak": scores.get("privleak"), "forget_rougeL": forget["rougeL_recall"],
-            "forget_fluency": forget.get("fluency")}
+            "forget_fluency": forget.get("fluency"), "grad_norm_before_noise": noise.get("grad_norm_before"),
+            "grad_norm_after_noise": noise.get("grad_norm_after")}
 
 
 def cell(values: list, fmt: str) -> str:

@@ -87,6 +87,8 @@ def test_tune_reports_each_rows_chosen_setting(tiny, tmp_path, monkeypatch):
     cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8)
     report = tofu_grid.run_grid(tiny, recipe, ["grin"], cfg, tmp_path / "tune.jsonl", None,
                                 cache_dir=tmp_path / "cache")
+    lines = [json.loads(line) for line in (tmp_path / "tune.jsonl").read_text().splitlines()][1:]
+    assert all(set(p["unlearning"]["noise"]) == {"sigma2", "grad_norm_before", "grad_norm_after"} for p in lines)
     grin_points = [p for p in report["grid"] if p["row"] == "grin"]
     assert len(grin_points) == 2 and report["rule"] == tofu_grid.RULE
     chosen = report["chosen"]["grin"]

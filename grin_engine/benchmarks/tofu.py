@@ -374,6 +374,8 @@ def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConf
         facts.update(selected=mask.summary["selected"], fraction=mask.summary["fraction"])
     result = train(work, forget, retain, run_cfg, mask, progress)
     facts.update(steps=result.steps_done, stopped=result.stopped)
+    if result.noise:  # the selected weights' gradient norm before and after the noise (method/unlearn.py)
+        facts["noise"] = result.noise
     return work, (lambda: None), facts
 
 
