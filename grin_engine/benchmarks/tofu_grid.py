@@ -30,6 +30,7 @@ from ..errors import GrinError
 from ..events import Progress, as_progress
 from ..models import LoadedModel
 from ..runs.methods import METHODS
+from ..runs.sweep import append_line, read_lines
 from .tofu import (DEFAULT_CACHE, PUBLISHED, TofuRecipe, load_tofu, mia_scores, reference_models, score_model,
                    timed_evaluation, unlearn_method)
 
@@ -93,36 +94,6 @@ def fingerprint(base: LoadedModel, recipe: TofuRecipe, cfg: GrinConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_lines(path: Path, expected: str) -> tuple[dict | None, dict[str, dict]]:
-    """The reference line and the finished points already in `path` (refused when it holds another grid)."""
-    reference, points = None, {}
-    if not path.exists():
-        return reference, points
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue  # a last line cut off by a kill: that point runs again
-            raise GrinError(f"tofu grid: {path} line {number} is not JSON; choose another --out") from None
-        if record.get("fingerprint") != expected:
-            raise GrinError(f"tofu grid: {path} holds another grid (other model, recipe or settings); choose another "
-                            f"--out or delete it")
-        if record.get("kind") == "reference":
-            reference = record
-        elif record.get("kind") == "point":
-            points[record["key"]] = record
-    return reference, points
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=float) + "\n")
-
-
 def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinConfig, out: str | Path,
              grid: dict[str, list] | None = None, cache_dir: str | Path = DEFAULT_CACHE,
              progress: Progress | None = None, on_point=None) -> dict:
@@ -133,7 +104,7 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
     out = Path(out)
     points = grid_points(rows, grid)
     fp = fingerprint(base, recipe, cfg)
-    reference, done = read_lines(out, fp)
+    reference, done = read_lines(out, fp, head="reference", what="tofu grid")
     data = load_tofu(recipe)
     timings = {}
     models, folders, reused = reference_models(base, recipe, data, cache_dir, None, None, progress, timings)
@@ -141,7 +112,7 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
         raws = cached_reference_raws(models, folders, data, recipe, cache_dir, progress, timings)
         reference = {"kind": "reference", "fingerprint": fp, "recipe": asdict(recipe), "config": cfg.to_dict(),
                      "folders": folders, "timings": dict(timings), "raws": raws}
-        _append(out, reference)
+        append_line(out, reference)
     raws = reference["raws"]
     reference_mia = mia_scores(raws["retain"])
     rows_of = {name: score_model(raws[name], data, raws["retain"], reference_mia) for name in ("target", "retain")}
@@ -164,7 +135,7 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
                      "unlearn_s": unlearn_s, "seconds": time.perf_counter() - start,
                      "forget_answers": raw["forget"]["generations"][:5],
                      "real_author_answers": raw["real_authors"]["generations"][:5]}
-        _append(out, done[key])
+        append_line(out, done[key])
         if on_point is not None:
             on_point(grid_report(rows_of, done, points, reference, base, tune=grid is None))
     return grid_report(rows_of, done, points, reference, base, tune=grid is None)

@@ -102,13 +102,15 @@ def fingerprint(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], c
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def read_lines(path: Path, expected_fingerprint: str | None = None) -> tuple[dict | None, dict[str, dict]]:
-    """The "before" line and the finished points (key -> point) already in `path`; a file of another sweep (other
-    model, items or shared settings than `expected_fingerprint`; None: the file's first line's) is refused rather
-    than mixed in."""
-    before, points = None, {}
+def read_lines(path: Path, expected_fingerprint: str | None = None, head: str = "before",
+               what: str = "sweep") -> tuple[dict | None, dict[str, dict]]:
+    """The `head` line (a sweep's "before"; a TOFU grid's "reference") and the finished points (key -> point)
+    already in `path`; a file of another `what` (other model, data or shared settings than `expected_fingerprint`;
+    None: the file's first line's) is refused rather than mixed in. A resumable JSON-lines file of sweep and
+    benchmarks/tofu_grid both."""
+    first, points = None, {}
     if not path.exists():
-        return before, points
+        return first, points
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -118,16 +120,16 @@ def read_lines(path: Path, expected_fingerprint: str | None = None) -> tuple[dic
         except json.JSONDecodeError:
             if number == len(lines):
                 continue  # a last line cut off by a kill: that point is simply run again
-            raise GrinError(f"sweep: {path} line {number} is not JSON; choose another --out") from None
+            raise GrinError(f"{what}: {path} line {number} is not JSON; choose another --out") from None
         expected_fingerprint = expected_fingerprint or record.get("fingerprint")
         if record.get("fingerprint") != expected_fingerprint:
-            raise GrinError(f"sweep: {path} holds another sweep (other model, items or shared settings); "
-                            f"choose another --out or delete it")
-        if record.get("kind") == "before":
-            before = record
+            raise GrinError(f"{what}: {path} holds another {what.split()[-1]} (other model, data or shared "
+                            f"settings); choose another --out or delete it")
+        if record.get("kind") == head:
+            first = record
         elif record.get("kind") == "point":
             points[record["key"]] = record
-    return before, points
+    return first, points
 
 
 def evaluation_to_json(evaluation: dict) -> dict:
@@ -141,10 +143,11 @@ def evaluation_from_json(data: dict) -> dict:
             for split, e in data.items()}
 
 
-def _append(path: Path | None, record: dict) -> None:
+def append_line(path: Path | None, record: dict) -> None:
+    """One record more at the end of a JSON-lines file (None: nowhere). default=float: numpy scalars as numbers."""
     if path is not None:
-        with path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
 
 
 def point_record(point: dict, key: str, fp: str, result, select_s: float) -> dict:
@@ -249,7 +252,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
                                            for split, items in (("forget", forget), ("retain", retain))
                                            for it, shown in zip(items, shown_answers(before[split]))],
                            "evaluation": evaluation_to_json(before)}
-            _append(path, before_line)
+            append_line(path, before_line)
         before = evaluation_from_json(before_line["evaluation"])
         start = time.perf_counter()
         scored = [METHODS[pt["method"]] for pt, _ in todo if METHODS[pt["method"]].score_source]
@@ -277,7 +280,7 @@ def sweep(base: LoadedModel, forget: list[QAItem], retain: list[QAItem], cfg: Gr
                 stopped = True
                 break
             record = point_record(point, key, fp, result, select_s)
-            _append(path, record)
+            append_line(path, record)
             finished[key] = record
             done += 1
             if on_point is not None:
