@@ -140,3 +140,4 @@ def test_api_opens_the_tuned_report_with_each_chosen_setting(url, tmp_path, monk
     value = table["value"] if "value" in table else table
     rows = {row[0]: row[-1] for row in value["data"]}
     assert list(rows) == ["target", "retain", "grin"] and rows["grin"].startswith("tuned: p=0.05 lr=")
+    assert rows["grin"].endswith("picked among 2 of 2 points")

@@ -98,3 +98,22 @@ def test_tune_reports_each_rows_chosen_setting(tiny, tmp_path, monkeypatch):
         assert chosen["setting"] == best["setting"]
     assert set(report["rows"]) == {"target", "retain", "grin"}
     assert "chosen by the rule" in format_tofu_grid(report)
+
+
+def test_bench_tune_table_bolds_each_chosen_point(tiny, tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "tofu_tune_table", Path(__file__).resolve().parents[1] / "bench" / "tofu_tune_table.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setitem(tofu_grid.TUNE_GRIDS, "grin", {"p": [0.05], "lr": [1e-4, 1e-3]})
+    report = tofu_grid.run_grid(tiny, tiny_recipe(), ["grin"], GrinConfig(steps=1, max_new_tokens=3, max_length=64),
+                                tmp_path / "tune.jsonl", None, cache_dir=tmp_path / "cache")
+    chosen = bench.chosen_table(report)
+    assert [line.split(" | ")[0] for line in chosen[2:]] == ["| target", "| retain", "| grin"]
+    assert f"{report['chosen']['grin']['setting']} (2 of 2 points)" in chosen[-1]
+    grid = bench.grid_table(report)[2:]
+    assert len(grid) == 2 and sum("**" in line for line in grid) == 1
+    assert f"**{report['chosen']['grin']['setting']}**" in "".join(grid)

@@ -81,8 +81,8 @@ def report_table(report: dict | None) -> pd.DataFrame:
         note = {"target": "before unlearning", "retain": "reference: never saw the forget authors"}.get(name, "")
         chosen = ((report or {}).get("chosen") or {}).get(name)
         if chosen:  # a tuned report: the setting the rule picked
-            note = f"tuned: {chosen['setting']}" + ("" if chosen["keeps_utility"] else
-                                                     " (no point kept 0.9 x the target's utility)")
+            note = (f"tuned: {chosen['setting']}, picked among {chosen['of']}"  # "3 of 9 points": a partial grid
+                    + ("" if chosen["keeps_utility"] else " (no point kept 0.9 x the target's utility)"))
         if row.get("over_unlearned"):
             note = (note + "; " if note else "") + "over-unlearned (AUC < 0.3)"
         rows.append([name, _fmt(row.get("forget_quality"), ".3g"), _fmt(row.get("forget_quality_prob_mean"), ".3g"),

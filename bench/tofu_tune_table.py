@@ -1,0 +1,60 @@
+"""Markdown tables of a tuned TOFU report: each method at the setting the rule chose, then every grid point.
+
+    python bench/tofu_tune_table.py assets/reports/tofu_forget01_tune.json
+
+Reads the report `python -m grin_engine tofu --tune --out X.jsonl` writes next to its lines (X.json; rewritten after
+every finished point, so a stopped or unfinished tune gives the tables of what it finished). The first table is the
+one the TOFU tab shows: the target and the retain model, then each method at its chosen point, with how many of its
+grid points had finished when it was picked. The second lists every finished point, the chosen ones in bold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def chosen_table(report: dict) -> list[str]:
+    lines = ["| model | setting (of the points run) | keeps 0.9 x utility | forget quality | model utility | privleak "
+             "| forget ROUGE-L | forget fluency | retain ROUGE-L |", "| --- " * 9 + "|"]
+    for name, row in report["rows"].items():
+        chosen = report.get("chosen", {}).get(name)
+        setting = f"{chosen['setting']} ({chosen['of']})" if chosen else "-"
+        keeps = ("yes" if chosen["keeps_utility"] else "**no**: its highest-utility point") if chosen else "-"
+        forget, retain = row["splits"]["forget"], row["splits"]["retain"]
+        lines.append(f"| {name} | {setting} | {keeps} | {num(row.get('forget_quality'), '.3g')} "
+                     f"| {row['model_utility']:.3f} | {num(row.get('privleak'), '.1f')} "
+                     f"| {forget['rougeL_recall']:.3f} | {num(forget.get('fluency'), '.3f')} "
+                     f"| {retain['rougeL_recall']:.3f} |")
+    return lines
+
+
+def grid_table(report: dict) -> list[str]:
+    picked = {(row, c["setting"]) for row, c in report.get("chosen", {}).items()}
+    lines = ["| method | setting | forget quality | model utility | privleak | minutes |", "| --- " * 6 + "|"]
+    for point in report["grid"]:
+        mark = "**" if (point["row"], point["setting"]) in picked else ""
+        lines.append(f"| {point['row']} | {mark}{point['setting']}{mark} | {num(point.get('forget_quality'), '.3g')} "
+                     f"| {point['model_utility']:.3f} | {num(point.get('privleak'), '.1f')} "
+                     f"| {point['seconds'] / 60:.1f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", help="the .json report of python -m grin_engine tofu --tune")
+    args = parser.parse_args()
+    report = json.load(open(args.report))
+    if "chosen" not in report:
+        raise SystemExit(f"{args.report}: not a tuned TOFU report (no chosen settings); make one with tofu --tune")
+    print("\n".join(chosen_table(report)))
+    print(f"\nRule: {report['rule']}. {report['finished']} of {report['points']} grid points finished.\n")
+    print("\n".join(grid_table(report)))
+
+
+if __name__ == "__main__":
+    main()
