@@ -52,6 +52,8 @@ BAD_INPUTS = {
     "unknown_attack": (["run", "--attacks", "relearn,nope"], "unknown nope"),
     "attack_missing_report": (["attack", "/tmp/no/such/report.json"], "/tmp/no/such/report.json"),
     "attack_bad_steps": (["run", "--attacks", "relearn", "--relearn-steps", "0"], "relearn steps"),
+    "tofu_report_only_alone": (["tofu", "--report-only"], "goes with --tune or --grid"),
+    "tofu_report_only_no_lines": (["tofu", "--tune", "--report-only", "--out", "tune.jsonl"], "not found"),
 }
 
 BAD_FILES = {

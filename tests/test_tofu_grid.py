@@ -73,6 +73,16 @@ def test_grid_resumes_from_its_lines_and_picks_a_setting(tiny, tmp_path):
                        cache_dir=tmp_path / "cache",
                        progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
     assert "target/forget/answers" not in stages and "retain/forget/answers" not in stages and "npo/unlearn" in stages
+    # run_points=False: the report of what the file holds, nothing run (not even the cached models loaded)
+    stages.clear()
+    partial = tofu_grid.run_grid(tiny, recipe, ["graddiff"], cfg, out, {"lr": [1e-5, 1e-3, 1e-4, 2e-4]},
+                                 cache_dir=tmp_path / "missing-cache", run_points=False,
+                                 progress=Progress(lambda stage, done, total, *extra: stages.add(stage)))
+    assert not stages and not (tmp_path / "missing-cache").exists()
+    assert (partial["finished"], partial["points"], partial["complete"]) == (3, 4, False)
+    assert partial["grid"] == more["grid"] and partial["rows"]["target"] == more["rows"]["target"]
+    with pytest.raises(GrinError, match="holds no finished grid"):
+        tofu_grid.run_grid(tiny, recipe, ["graddiff"], cfg, tmp_path / "none.jsonl", grid, run_points=False)
     # another unlearning setting is another grid: refused rather than mixed in
     with pytest.raises(GrinError, match="holds another grid"):
         tofu_grid.run_grid(tiny, recipe, ["graddiff"], GrinConfig(steps=2, max_new_tokens=3, max_length=64), out,

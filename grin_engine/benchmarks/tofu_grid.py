@@ -96,9 +96,10 @@ def fingerprint(base: LoadedModel, recipe: TofuRecipe, cfg: GrinConfig) -> str:
 
 def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinConfig, out: str | Path,
              grid: dict[str, list] | None = None, cache_dir: str | Path = DEFAULT_CACHE,
-             progress: Progress | None = None, on_point=None) -> dict:
+             progress: Progress | None = None, on_point=None, run_points: bool = True) -> dict:
     """Run every point of the grid not yet in `out` (JSON lines) and return the report (see the module docstring).
-    on_point(report) receives the report after each finished point."""
+    on_point(report) receives the report after each finished point. run_points=False runs nothing: the report of
+    the points `out` already holds (a long tune's table while it still runs, or after it was stopped)."""
     cfg = replace(cfg, max_new_tokens=recipe.max_new_tokens)
     progress = as_progress(progress)
     out = Path(out)
@@ -106,6 +107,10 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
     fp = fingerprint(base, recipe, cfg)
     reference, done = read_lines(out, fp, head="reference", what="tofu grid")
     data = load_tofu(recipe)
+    if not run_points:
+        if reference is None:
+            raise GrinError(f"tofu grid: {out} holds no finished grid with these settings yet; run it first")
+        return grid_report(scored_references(reference, data)[0], done, points, reference, base, tune=grid is None)
     timings = {}
     models, folders, reused = reference_models(base, recipe, data, cache_dir, None, None, progress, timings)
     if reference is None:
@@ -114,8 +119,7 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
                      "folders": folders, "timings": dict(timings), "raws": raws}
         append_line(out, reference)
     raws = reference["raws"]
-    reference_mia = mia_scores(raws["retain"])
-    rows_of = {name: score_model(raws[name], data, raws["retain"], reference_mia) for name in ("target", "retain")}
+    rows_of, reference_mia = scored_references(reference, data)
     del models["retain"]
     for point in points:
         key = point_key(point)
@@ -139,6 +143,14 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
         if on_point is not None:
             on_point(grid_report(rows_of, done, points, reference, base, tune=grid is None))
     return grid_report(rows_of, done, points, reference, base, tune=grid is None)
+
+
+def scored_references(reference: dict, data) -> tuple[dict, dict]:
+    """({"target", "retain"}: their scored rows, the retain model's MIA scores every point's privleak is against)."""
+    raws = reference["raws"]
+    reference_mia = mia_scores(raws["retain"])
+    return {name: score_model(raws[name], data, raws["retain"], reference_mia) for name in ("target", "retain")}, \
+        reference_mia
 
 
 def cached_reference_raws(models: dict, folders: dict, data, recipe: TofuRecipe, cache_dir: str | Path,

@@ -288,6 +288,10 @@ def command_tofu(args) -> None:
             raise GrinError("--tune/--grid fine-tune (or reuse from the cache) their own target and retain models; "
                             "leave out --target-model and --retain-model")
         grid_points(methods, parse_grid(args.grid) if args.grid else None)  # a bad grid fails before the model loads
+        if args.report_only and not out.is_file():
+            raise GrinError(f"--report-only: {str(out)!r} not found; it reports the points of an earlier --tune/--grid")
+    elif args.report_only:
+        raise GrinError("--report-only goes with --tune or --grid (it reports the points of their --out file)")
     start = time.perf_counter()
     print(f"loading model {args.model!r} ...", flush=True)
     base = models.load_model(_model_spec(args))
@@ -301,7 +305,7 @@ def command_tofu(args) -> None:
     if args.tune or args.grid:
         lines_path, out = out, out.with_suffix(".json")
         report = run_grid(base, recipe, methods, cfg, lines_path, parse_grid(args.grid) if args.grid else None,
-                          args.cache_dir, progress_bars(), on_point=write)
+                          args.cache_dir, progress_bars(), on_point=write, run_points=not args.report_only)
         write(report)
         print(tables.format_tofu_grid(report))
         print(f"points in {lines_path}, report written to {out}")

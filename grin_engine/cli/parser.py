@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--grid", default=None, metavar="KNOBS",
                       help="cross every method with these knob values, e.g. 'p=0.002,0.004 sigma2=1e-3 seed=0,1'; "
                            "--out is then a .jsonl file")
+    tofu.add_argument("--report-only", action="store_true",
+                      help="with --tune/--grid: write the report and table of the points --out already holds and "
+                           "run none (a long tune's table while it runs, or after it stopped)")
     tofu.add_argument("--out", default="tofu.json",
                       help="where to write the report JSON (with --tune/--grid: JSON lines, one per point, resumable; "
                            "the report goes to the same name ending in .json)")
