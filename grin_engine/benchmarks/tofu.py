@@ -356,10 +356,19 @@ def method_and_config(name: str, cfg: GrinConfig) -> tuple[ComparisonMethod, Gri
 
 
 def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConfig,
-                   progress: Progress | None = None):
-    """A copy of the target model unlearned as row `name` says; returns (loaded copy, detach function, facts)."""
+                   progress: Progress | None = None, pause_at: tuple[int, ...] = (), on_pause=None):
+    """A copy of the target model unlearned as row `name` says; returns (loaded copy, detach function, facts).
+
+    pause_at: steps before cfg.steps after which on_pause(loaded copy, facts) sees the model as it stands, then
+    training goes on. Training in pieces gives the numbers of separate runs of that many steps (the learning rate is
+    constant and step t's batches depend on t only: runs/pipeline.train), so a grid over steps trains once to its
+    largest value (benchmarks/tofu_grid.py). Masked and all-weight unlearning only; not GRUN."""
     progress = as_progress(progress)
     method, run_cfg = method_and_config(name, cfg)
+    pause_at = sorted(set(pause_at))
+    if pause_at and (method.mask == "grun" or cfg.until or pause_at[0] < 1 or pause_at[-1] >= run_cfg.steps):
+        raise GrinError(f"tofu: pausing is for fixed-step masked or all-weight unlearning at steps below "
+                        f"{run_cfg.steps}; got {name} at {pause_at}")
     work = copy_model(target)
     forget, retain = data.forget, data.retain_train
     if method.mask == "grun":
@@ -372,10 +381,17 @@ def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConf
     facts = {"kind": method.name if mask.selection is not None else "all weights", "loss": run_cfg.loss}
     if mask.selection is not None:
         facts.update(selected=mask.summary["selected"], fraction=mask.summary["fraction"])
-    result = train(work, forget, retain, run_cfg, mask, progress)
-    facts.update(steps=result.steps_done, stopped=result.stopped)
-    if result.noise:  # the selected weights' gradient norm before and after the noise (method/unlearn.py)
-        facts["noise"] = result.noise
+    state = None
+    for last_step in (*pause_at, None):
+        result = train(work, forget, retain, run_cfg, mask, progress, resume=state, last_step=last_step)
+        state = result.state
+        facts.update(steps=result.steps_done, stopped=result.stopped)
+        if result.noise:  # the selected weights' gradient norm before and after the noise (method/unlearn.py)
+            facts["noise"] = result.noise
+        if result.stopped:
+            break
+        if last_step is not None:
+            on_pause(work, dict(facts))
     return work, (lambda: None), facts
 
 

@@ -8,7 +8,9 @@ A point is a row of the TOFU table (a comparison method, or a loss name: that lo
 values. Every point is unlearned from the same target model, evaluated with the TOFU protocol and scored against
 the same retain model (benchmarks/tofu.py). The target and retain models are fine-tuned once and evaluated once
 (both cached, shared by every grid over them): their raw numbers are the file's first line. Each finished point is one more JSON line, so a stopped run
-resumes where it stopped, and the lines can be committed as they come.
+resumes where it stopped, and the lines can be committed as they come. Points that differ only in `steps` train
+once, to the largest value, and are evaluated at each smaller one on the way (`unlearning_runs`): the same numbers as
+separate runs (constant learning rate; step t's batches depend on t only), at the training cost of one.
 
 `--tune` crosses each method's own small grid (TUNE_GRIDS, 9 points) and picks its setting by RULE:
     among a method's points with model utility >= 0.9 x the target's, the highest forget quality (ties: the higher
@@ -121,28 +123,53 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
     raws = reference["raws"]
     rows_of, reference_mia = scored_references(reference, data)
     del models["retain"]
-    for point in points:
+
+    def finish(point: dict, work: LoadedModel, facts: dict, clock: dict) -> None:
+        """Evaluate and score the unlearned model of `point`, and write its line."""
+        unlearn_s = time.perf_counter() - clock["start"] - clock["evaluating"]  # not the earlier pauses' evaluation
+        evaluation_start = time.perf_counter()
+        raw = timed_evaluation(point["row"], work, data, recipe, progress, timings)
+        clock["evaluating"] += time.perf_counter() - evaluation_start
         key = point_key(point)
-        if key in done:
-            continue
-        start = time.perf_counter()
-        name = point["row"]
-        point_cfg = replace(cfg, **{k: v for k, v in point.items() if k != "row"})
-        work, detach, facts = unlearn_method(models["target"], name, data, point_cfg, progress.within(name))
-        progress.check()
-        unlearn_s = time.perf_counter() - start
-        raw = timed_evaluation(name, work, data, recipe, progress, timings)
-        detach()
-        del work
-        scores = score_model(raw, data, raws["retain"], reference_mia)
-        done[key] = {"kind": "point", "fingerprint": fp, "key": key, **point, "scores": scores, "unlearning": facts,
-                     "unlearn_s": unlearn_s, "seconds": time.perf_counter() - start,
+        done[key] = {"kind": "point", "fingerprint": fp, "key": key, **point,
+                     "scores": score_model(raw, data, raws["retain"], reference_mia), "unlearning": facts,
+                     "unlearn_s": unlearn_s, "seconds": unlearn_s + time.perf_counter() - evaluation_start,
                      "forget_answers": raw["forget"]["generations"][:5],
                      "real_author_answers": raw["real_authors"]["generations"][:5]}
         append_line(out, done[key])
         if on_point is not None:
             on_point(grid_report(rows_of, done, points, reference, base, tune=grid is None))
+
+    for run in unlearning_runs(points, done, cfg):
+        last, clock = run[-1], {"start": time.perf_counter(), "evaluating": 0.0}
+        by_steps = {p.get("steps"): p for p in run}
+
+        def paused(work, facts, by_steps=by_steps, clock=clock, last=last):
+            finish(by_steps[facts["steps"]], work, {**facts, "trained_in_a_run_of": last["steps"]}, clock)
+
+        work, detach, facts = unlearn_method(models["target"], last["row"], data,
+                                             replace(cfg, **{k: v for k, v in last.items() if k != "row"}),
+                                             progress.within(last["row"]),
+                                             pause_at=tuple(p["steps"] for p in run[:-1]), on_pause=paused)
+        progress.check()
+        finish(last, work, facts, clock)
+        detach()
+        del work
     return grid_report(rows_of, done, points, reference, base, tune=grid is None)
+
+
+def unlearning_runs(points: list[dict], done: dict, cfg: GrinConfig) -> list[list[dict]]:
+    """The unfinished points as unlearning runs, each run's points by steps. Points that differ only in `steps`
+    (masked or all-weight rows, fixed steps) make one run: trained once to the largest, paused at the others
+    (tofu.unlearn_method), which gives each the numbers of its own run. Any other point is a run of its own."""
+    runs = {}
+    for point in points:
+        if point_key(point) in done:
+            continue
+        shares = "steps" in point and not cfg.until and METHODS.get(point["row"], METHODS["full"]).mask != "grun"
+        runs.setdefault(point_key({k: v for k, v in point.items() if k != "steps"}) if shares else point_key(point),
+                        []).append(point)
+    return [sorted(run, key=lambda p: p.get("steps", 0)) for run in runs.values()]
 
 
 def scored_references(reference: dict, data) -> tuple[dict, dict]:
