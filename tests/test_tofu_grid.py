@@ -129,32 +129,34 @@ def test_bench_tune_table_bolds_each_chosen_point(tiny, tmp_path, monkeypatch):
     assert f"**{report['chosen']['grin']['setting']}**" in "".join(grid)
 
 
-def test_points_that_differ_in_steps_train_once_and_equal_separate_runs(tiny, tmp_path):
+@pytest.mark.parametrize("rows, knob", [(["graddiff", "grin"], "steps"), (["grun"], "grun_steps")])
+def test_points_that_differ_in_steps_train_once_and_equal_separate_runs(tiny, tmp_path, rows, knob):
     """A grid over steps trains each run once to its largest value, pausing at the others; a paused point's numbers
-    are those of a separate run of that many steps (masked GRIN with its noise, and all weights)."""
+    are those of a separate run of that many steps (all weights; masked GRIN with its noise; GRUN's edits)."""
     recipe = tiny_recipe()
-    cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8, lr=1e-3, sigma2=1e-3, p=0.05)
+    cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8, lr=1e-3, sigma2=1e-3, p=0.05,
+                     grun_lr=1e-2)
     totals = []
     one_run = tofu_grid.run_grid(
-        tiny, recipe, ["graddiff", "grin"], cfg, tmp_path / "steps.jsonl", {"steps": [1, 3]},
-        cache_dir=tmp_path / "cache",
+        tiny, recipe, rows, cfg, tmp_path / "steps.jsonl", {knob: [1, 3]}, cache_dir=tmp_path / "cache",
         progress=Progress(lambda stage, done, total, *extra: totals.append(total) if "unlearn" in stage else None))
-    assert set(totals) == {3} and len(totals) == 6  # two runs of 3 steps: nothing trained twice
-    separate = [tofu_grid.run_grid(tiny, recipe, ["graddiff", "grin"], cfg, tmp_path / f"alone-{steps}.jsonl",
-                                   {"steps": [steps]}, cache_dir=tmp_path / "cache") for steps in (1, 3)]
+    assert set(totals) == {3} and len(totals) == 3 * len(rows)  # one run of 3 steps a row: nothing trained twice
+    separate = [tofu_grid.run_grid(tiny, recipe, rows, cfg, tmp_path / f"alone-{steps}.jsonl", {knob: [steps]},
+                                   cache_dir=tmp_path / "cache") for steps in (1, 3)]
+
     def forget_split(file, row, steps):
         return next(p for p in map(json.loads, (tmp_path / file).read_text().splitlines()[1:])
-                    if p["row"] == row and p["steps"] == steps)["scores"]["splits"]["forget"]
+                    if p["row"] == row and p[knob] == steps)["scores"]["splits"]["forget"]
 
-    for row in ("graddiff", "grin"):
+    for row in rows:
         assert forget_split("steps.jsonl", row, 1)["probability"] != forget_split("steps.jsonl", row, 3)["probability"]
         for steps in (1, 3):  # the paused point and the run's last one, each against a run of its own
             in_one_run, alone = forget_split("steps.jsonl", row, steps), forget_split(f"alone-{steps}.jsonl", row, steps)
             for metric in ("probability", "truth_ratio", "rougeL_recall"):
                 assert in_one_run[metric] == pytest.approx(alone[metric], rel=1e-6, abs=1e-12), (row, steps, metric)
-    assert [len(s["grid"]) for s in separate] == [2, 2] and len(one_run["grid"]) == 4
+    assert [len(s["grid"]) for s in separate] == [len(rows)] * 2 and len(one_run["grid"]) == 2 * len(rows)
     lines = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()][1:]
-    assert [(p["row"], p["steps"], p["unlearning"]["steps"], p["unlearning"].get("trained_in_a_run_of"))
-            for p in lines] == [("graddiff", 1, 1, 3), ("graddiff", 3, 3, None), ("grin", 1, 1, 3), ("grin", 3, 3, None)]
+    assert [(p["row"], p[knob], p["unlearning"]["steps"], p["unlearning"].get("trained_in_a_run_of"))
+            for p in lines] == [(row, steps, steps, 3 if steps == 1 else None) for row in rows for steps in (1, 3)]
     grin_lines = [p for p in lines if p["row"] == "grin"]
-    assert grin_lines[0]["unlearning"]["noise"] == grin_lines[1]["unlearning"]["noise"]  # the noise once, at the start
+    assert all(p["unlearning"]["noise"] == grin_lines[0]["unlearning"]["noise"] for p in grin_lines)  # noise once

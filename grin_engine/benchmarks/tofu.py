@@ -359,23 +359,33 @@ def unlearn_method(target: LoadedModel, name: str, data: TofuData, cfg: GrinConf
                    progress: Progress | None = None, pause_at: tuple[int, ...] = (), on_pause=None):
     """A copy of the target model unlearned as row `name` says; returns (loaded copy, detach function, facts).
 
-    pause_at: steps before cfg.steps after which on_pause(loaded copy, facts) sees the model as it stands, then
-    training goes on. Training in pieces gives the numbers of separate runs of that many steps (the learning rate is
-    constant and step t's batches depend on t only: runs/pipeline.train), so a grid over steps trains once to its
-    largest value (benchmarks/tofu_grid.py). Masked and all-weight unlearning only; not GRUN."""
+    pause_at: steps before the last (cfg.steps; GRUN: cfg.grun_steps) after which on_pause(loaded copy, facts) sees
+    the model as it stands, then training goes on. The learning rate is constant and step t's batches depend on t
+    only, so a pause gives the numbers of a separate run of that many steps, and a grid over steps trains once to its
+    largest value (benchmarks/tofu_grid.py). Masked and all-weight unlearning pause between pieces of
+    runs/pipeline.train; GRUN inside its training loop (its until-check, which never ends training here)."""
     progress = as_progress(progress)
     method, run_cfg = method_and_config(name, cfg)
     pause_at = sorted(set(pause_at))
-    if pause_at and (method.mask == "grun" or cfg.until or pause_at[0] < 1 or pause_at[-1] >= run_cfg.steps):
-        raise GrinError(f"tofu: pausing is for fixed-step masked or all-weight unlearning at steps below "
-                        f"{run_cfg.steps}; got {name} at {pause_at}")
+    last = run_cfg.grun_steps if method.mask == "grun" else run_cfg.steps
+    if pause_at and (cfg.until or pause_at[0] < 1 or pause_at[-1] >= last):
+        raise GrinError(f"tofu: pauses are for fixed-step unlearning, at steps below {last}; got {name} at {pause_at}")
     work = copy_model(target)
     forget, retain = data.forget, data.retain_train
     if method.mask == "grun":
         grun = grun_for(work.model, cfg).attach(work.model, work.tokenizer)
-        result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, progress)
-        return work, grun.detach, {"kind": "grun", "layers": list(grun.spec.layers), "steps": result.steps_done,
-                                   "stopped": result.stopped}
+        facts = {"kind": "grun", "layers": list(grun.spec.layers)}
+
+        def pause(step):
+            if step in pause_at:
+                grun.eval()  # as after training
+                on_pause(work, {**facts, "steps": step, "stopped": False})
+                grun.train()
+            return False
+
+        result = train_grun(work.model, work.tokenizer, grun, forget, retain, cfg, progress,
+                            until=pause if pause_at else None)
+        return work, grun.detach, {**facts, "steps": result.steps_done, "stopped": result.stopped}
     tops = kept_scores(work, forget, retain, run_cfg, [method], run_cfg.p, progress, stage="influence")
     mask = given_mask(work.model, run_cfg, method_selection(method, tops, work, run_cfg))
     facts = {"kind": method.name if mask.selection is not None else "all weights", "loss": run_cfg.loss}

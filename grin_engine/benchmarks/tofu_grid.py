@@ -8,7 +8,7 @@ A point is a row of the TOFU table (a comparison method, or a loss name: that lo
 values. Every point is unlearned from the same target model, evaluated with the TOFU protocol and scored against
 the same retain model (benchmarks/tofu.py). The target and retain models are fine-tuned once and evaluated once
 (both cached, shared by every grid over them): their raw numbers are the file's first line. Each finished point is one more JSON line, so a stopped run
-resumes where it stopped, and the lines can be committed as they come. Points that differ only in `steps` train
+resumes where it stopped, and the lines can be committed as they come. Points that differ only in their steps train
 once, to the largest value, and are evaluated at each smaller one on the way (`unlearning_runs`): the same numbers as
 separate runs (constant learning rate; step t's batches depend on t only), at the training cost of one.
 
@@ -142,15 +142,16 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
 
     for run in unlearning_runs(points, done, cfg):
         last, clock = run[-1], {"start": time.perf_counter(), "evaluating": 0.0}
-        by_steps = {p.get("steps"): p for p in run}
+        knob = steps_knob(last["row"])
+        by_steps = {p.get(knob): p for p in run}
 
-        def paused(work, facts, by_steps=by_steps, clock=clock, last=last):
-            finish(by_steps[facts["steps"]], work, {**facts, "trained_in_a_run_of": last["steps"]}, clock)
+        def paused(work, facts, by_steps=by_steps, clock=clock, last=last, knob=knob):
+            finish(by_steps[facts["steps"]], work, {**facts, "trained_in_a_run_of": last[knob]}, clock)
 
         work, detach, facts = unlearn_method(models["target"], last["row"], data,
                                              replace(cfg, **{k: v for k, v in last.items() if k != "row"}),
                                              progress.within(last["row"]),
-                                             pause_at=tuple(p["steps"] for p in run[:-1]), on_pause=paused)
+                                             pause_at=tuple(p[knob] for p in run[:-1]), on_pause=paused)
         progress.check()
         finish(last, work, facts, clock)
         detach()
@@ -158,18 +159,23 @@ def run_grid(base: LoadedModel, recipe: TofuRecipe, rows: list[str], cfg: GrinCo
     return grid_report(rows_of, done, points, reference, base, tune=grid is None)
 
 
+def steps_knob(row: str) -> str:
+    """The knob that counts a row's training steps."""
+    return "grun_steps" if METHODS.get(row, METHODS["full"]).mask == "grun" else "steps"
+
+
 def unlearning_runs(points: list[dict], done: dict, cfg: GrinConfig) -> list[list[dict]]:
-    """The unfinished points as unlearning runs, each run's points by steps. Points that differ only in `steps`
-    (masked or all-weight rows, fixed steps) make one run: trained once to the largest, paused at the others
-    (tofu.unlearn_method), which gives each the numbers of its own run. Any other point is a run of its own."""
+    """The unfinished points as unlearning runs, each run's points by steps. Points that differ only in their steps
+    (fixed-step training) make one run: trained once to the largest, paused at the others (tofu.unlearn_method),
+    which gives each the numbers of its own run. Any other point is a run of its own."""
     runs = {}
     for point in points:
         if point_key(point) in done:
             continue
-        shares = "steps" in point and not cfg.until and METHODS.get(point["row"], METHODS["full"]).mask != "grun"
-        runs.setdefault(point_key({k: v for k, v in point.items() if k != "steps"}) if shares else point_key(point),
-                        []).append(point)
-    return [sorted(run, key=lambda p: p.get("steps", 0)) for run in runs.values()]
+        knob = steps_knob(point["row"])
+        shared = point_key({k: v for k, v in point.items() if k != knob}) if knob in point and not cfg.until else None
+        runs.setdefault(shared or point_key(point), []).append(point)
+    return [sorted(run, key=lambda p: p.get(steps_knob(p["row"]), 0)) for run in runs.values()]
 
 
 def scored_references(reference: dict, data) -> tuple[dict, dict]:
