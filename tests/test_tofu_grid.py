@@ -127,6 +127,9 @@ def test_bench_tune_table_bolds_each_chosen_point(tiny, tmp_path, monkeypatch):
     grid = bench.grid_table(report)[2:]
     assert len(grid) == 2 and sum("**" in line for line in grid) == 1
     assert f"**{report['chosen']['grin']['setting']}**" in "".join(grid)
+    # the fluent view: with no bar it is the rule's pick; with a bar no answer can pass, no pick
+    assert f"| grin | {report['chosen']['grin']['setting']} |" in bench.fluent_table(report, 0.0)[-1]
+    assert bench.fluent_table(report, 1.1)[-1].startswith("| grin | none of its 2 points")
 
 
 @pytest.mark.parametrize("rows, knob", [(["graddiff", "grin"], "steps"), (["grun"], "grun_steps")])

@@ -224,6 +224,8 @@ def grid_report(reference_rows: dict, done: dict, points: list[dict], reference:
               "unlearning_config": reference["config"], "fingerprint": reference["fingerprint"],
               "grid": [{"row": p["row"], "setting": setting(p), **{k: p[k] for k in p if k in KNOB_TYPES},
                         **{k: v for k, v in p["scores"].items() if k not in ("splits", "utility_parts")},
+                        "forget_rougeL_recall": p["scores"]["splits"]["forget"]["rougeL_recall"],
+                        "forget_fluency": p["scores"]["splits"]["forget"].get("fluency"),
                         "seconds": p["seconds"]} for p in finished],
               "points": len(points), "finished": len(finished), "complete": len(finished) == len(points),
               "published": PUBLISHED, "rows": dict(reference_rows), "timings": dict(reference.get("timings", {}))}
