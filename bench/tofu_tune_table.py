@@ -21,10 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grin_engine.benchmarks.tofu_grid import pick, setting  # noqa: E402
-
-
-def num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+from grin_engine.cli.tables import num  # noqa: E402
 
 
 def chosen_table(report: dict) -> list[str]:

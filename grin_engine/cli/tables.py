@@ -97,14 +97,16 @@ def format_frontier(report: dict) -> str:
 
 
 def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    return num(value, ".3f")
+
+
+def num(value, fmt: str) -> str:
+    """A number formatted with `fmt`; "-" where there is none (a metric a report lacks)."""
+    return "-" if value is None else format(value, fmt)
 
 
 def format_tofu(report: dict) -> str:
     """The terminal table: one row per model."""
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     lines = [f"{'model':<12}{'forget Q':>11}{'FQ pm':>10}{'utility':>9}{'privleak':>10}{'AUC minK':>10}"
              f"{'AUC loss':>10}{'forget RL':>11}{'retain RL':>11}{'forget FL':>11}{'retain FL':>11}"]
     for name, row in report["rows"].items():
@@ -124,9 +126,6 @@ def format_tofu(report: dict) -> str:
 
 def format_tofu_grid(report: dict) -> str:
     """Every finished point of a TOFU grid, then (with --tune) the table of each method at its chosen setting."""
-    def num(v, fmt):
-        return "-" if v is None else format(v, fmt)
-
     lines = [f"{report['finished']} of {report['points']} points",
              f"{'row':<12}{'setting':<34}{'forget Q':>11}{'utility':>9}{'privleak':>10}{'seconds':>9}"]
     for p in report["grid"]:
