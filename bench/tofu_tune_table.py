@@ -1,15 +1,14 @@
 """Markdown tables of a tuned TOFU report: each method at the setting the rule chose, then every grid point.
 
     python bench/tofu_tune_table.py assets/reports/tofu_forget01_tune.json
-    python bench/tofu_tune_table.py assets/reports/tofu_forget01_tune.json --fluent 0.9
 
 Reads the report `python -m grin_engine tofu --tune --out X.jsonl` writes next to its lines (X.json; rewritten after
 every finished point, so a stopped or unfinished tune gives the tables of what it finished; `--report-only` rewrites
 it). The first table is the one the TOFU tab shows: the target and the retain model, then each method at its chosen
 point, with how many of its grid points had finished when it was picked. The second lists every finished point, the
-chosen ones in bold. `--fluent F` adds each method's pick by the same rule among only its points whose forget
-answers are at least F fluent: a view to read beside the rule's, not the rule (forget quality rewards answers that
-loop, so a method can win it by gibberish).
+chosen ones in bold. The third: each method's pick by the report's second rule, the same among only its points
+whose forget answers are fluent (forget quality rewards answers that loop, so a method can win the first by
+gibberish).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grin_engine.benchmarks.tofu_grid import pick, setting  # noqa: E402
 from grin_engine.cli.tables import num  # noqa: E402
 
 
@@ -52,29 +50,25 @@ def grid_table(report: dict) -> list[str]:
     return lines
 
 
-def fluent_table(report: dict, fluent: float) -> list[str]:
-    """Each method's pick by the report's rule among its points with forget fluency >= `fluent`."""
-    target_utility = report["rows"]["target"]["model_utility"]
-    lines = [f"| method | pick among points with forget fluency >= {fluent:g} | keeps 0.9 x utility | forget quality "
+def fluent_table(report: dict) -> list[str]:
+    """Each method's pick by the report's fluent rule (its `chosen_fluent`)."""
+    lines = ["| method | pick among points with fluent forget answers | keeps 0.9 x utility | forget quality "
              "| model utility | privleak | forget fluency |", "| --- " * 7 + "|"]
-    for row in report.get("chosen", {}):
-        fluent_points = [p for p in report["grid"] if p["row"] == row and (p.get("forget_fluency") or 0) >= fluent]
-        chosen, keeps = pick([{**p, "scores": p} for p in fluent_points], target_utility)
+    for row, chosen in report["chosen_fluent"].items():
         if chosen is None:
-            lines.append(f"| {row} | none of its {sum(p['row'] == row for p in report['grid'])} points | - | - | - "
-                         "| - | - |")
+            lines.append(f"| {row} | no fluent point (of {report['chosen'][row]['of']}) | - | - | - | - | - |")
             continue
-        lines.append(f"| {row} | {setting(chosen)} | {'yes' if keeps else '**no**'} "
-                     f"| {num(chosen.get('forget_quality'), '.3g')} | {chosen['model_utility']:.3f} "
-                     f"| {num(chosen.get('privleak'), '.1f')} | {chosen['forget_fluency']:.3f} |")
+        scores = chosen["scores"]
+        keeps = "yes" if chosen["keeps_utility"] else "**no**"
+        lines.append(f"| {row} | {chosen['setting']} ({chosen['of']}) | {keeps} "
+                     f"| {num(scores.get('forget_quality'), '.3g')} | {scores['model_utility']:.3f} "
+                     f"| {num(scores.get('privleak'), '.1f')} | {scores['splits']['forget']['fluency']:.3f} |")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", help="the .json report of python -m grin_engine tofu --tune")
-    parser.add_argument("--fluent", type=float, default=None,
-                        help="also each method's pick among its points with at least this forget fluency")
     args = parser.parse_args()
     report = json.load(open(args.report))
     if "chosen" not in report:
@@ -82,9 +76,9 @@ def main() -> None:
     print("\n".join(chosen_table(report)))
     print(f"\nRule: {report['rule']}. {report['finished']} of {report['points']} grid points finished.\n")
     print("\n".join(grid_table(report)))
-    if args.fluent is not None:
-        print("\nNot the rule: the same rule among each method's points with fluent forget answers.\n")
-        print("\n".join(fluent_table(report, args.fluent)))
+    if "chosen_fluent" in report:
+        print(f"\nThe second rule: {report['fluent_rule']}.\n")
+        print("\n".join(fluent_table(report)))
 
 
 if __name__ == "__main__":

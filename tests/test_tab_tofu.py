@@ -55,6 +55,21 @@ def test_table_scatter_and_published_numbers(report_path):
     assert "must be high" in tofu_view.sanity_text(report)
 
 
+def test_tuned_table_shows_the_fluent_pick_where_it_differs():
+    from test_tofu_grid import fluent_rule_report
+
+    from grin_ui.tabs import tofu as tofu_view
+
+    report = fluent_rule_report()
+    table = tofu_view.report_table(report)
+    assert list(table["model"]) == ["target", "retain", "npo", "npo, fluent pick", "grin"]
+    notes = dict(zip(table["model"], table["note"]))
+    assert notes["npo"] == "tuned: lr=5e-05, picked among 3 of 3 points"
+    assert notes["npo, fluent pick"] == "the rule among its 2 fluent of 3 points: lr=1e-05"
+    assert notes["grin"].endswith("; none of its points answers fluently")
+    assert table.loc[3, "forget quality"] == "0.01" and table.loc[3, "forget fluency"] == "1.000"
+
+
 @pytest.fixture(scope="module")
 def url():
     from grin_ui import build_app, launch_kwargs
@@ -139,5 +154,9 @@ def test_api_opens_the_tuned_report_with_each_chosen_setting(url, tmp_path, monk
     assert "chosen by the rule" in status and "2 of 2 grid points" in status
     value = table["value"] if "value" in table else table
     rows = {row[0]: row[-1] for row in value["data"]}
-    assert list(rows) == ["target", "retain", "grin"] and rows["grin"].startswith("tuned: p=0.05 lr=")
-    assert rows["grin"].endswith("picked among 2 of 2 points")
+    assert list(rows)[:3] == ["target", "retain", "grin"] and rows["grin"].startswith("tuned: p=0.05 lr=")
+    assert "picked among 2 of 2 points" in rows["grin"]
+    # the tiny model's answers decide whether the fluent rule picks another point: then it is the next row
+    assert list(rows)[3:] == ([] if rows["grin"].endswith(("also the fluent pick", "answers fluently"))
+                              else ["grin, fluent pick"])
+    assert "fluent pick" in status

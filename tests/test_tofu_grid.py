@@ -43,6 +43,36 @@ def test_rule_highest_forget_quality_among_points_keeping_the_utility():
     assert tofu_grid.pick([], 0.5) == (None, False)
 
 
+def fluent_rule_report() -> dict:
+    """A tuned report from made-up scores: npo's best forget quality loops, grin never answers fluently."""
+    from types import SimpleNamespace
+
+    def scores(fq, mu, fluency):
+        return {"forget_quality": fq, "model_utility": mu, "privleak": 0.0, "auc_min_k": 0.5, "auc_loss": 0.5,
+                "over_unlearned": False, "splits": {"forget": {"rougeL_recall": 0.5, "fluency": fluency},
+                                                    "retain": {"rougeL_recall": 0.4, "fluency": 1.0}}}
+
+    made_up = {("npo", 1e-5): scores(0.01, 0.45, 1.0), ("npo", 5e-5): scores(0.5, 0.44, 0.2),
+               ("npo", 2e-4): scores(0.9, 0.10, 0.95), ("grin", 1e-3): scores(0.3, 0.45, 0.1)}
+    points = [{"row": row, "lr": lr} for row, lr in made_up]
+    done = {tofu_grid.point_key(p): {**p, "scores": made_up[p["row"], p["lr"]], "seconds": 1.0} for p in points}
+    target = scores(0.001, 0.45, 1.0)
+    reference = {"recipe": {}, "config": {}, "fingerprint": "made-up"}
+    return tofu_grid.grid_report({"target": target, "retain": target}, done, points, reference,
+                                 SimpleNamespace(facts=dict), tune=True)
+
+
+def test_fluent_rule_picks_among_points_whose_forget_answers_are_fluent():
+    report = fluent_rule_report()
+    assert report["chosen"]["npo"]["setting"] == "lr=5e-05"  # the rule: the highest forget quality, answers loop
+    fluent = report["chosen_fluent"]["npo"]  # 2e-4 answers fluently but keeps no utility: the rule leaves it out
+    assert (fluent["setting"], fluent["keeps_utility"], fluent["of"]) == ("lr=1e-05", True, "2 fluent of 3 points")
+    assert fluent["scores"]["forget_quality"] == 0.01
+    assert report["chosen_fluent"]["grin"] is None and report["fluent_rule"] == tofu_grid.FLUENT_RULE
+    text = format_tofu_grid(report)
+    assert "npo: lr=1e-05 (2 fluent of 3 points): forget quality 0.01" in text and "grin: no fluent point" in text
+
+
 def test_grid_resumes_from_its_lines_and_picks_a_setting(tiny, tmp_path):
     recipe = tiny_recipe()
     cfg = GrinConfig(steps=1, max_new_tokens=3, max_length=64, batch_size=8)
@@ -127,9 +157,9 @@ def test_bench_tune_table_bolds_each_chosen_point(tiny, tmp_path, monkeypatch):
     grid = bench.grid_table(report)[2:]
     assert len(grid) == 2 and sum("**" in line for line in grid) == 1
     assert f"**{report['chosen']['grin']['setting']}**" in "".join(grid)
-    # the fluent view: with no bar it is the rule's pick; with a bar no answer can pass, no pick
-    assert f"| grin | {report['chosen']['grin']['setting']} |" in bench.fluent_table(report, 0.0)[-1]
-    assert bench.fluent_table(report, 1.1)[-1].startswith("| grin | none of its 2 points")
+    fluent = bench.fluent_table(fluent_rule_report())[2:]
+    assert fluent == ["| npo | lr=1e-05 (2 fluent of 3 points) | yes | 0.01 | 0.450 | 0.0 | 1.000 |",
+                      "| grin | no fluent point (of 1 of 1 points) | - | - | - | - | - |"]
 
 
 @pytest.mark.parametrize("rows, knob", [(["graddiff", "grin"], "steps"), (["grun"], "grun_steps")])

@@ -17,6 +17,9 @@ separate runs (constant learning rate; step t's batches depend on t only), at th
     model utility); a method with no such point is shown at its highest-utility point, marked "no point keeps".
 The rule reads only the target and the retain model, as a paper picking its settings on the data it reports
 (TOFU has no separate validation authors; the rule and the grid are fixed before any point is run).
+Beside it, FLUENT_RULE: the same among only the points whose forget answers are fluent (`chosen_fluent`). Forget
+quality rewards an answer distribution that moved, and answers that loop have moved, so a method can win RULE by
+gibberish; the two picks side by side show whether it did.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from .tofu import (DEFAULT_CACHE, PUBLISHED, TofuRecipe, load_tofu, mia_scores, 
 UTILITY_KEPT = 0.9  # RULE's share of the target's model utility a point must keep
 RULE = (f"among a method's points with model utility >= {UTILITY_KEPT} x the target's, the highest forget quality "
         f"(ties: the higher model utility)")
+FLUENCY_KEPT = 0.9  # FLUENT_RULE's forget fluency (DESIGN.md §4): the look-alike pairs' bar
+FLUENT_RULE = f"the same among only the points whose forget answers have fluency >= {FLUENCY_KEPT}"
 LOSS_GRID = {"lr": [1e-5, 5e-5, 2e-4], "steps": [5, 10, 20]}  # all-weight losses: open-unlearning's lr and up
 TUNE_GRIDS = {  # method -> {knob: values}; a loss name uses LOSS_GRID
     "grin": {"p": [0.01, 0.05, 0.2], "lr": [5e-4, 2e-3, 5e-3]},  # few weights train: larger steps than all-weight
@@ -230,16 +235,22 @@ def grid_report(reference_rows: dict, done: dict, points: list[dict], reference:
               "points": len(points), "finished": len(finished), "complete": len(finished) == len(points),
               "published": PUBLISHED, "rows": dict(reference_rows), "timings": dict(reference.get("timings", {}))}
     if tune:
-        report["rule"] = RULE
-        report["chosen"] = {}
+        report["rule"], report["fluent_rule"] = RULE, FLUENT_RULE
+        report["chosen"], report["chosen_fluent"] = {}, {}
         target_utility = reference_rows["target"]["model_utility"]
         for row in dict.fromkeys(p["row"] for p in points):
             mine = [p for p in finished if p["row"] == row]
             chosen, keeps = pick(mine, target_utility)
-            if chosen is not None:
-                report["rows"][row] = chosen["scores"]
-                report["chosen"][row] = {"setting": setting(chosen), "keeps_utility": keeps,
-                                         "of": f"{len(mine)} of {sum(1 for p in points if p['row'] == row)} points"}
+            if chosen is None:
+                continue
+            report["rows"][row] = chosen["scores"]
+            report["chosen"][row] = {"setting": setting(chosen), "keeps_utility": keeps,
+                                     "of": f"{len(mine)} of {sum(1 for p in points if p['row'] == row)} points"}
+            fluent = [p for p in mine if (p["scores"]["splits"]["forget"].get("fluency") or 0.0) >= FLUENCY_KEPT]
+            chosen, keeps = pick(fluent, target_utility)
+            report["chosen_fluent"][row] = None if chosen is None else {
+                "setting": setting(chosen), "keeps_utility": keeps, "of": f"{len(fluent)} fluent of {len(mine)} points",
+                "scores": chosen["scores"]}
     report["sanity"] = {
         "target_forget_rougeL_recall": reference_rows["target"]["splits"]["forget"]["rougeL_recall"],
         "retain_forget_rougeL_recall": reference_rows["retain"]["splits"]["forget"]["rougeL_recall"]}

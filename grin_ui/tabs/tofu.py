@@ -76,23 +76,39 @@ def _fmt(value, spec):
 
 
 def report_table(report: dict | None) -> pd.DataFrame:
+    """One row per model. A tuned report's method rows say the setting the rule picked, and where the fluent rule
+    picked another point, that point follows as a row "<method>, fluent pick"."""
+    report = report or {}
+    chosen, fluent = report.get("chosen") or {}, report.get("chosen_fluent") or {}
     rows = []
-    for name, row in ((report or {}).get("rows") or {}).items():
+    for name, row in (report.get("rows") or {}).items():
         note = {"target": "before unlearning", "retain": "reference: never saw the forget authors"}.get(name, "")
-        chosen = ((report or {}).get("chosen") or {}).get(name)
-        if chosen:  # a tuned report: the setting the rule picked
-            note = (f"tuned: {chosen['setting']}, picked among {chosen['of']}"  # "3 of 9 points": a partial grid
-                    + ("" if chosen["keeps_utility"] else " (no point kept 0.9 x the target's utility)"))
-        if row.get("over_unlearned"):
-            note = (note + "; " if note else "") + "over-unlearned (AUC < 0.3)"
-        rows.append([name, _fmt(row.get("forget_quality"), ".3g"), _fmt(row.get("forget_quality_prob_mean"), ".3g"),
-                     _fmt(row.get("model_utility"), ".3f"), _fmt(row.get("privleak"), ".1f"),
-                     _fmt(row.get("auc_min_k"), ".3f"), _fmt(row.get("auc_loss"), ".3f"),
-                     _fmt(row["splits"]["forget"]["rougeL_recall"], ".3f"),
-                     _fmt(row["splits"]["retain"]["rougeL_recall"], ".3f"),
-                     _fmt(row["splits"]["forget"].get("fluency"), ".3f"),  # .get: reports made before fluency
-                     _fmt(row["splits"]["retain"].get("fluency"), ".3f"), note])
+        if name in chosen:  # a tuned report: the setting the rule picked
+            note = (f"tuned: {chosen[name]['setting']}, picked among {chosen[name]['of']}"  # "3 of 9": a partial grid
+                    + ("" if chosen[name]["keeps_utility"] else " (no point kept 0.9 x the target's utility)"))
+        if name in fluent and fluent[name] is None:
+            note += "; none of its points answers fluently"
+        elif name in fluent and fluent[name]["setting"] == chosen[name]["setting"]:
+            note += "; also the fluent pick"
+        rows.append(_table_row(name, row, note))
+        if name in fluent and fluent[name] is not None and fluent[name]["setting"] != chosen[name]["setting"]:
+            pick = fluent[name]
+            rows.append(_table_row(f"{name}, fluent pick", pick["scores"],
+                                   f"the rule among its {pick['of']}: {pick['setting']}"
+                                   + ("" if pick["keeps_utility"] else " (keeps < 0.9 x the target's utility)")))
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _table_row(name: str, row: dict, note: str) -> list:
+    if row.get("over_unlearned"):
+        note = (note + "; " if note else "") + "over-unlearned (AUC < 0.3)"
+    return [name, _fmt(row.get("forget_quality"), ".3g"), _fmt(row.get("forget_quality_prob_mean"), ".3g"),
+            _fmt(row.get("model_utility"), ".3f"), _fmt(row.get("privleak"), ".1f"),
+            _fmt(row.get("auc_min_k"), ".3f"), _fmt(row.get("auc_loss"), ".3f"),
+            _fmt(row["splits"]["forget"]["rougeL_recall"], ".3f"),
+            _fmt(row["splits"]["retain"]["rougeL_recall"], ".3f"),
+            _fmt(row["splits"]["forget"].get("fluency"), ".3f"),  # .get: reports made before fluency
+            _fmt(row["splits"]["retain"].get("fluency"), ".3f"), note]
 
 
 def published_table() -> pd.DataFrame:
@@ -193,6 +209,8 @@ def _opened(path: Path):
     if "chosen" in report:
         status += (f" Each method at its setting chosen by the rule: {report['rule']}; {report['finished']} of "
                    f"{report['points']} grid points finished.")
+    if "chosen_fluent" in report:
+        status += f" A \"fluent pick\" row: {report['fluent_rule']} (forget quality also rewards answers that loop)."
     return (status,) + outputs
 
 
