@@ -140,9 +140,11 @@ def format_tofu_grid(report: dict) -> str:
     if report.get("chosen_fluent"):
         lines += ["", f"beside it, {report['fluent_rule']}:"]
         for row, c in report["chosen_fluent"].items():
-            scores = (c or {}).get("scores", {})
-            lines.append(f"  {row}: no fluent point" if c is None else
-                         f"  {row}: {c['setting']} ({c['of']}): forget quality "
+            if c is None:
+                lines.append(f"  {row}: no fluent point")
+                continue
+            scores = c["scores"]
+            lines.append(f"  {row}: {c['setting']} ({c['of']}): forget quality "
                          f"{num(scores.get('forget_quality'), '.3g')}, utility {scores['model_utility']:.3f}, "
                          f"forget fluency {scores['splits']['forget']['fluency']:.3f}"
                          + ("" if c["keeps_utility"] else "  -- keeps less than 0.9 x the utility"))

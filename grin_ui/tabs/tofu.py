@@ -86,16 +86,18 @@ def report_table(report: dict | None) -> pd.DataFrame:
         if name in chosen:  # a tuned report: the setting the rule picked
             note = (f"tuned: {chosen[name]['setting']}, picked among {chosen[name]['of']}"  # "3 of 9": a partial grid
                     + ("" if chosen[name]["keeps_utility"] else " (no point kept 0.9 x the target's utility)"))
-        if name in fluent and fluent[name] is None:
-            note += "; none of its points answers fluently"
-        elif name in fluent and fluent[name]["setting"] == chosen[name]["setting"]:
-            note += "; also the fluent pick"
-        rows.append(_table_row(name, row, note))
-        if name in fluent and fluent[name] is not None and fluent[name]["setting"] != chosen[name]["setting"]:
+        fluent_row = None
+        if name in fluent:
             pick = fluent[name]
-            rows.append(_table_row(f"{name}, fluent pick", pick["scores"],
-                                   f"the rule among its {pick['of']}: {pick['setting']}"
-                                   + ("" if pick["keeps_utility"] else " (keeps < 0.9 x the target's utility)")))
+            if pick is None:
+                note += "; none of its points answers fluently"
+            elif pick["setting"] == chosen[name]["setting"]:
+                note += "; also the fluent pick"
+            else:
+                fluent_row = _table_row(f"{name}, fluent pick", pick["scores"],
+                                        f"the rule among its {pick['of']}: {pick['setting']}"
+                                        + ("" if pick["keeps_utility"] else " (keeps < 0.9 x the target's utility)"))
+        rows += [_table_row(name, row, note)] + ([fluent_row] if fluent_row else [])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
